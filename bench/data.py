@@ -1,0 +1,199 @@
+"""Data pipeline benchmark: presize cache + batch augmentation vs a per-image Pillow DataLoader.
+
+    .venv/bin/python bench/data.py --limit 3000 --n-batches 30
+
+Prints images/s for
+  (a) building the presize cache of the train split (fresh temporary cache directory),
+  (b) serving augmented, normalized batches from it through BatchLoader,
+  (c) the reference: torch DataLoader, 2 worker processes, each item a Pillow JPEG decode +
+      random-resized-crop + flip -> float tensor (torchvision's recipe, written with Pillow),
+and the speedup (b)/(c). --min-speedup makes it exit non-zero under a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from vivace.data.cache import build_cache  # noqa: E402
+from vivace.data.loader import BatchLoader  # noqa: E402
+from vivace.data.sources import find_images  # noqa: E402
+
+WARMUP_BATCHES = 3  # not timed: thread/worker start-up, first-touch of pages, allocator warm-up
+RRC_SCALE = (0.35, 1.0)  # fastai's min_scale, same as TrainAugment's default
+RRC_RATIO = (3 / 4, 4 / 3)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared/data/imagenette2-224",
+                   help="an ImageNet-style folder with train/<class>/*.JPEG")
+    p.add_argument("--presize", type=int, default=160, help="cache side, px")
+    p.add_argument("--size", type=int, default=128, help="training crop side, px")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--n-batches", type=int, default=30, help="timed batches for (b) and (c)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many train images")
+    p.add_argument("--workers", type=int, default=None, help="cache build processes (all CPUs)")
+    p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers for (c)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--min-speedup", type=float, default=None, help="fail if (b)/(c) is lower")
+    return p.parse_args()
+
+
+def train_files(root: Path, limit: int | None) -> tuple[list[Path], np.ndarray]:
+    """The train split's files (a seeded random subset of `limit`) and integer labels."""
+    files = find_images(root / "train")
+    if not files:
+        raise SystemExit(f"no images under {root / 'train'}; pass --data")
+    if limit is not None and limit < len(files):
+        keep = np.sort(np.random.default_rng(0).permutation(len(files))[:limit])
+        files = [files[i] for i in keep]
+    classes = sorted({f.parent.name for f in files})
+    labels = np.array([classes.index(f.parent.name) for f in files], dtype=np.int64)
+    return files, labels
+
+
+def make_augment(size: int) -> tuple[Callable[[Tensor], Tensor], str]:
+    """TrainAugment + Normalize when vivace.augment exists, else a plain random crop."""
+    try:
+        from vivace.augment import Normalize, TrainAugment
+    except ImportError as exc:
+        print(f"vivace.augment unavailable ({exc}); using a plain random crop instead")
+        return _fallback_crop(size), f"fallback random crop {size}px"
+    augment = TrainAugment(size, seed=0)
+    normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    return (lambda x: normalize(augment(x))), f"vivace.augment.TrainAugment({size}) + Normalize"
+
+
+def _fallback_crop(size: int) -> Callable[[Tensor], Tensor]:
+    def crop(x: Tensor) -> Tensor:  # one random size x size window for the whole batch
+        top = random.randint(0, x.shape[2] - size)
+        left = random.randint(0, x.shape[3] - size)
+        return x[:, :, top:top + size, left:left + size].float().div_(255)
+
+    return crop
+
+
+def timed_batches(batches: Callable[[], Iterable], n_batches: int, device: torch.device) -> float:
+    """Images/s over `n_batches` after WARMUP_BATCHES, cycling epochs if needed."""
+    done, images, start = 0, 0, 0.0
+    while done < n_batches + WARMUP_BATCHES:
+        for x, _ in batches():
+            if done == WARMUP_BATCHES:
+                _sync(device)
+                start, images = time.perf_counter(), 0
+            images += len(x)
+            done += 1
+            if done == n_batches + WARMUP_BATCHES:
+                break
+    _sync(device)  # CUDA work is asynchronous: wait before reading the clock
+    return images / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PillowRRC(Dataset):
+    """Reference dataset: per item decode, random-resized-crop + flip with Pillow, to a float tensor."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray, size: int) -> None:
+        self.files, self.labels, self.size = files, labels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        with Image.open(self.files[i]) as img:
+            img = img.convert("RGB")
+            box = rrc_box(*img.size)
+            img = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
+        if random.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float().div_(255)
+        return x, int(self.labels[i])
+
+
+def rrc_box(w: int, h: int) -> tuple[float, float, float, float]:
+    """torchvision's RandomResizedCrop box: area and log-aspect uniform, 10 tries, else centre."""
+    for _ in range(10):
+        area = w * h * random.uniform(*RRC_SCALE)
+        aspect = math.exp(random.uniform(math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])))
+        cw, ch = math.sqrt(area * aspect), math.sqrt(area / aspect)
+        if cw <= w and ch <= h:
+            left, top = random.uniform(0, w - cw), random.uniform(0, h - ch)
+            return (left, top, left + cw, top + ch)
+    side = min(w, h)
+    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+
+
+def reference_batches(files: list[Path], labels: np.ndarray, args: argparse.Namespace,
+                      device: torch.device) -> Callable[[], Iterable]:
+    """A fresh DataLoader epoch (normalized on the device, like (b)) per call."""
+    loader = DataLoader(PillowRRC(files, labels, args.size), batch_size=args.bs, shuffle=True,
+                        num_workers=args.ref_workers, drop_last=True, persistent_workers=True,
+                        pin_memory=device.type == "cuda")
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def epoch() -> Iterable:
+        for x, y in loader:
+            yield (x.to(device, non_blocking=True) - mean) / std, y.to(device, non_blocking=True)
+
+    return epoch
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    files, labels = train_files(args.data, args.limit)
+    print(f"python {platform.python_version()}, torch {torch.__version__}, Pillow {PIL.__version__}, "
+          f"numpy {np.__version__}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"device {device}")
+    print(f"data {args.data}: {len(files)} train images; presize {args.presize}, size {args.size}, "
+          f"bs {args.bs}, {args.n_batches} timed batches")
+
+    with tempfile.TemporaryDirectory(prefix="vivace-bench-cache-") as cache_dir:
+        start = time.perf_counter()
+        cache = build_cache(files, args.presize, Path(cache_dir), args.workers, progress=False)
+        build_rate = len(files) / (time.perf_counter() - start)
+        print(f"(a) cache build:          {build_rate:8.0f} img/s  ({len(cache.skipped)} skipped)")
+
+        augment, augment_name = make_augment(args.size)
+        loader = BatchLoader(cache, np.arange(len(cache)), labels, args.bs, shuffle=True,
+                             drop_last=True, device=device, transform=augment)
+        cached_rate = timed_batches(lambda: iter(loader), args.n_batches, device)
+        print(f"(b) cache + BatchLoader:  {cached_rate:8.0f} img/s  ({augment_name})")
+
+    ref_rate = timed_batches(reference_batches(files, labels, args, device), args.n_batches, device)
+    print(f"(c) Pillow DataLoader:    {ref_rate:8.0f} img/s  ({args.ref_workers} workers, "
+          "Pillow RRC + flip)")
+    speedup = cached_rate / ref_rate
+    print(f"speedup (b)/(c): {speedup:.2f}x")
+    if args.min_speedup is not None and speedup < args.min_speedup:
+        raise SystemExit(f"speedup {speedup:.2f}x is under the target {args.min_speedup}x")
+
+
+if __name__ == "__main__":
+    main()

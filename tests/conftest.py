@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny learnable image folder and an isolated data home."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+CLASSES = ["red", "green", "blue"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory):
+    """Caches and downloads go to a temporary data home, never the user's."""
+    home = tmp_path_factory.mktemp("vivace_home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VIVACE_HOME", str(home))
+    torch.set_num_threads(2)
+    yield home
+    mp.undo()
+
+
+def make_image_folder(root: Path, n_train: int = 8, n_valid: int = 4, size: tuple[int, int] = (40, 32),
+                      seed: int = 0) -> Path:
+    """train/<class>/*.png and val/<class>/*.png; each class a noisy dominant colour (learnable)."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_valid)):
+        for c, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 90, (size[1], size[0], 3))
+                pixels[..., c] += 150
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def tiny_dls(tiny_folder):
+    from vivace.data import make_dataloaders
+    return make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+                            workers=1, progress=False)

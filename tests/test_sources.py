@@ -1,0 +1,144 @@
+"""Tests for vivace.data.sources: finding, labelling and splitting image files."""
+
+from pathlib import Path
+
+import pytest
+
+from vivace.data.sources import IMAGE_EXTENSIONS, Source, find_images, label_from_parent, make_source
+
+
+def touch(root: Path, *relative: str) -> None:
+    """Create empty files; sources never opens images, so content does not matter."""
+    for rel in relative:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+
+def test_image_extensions_are_lowercase_with_dot():
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp"} == set(IMAGE_EXTENSIONS)
+
+
+def test_find_images_recursive_sorted_any_case(tmp_path):
+    touch(tmp_path, "b/2.PNG", "a/1.jpg", "a/deep/3.JpEg", "c/4.webp", "c/5.BMP", "a/notes.txt", "a/x.gif")
+    found = find_images(tmp_path)
+    rel = [p.relative_to(tmp_path).as_posix() for p in found]
+    assert rel == ["a/1.jpg", "a/deep/3.JpEg", "b/2.PNG", "c/4.webp", "c/5.BMP"]
+
+
+def test_find_images_skips_hidden_folders_and_files(tmp_path):
+    touch(tmp_path, "cat/1.jpg", ".git/cat.jpg", "cat/.ipynb_checkpoints/1.jpg", "cat/._1.jpg")
+    assert find_images(tmp_path) == [tmp_path / "cat" / "1.jpg"]
+
+
+def test_find_images_works_under_a_hidden_root(tmp_path):
+    # data_home() defaults to ~/.cache/vivace: only folders below the root are filtered.
+    touch(tmp_path, ".cache/ds/cat/1.jpg")
+    assert len(find_images(tmp_path / ".cache" / "ds")) == 1
+
+
+def test_label_from_parent():
+    assert label_from_parent(Path("/data/train/n01440764/x.JPEG")) == "n01440764"
+    assert label_from_parent("dogs/rex.png") == "dogs"
+
+
+def imagenette_like(root: Path, classes=("cat", "dog", "eel"), n_train=4, n_valid=2) -> None:
+    for name in classes:
+        touch(root, *[f"train/{name}/{i}.jpg" for i in range(n_train)])
+        touch(root, *[f"val/{name}/{i}.jpg" for i in range(n_valid)])
+
+
+def test_make_source_splits_by_folder(tmp_path):
+    imagenette_like(tmp_path)
+    touch(tmp_path, "test/cat/9.jpg")  # neither train nor val: ignored
+    src = make_source(tmp_path)
+    assert isinstance(src, Source)
+    assert src.vocab == ["cat", "dog", "eel"]
+    assert len(src.train_files) == 12 and len(src.valid_files) == 6
+    assert all(f.parent.parent.name == "train" for f in src.train_files)
+    assert all(f.parent.parent.name == "val" for f in src.valid_files)
+    assert [src.vocab[i] for i in src.train_labels] == [label_from_parent(f) for f in src.train_files]
+    assert [src.vocab[i] for i in src.valid_labels] == [label_from_parent(f) for f in src.valid_files]
+
+
+def test_make_source_custom_split_names(tmp_path):
+    for name in ("a", "b"):
+        touch(tmp_path, f"training/{name}/1.png", f"validation/{name}/1.png")
+    src = make_source(tmp_path, train_name="training", valid_name="validation")
+    assert len(src.train_files) == 2 and len(src.valid_files) == 2
+
+
+def test_make_source_random_split_is_seeded(tmp_path):
+    for name in ("cat", "dog"):
+        touch(tmp_path, *[f"{name}/{i:02d}.jpg" for i in range(50)])
+    first = make_source(tmp_path, valid_pct=0.2, seed=1)
+    again = make_source(tmp_path, valid_pct=0.2, seed=1)
+    other = make_source(tmp_path, valid_pct=0.2, seed=2)
+    assert len(first.valid_files) == 20 and len(first.train_files) == 80
+    assert first == again
+    assert first.valid_files != other.valid_files
+    assert not set(first.train_files) & set(first.valid_files)
+    assert first.train_files == sorted(first.train_files)
+
+
+def test_make_source_train_folder_alone_is_split_at_random(tmp_path):
+    imagenette_like(tmp_path)
+    src = make_source(tmp_path / "train", valid_pct=0.25)
+    assert len(src.train_files) + len(src.valid_files) == 12
+    assert len(src.valid_files) == 3
+
+
+def test_make_source_spaces_and_non_ascii(tmp_path):
+    root = tmp_path / "my data ñ 数据"
+    touch(root, "train/chaîne à scie/img 1.jpg", "val/chaîne à scie/été 2.jpg")
+    touch(root, "train/golf ball/ゴルフ.png", "val/golf ball/b b.png")
+    src = make_source(root)
+    assert src.vocab == ["chaîne à scie", "golf ball"]
+    assert root / "val" / "chaîne à scie" / "été 2.jpg" in src.valid_files
+    assert "chaîne à scie" in src.summary()
+
+
+def test_summary_counts_per_class(tmp_path):
+    imagenette_like(tmp_path, classes=("cat", "dog"), n_train=3, n_valid=1)
+    touch(tmp_path, "train/cat/extra.jpg")
+    lines = make_source(tmp_path).summary().splitlines()
+    assert lines[2].split() == ["cat", "4", "1"]
+    assert lines[3].split() == ["dog", "3", "1"]
+    assert lines[-1].split() == ["total", "7", "2"]
+
+
+def test_error_missing_root(tmp_path):
+    with pytest.raises(ValueError, match="does not exist") as info:
+        make_source(tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(info.value)
+
+
+def test_error_root_is_a_file(tmp_path):
+    (tmp_path / "data.tgz").write_bytes(b"x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        make_source(tmp_path / "data.tgz")
+
+
+def test_error_no_images(tmp_path):
+    touch(tmp_path, "cat/readme.txt")
+    with pytest.raises(ValueError, match="no images found under"):
+        make_source(tmp_path)
+
+
+def test_error_one_class(tmp_path):
+    touch(tmp_path, "train/cat/1.jpg", "val/cat/2.jpg")
+    with pytest.raises(ValueError, match=r"only one class \(cat\)"):
+        make_source(tmp_path)
+
+
+def test_error_validation_class_missing_from_training(tmp_path):
+    imagenette_like(tmp_path, classes=("cat", "dog"))
+    touch(tmp_path, "val/zebra/1.jpg", "val/yak/1.jpg")
+    with pytest.raises(ValueError, match="not present in training.*: yak, zebra"):
+        make_source(tmp_path)
+
+
+def test_error_bad_valid_pct(tmp_path):
+    touch(tmp_path, "cat/1.jpg", "dog/1.jpg")
+    with pytest.raises(ValueError, match="valid_pct=1.5"):
+        make_source(tmp_path, valid_pct=1.5)

@@ -1,0 +1,15 @@
+"""vivace: train state-of-the-art image classifiers from scratch, fast."""
+from .augment import Normalize, TrainAugment, ValidResize, imagenet_stats
+from .callbacks import Callback, EarlyStopping, ProgressiveResize, StopAfter
+from .checkpoint import CheckpointSaver, load_checkpoint, save_checkpoint
+from .data import DataLoaders, make_dataloaders, make_source
+from .learner import Learner
+from .losses import CrossEntropy, LabelSmoothingCrossEntropy
+from .metrics import accuracy, calibration_error, error_rate, nll, top_k_accuracy
+from .mixing import CutMix, Mixup, MixupOrCutMix, cutmix, mixup
+from .models import MODELS, create_model, xresnet18, xresnet34, xresnet50, xresnet101, xresnet152
+from .recipe import PRESETS, Recipe, make_recipe
+from .schedule import SizeSchedule, flat_cos, one_cycle
+from .train import train
+
+__version__ = "0.1.0"

@@ -1,0 +1,310 @@
+"""Batch augmentation on the device: one resample per image for crop+flip+affine+warp, then lighting.
+
+Coordinates follow `F.grid_sample(align_corners=False)`: x (width) and y (height) in [-1, 1],
+-1 and 1 being the outer edges of the border pixels. A 3x3 matrix maps an *output* point
+(x, y, 1) to the *input* point it samples from (a homography; divide by the third coordinate).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+imagenet_stats = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+_CL = torch.channels_last
+
+
+def random_resized_crop_params(n: int, scale: tuple[float, float] = (0.35, 1.0),
+                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                               generator: torch.Generator | None = None) -> Tensor:
+    """Crop boxes (n, 4) as (cx, cy, w, h): centre in [-1, 1], width/height as fractions of the side."""
+    area = _uniform(n, scale[0], scale[1], generator)
+    # Sample the log-aspect only where the box fits (w, h <= 1 <=> area <= ratio <= 1/area), so
+    # the area is exact with no rejection loop; torchvision retries 10 times and then centre-crops.
+    lo = torch.clamp(torch.full((n,), math.log(ratio[0])), area.log(), -area.log())
+    hi = torch.clamp(torch.full((n,), math.log(ratio[1])), area.log(), -area.log())
+    aspect = torch.exp(torch.lerp(lo, hi, torch.rand(n, generator=generator)))  # width / height
+    w = (area * aspect).sqrt().clamp(max=1.0)
+    h = (area / aspect).sqrt().clamp(max=1.0)
+    cx = (1 - w) * _uniform(n, -1, 1, generator)  # the box stays inside the image
+    cy = (1 - h) * _uniform(n, -1, 1, generator)
+    return torch.stack([cx, cy, w, h], dim=1)
+
+
+def _affine(a: Tensor, b: Tensor, c: Tensor, d: Tensor, e: Tensor, f: Tensor) -> Tensor:
+    """Stack per-image coefficients into (n, 3, 3) matrices [[a, b, c], [d, e, f], [0, 0, 1]]."""
+    zero = torch.zeros_like(a)
+    rows = [a, b, c, d, e, f, zero, zero, torch.ones_like(a)]
+    return torch.stack(rows, dim=1).view(-1, 3, 3)
+
+
+def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) -> Tensor:
+    return torch.empty(n).uniform_(lo, hi, generator=generator)  # (n,) on the CPU
+
+
+def _mask(n: int, p: float, generator: torch.Generator | None) -> Tensor:
+    return (torch.rand(n, generator=generator) < p).float()  # (n,) Bernoulli(p) as 0/1
+
+
+def affine_matrices(boxes: Tensor, flip_p: float = 0.5, max_rotate: float = 10.0,
+                    max_zoom: float = 1.1, p_affine: float = 0.75,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """(n, 3, 3) sampling matrices: crop box, then horizontal flip, rotation and zoom (fastai)."""
+    n = boxes.shape[0]
+    cx, cy, w, h = boxes.unbind(dim=1)
+    zero = torch.zeros(n)
+    crop = _affine(w, zero, cx, zero, h, cy)
+    sign = 1 - 2 * _mask(n, flip_p, generator)
+    flip = _affine(sign, zero, zero, zero, torch.ones(n), zero)
+    theta = _uniform(n, -max_rotate, max_rotate, generator) * _mask(n, p_affine, generator)
+    theta = theta * (math.pi / 180)
+    cos, sin = theta.cos(), theta.sin()
+    rotate = _affine(cos, -sin, zero, sin, cos, zero)
+    # fastai zoom: sample a 1/z window, its centre anywhere that keeps it inside the frame.
+    z = _uniform(n, 1.0, max_zoom, generator)
+    s = torch.where(_mask(n, p_affine, generator) > 0, 1 / z, torch.ones(n))
+    zx = (1 - s) * _uniform(n, -1, 1, generator)
+    zy = (1 - s) * _uniform(n, -1, 1, generator)
+    zoom = _affine(s, zero, zx, zero, s, zy)
+    return crop @ flip @ rotate @ zoom
+
+
+def warp_matrices(n: int, max_warp: float = 0.2, p: float = 0.75,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """(n, 3, 3) perspective homographies moving the corners as fastai's `Warp` does."""
+    mags = _uniform(2 * n, -max_warp, max_warp, generator) * _mask(2 * n, p, generator)  # (2n,)
+    src = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])  # (4, 2) corners
+    sign = (src[:, 0] * src[:, 1]).view(1, 4, 1)
+    dst = src - sign * mags.view(n, 1, 2)  # (n, 4, 2): opposite corners move together
+    return _homography(src.expand(n, 4, 2), dst)
+
+
+def _homography(src: Tensor, dst: Tensor) -> Tensor:
+    """Solve for the (n, 3, 3) homographies taking 4 points src (n, 4, 2) onto dst (n, 4, 2)."""
+    x, y = src.double().unbind(dim=2)  # float64: the 8x8 systems are tiny, precision is free
+    u, v = dst.double().unbind(dim=2)
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    rows_u = torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], dim=2)  # (n, 4, 8)
+    rows_v = torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], dim=2)
+    a = torch.cat([rows_u, rows_v], dim=1)  # (n, 8, 8)
+    coeffs = torch.linalg.solve(a, torch.cat([u, v], dim=1))  # (n, 8)
+    return torch.cat([coeffs, torch.ones_like(coeffs[:, :1])], dim=1).view(-1, 3, 3).float()
+
+
+def sample_grid(matrices: Tensor, size: int) -> Tensor:
+    """Apply (B, 3, 3) homographies to the output pixel centres: grid (B, size, size, 2)."""
+    b = matrices.shape[0]
+    t = (torch.arange(size, device=matrices.device, dtype=torch.float32) * 2 + 1) / size - 1
+    ys, xs = torch.meshgrid(t, t, indexing="ij")
+    base = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).view(1, size * size, 3)
+    pts = base @ matrices.float().transpose(1, 2)  # (B, S*S, 3)
+    return (pts[..., :2] / pts[..., 2:]).view(b, size, size, 2)
+
+
+def resample(x: Tensor, matrices: Tensor, size: int) -> Tensor:
+    """One bilinear resample of x (B, 3, P, P) through (B, 3, 3) matrices: float (B, 3, S, S)."""
+    scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
+    grid = sample_grid(matrices.to(x.device, non_blocking=True), size)  # (B, S, S, 2)
+    # The only uint8 -> float conversion; scaling to [0, 1] waits for the smaller output.
+    # Like fastai, no antialiasing: crops of a presized image shrink by at most P/S.
+    y = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection",
+                      align_corners=False)  # (B, 3, S, S), contiguous NCHW
+    return torch.mul(y, scale, out=torch.empty_like(y, memory_format=_CL))  # scale + relayout
+
+
+def lighting(x: Tensor, max_lighting: float = 0.2, p: float = 0.75,
+             generator: torch.Generator | None = None) -> Tensor:
+    """fastai brightness + contrast in logit space: sigmoid(c*logit(x) + logit(b)), stays in [0, 1]."""
+    n = x.shape[0]
+    b = _uniform(n, 0.5 * (1 - max_lighting), 0.5 * (1 + max_lighting), generator)
+    shift = torch.logit(b) * _mask(n, p, generator)  # brightness, logit(0.5) = 0 = no change
+    log_c = _uniform(n, math.log(1 - max_lighting), -math.log(1 - max_lighting), generator)
+    c = torch.exp(log_c * _mask(n, p, generator))  # contrast factor, 1 = no change
+    params = torch.stack([c, shift], dim=1).to(x.device, x.dtype, non_blocking=True)
+    c, shift = params.view(n, 2, 1, 1, 1).unbind(dim=1)  # (B, 1, 1, 1) each
+    return torch.sigmoid(torch.addcmul(shift, torch.logit(x, eps=1e-6), c))  # ~4 elementwise passes
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={value} must be in [{lo}, {hi}]")
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size={size!r} must be a positive int (pixels)")
+
+
+class TrainAugment:
+    """fastai `aug_transforms` + `RandomResizedCrop` on a uint8 batch, as one resample per image."""
+
+    def __init__(self, size: int, min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 flip: bool = True, max_rotate: float = 10.0, max_zoom: float = 1.1,
+                 max_warp: float = 0.2, p_affine: float = 0.75, max_lighting: float = 0.2,
+                 p_lighting: float = 0.75, seed: int | None = None):
+        _check_size(size)
+        _check_range("min_scale", min_scale, 1e-3, 1.0)
+        _check_range("ratio[0]", ratio[0], 1e-3, ratio[1])
+        _check_range("max_rotate", max_rotate, 0.0, 180.0)
+        _check_range("max_zoom", max_zoom, 1.0, 10.0)
+        _check_range("max_warp", max_warp, 0.0, 0.5)  # beyond ~0.5 the homography can fold over
+        _check_range("p_affine", p_affine, 0.0, 1.0)
+        _check_range("max_lighting", max_lighting, 0.0, 0.99)
+        _check_range("p_lighting", p_lighting, 0.0, 1.0)
+        self.size = size
+        self.scale = (min_scale, 1.0)
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.flip_p = 0.5 if flip else 0.0
+        self.max_rotate, self.max_zoom, self.max_warp = max_rotate, max_zoom, max_warp
+        self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 (B, 3, P, P) -> float (B, 3, size, size) in [0, 1], channels_last."""
+        _check_batch(x)
+        _check_size(self.size)  # a plain attribute: progressive resizing sets it between batches
+        g = generator if generator is not None else self.generator
+        n = x.shape[0]
+        # Parameters are drawn and composed on the CPU (tiny); one (B, 3, 3) copy to the device.
+        boxes = random_resized_crop_params(n, self.scale, self.ratio, g)
+        m = affine_matrices(boxes, self.flip_p, self.max_rotate, self.max_zoom, self.p_affine, g)
+        m = m @ warp_matrices(n, self.max_warp, self.p_affine, g)
+        y = resample(x, m, self.size)
+        if self.max_lighting > 0 and self.p_lighting > 0:
+            y = lighting(y, self.max_lighting, self.p_lighting, g)
+        return y
+
+
+def _check_batch(x: Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected an image batch (B, 3, H, W), got shape {tuple(x.shape)}")
+
+
+def _resize_unit(x: Tensor, size: int) -> Tensor:
+    """Antialiased bilinear resize to (size, size) as float in [0, 1], channels_last."""
+    scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
+    y = x.float()  # once, on x's device; preserves channels_last
+    if tuple(y.shape[-2:]) != (size, size):
+        y = F.interpolate(y, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (y * scale).contiguous(memory_format=_CL)
+
+
+def _crop_side(x: Tensor, size: int, crop_frac: float) -> int:
+    """Validate a crop request and return the crop's side in pixels."""
+    _check_batch(x)
+    _check_size(size)
+    _check_range("crop_frac", crop_frac, 1e-3, 1.0)
+    return max(1, round(crop_frac * min(x.shape[-2:])))
+
+
+def center_crop_resize(x: Tensor, size: int, crop_frac: float = 1.0) -> Tensor:
+    """Centre square of side crop_frac*min(H, W), resized to (B, 3, size, size) float in [0, 1]."""
+    c = _crop_side(x, size, crop_frac)
+    top, left = (x.shape[-2] - c) // 2, (x.shape[-1] - c) // 2
+    return _resize_unit(x[..., top:top + c, left:left + c], size)
+
+
+def five_crop(x: Tensor, size: int, crop_frac: float = 0.875) -> list[Tensor]:
+    """Centre, top-left, top-right, bottom-left, bottom-right crops, each (B, 3, size, size)."""
+    c = _crop_side(x, size, crop_frac)
+    h, w = x.shape[-2:]
+    corners = [x[..., :c, :c], x[..., :c, w - c:], x[..., h - c:, :c], x[..., h - c:, w - c:]]
+    return [center_crop_resize(x, size, crop_frac)] + [_resize_unit(t, size) for t in corners]
+
+
+class ValidResize:
+    """Validation transform: antialiased resize of the cached centre square to (size, size)."""
+
+    def __init__(self, size: int):
+        _check_size(size)
+        self.size = size
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """uint8 (B, 3, P, P) -> float (B, 3, size, size) in [0, 1], channels_last."""
+        _check_batch(x)
+        return _resize_unit(x, self.size)
+
+
+class Normalize:
+    """Per-channel (x - mean) / std on x's device and dtype; `decode` undoes it."""
+
+    def __init__(self, mean: Iterable[float], std: Iterable[float]):
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"mean={self.mean} and std={self.std} must have the same non-zero length")
+        if min(self.std) <= 0:
+            raise ValueError(f"std={self.std} must be > 0 in every channel")
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    @classmethod
+    def from_stats(cls, mean: Iterable[float], std: Iterable[float]) -> Normalize:
+        """`Normalize.from_stats(*imagenet_stats)`, as in fastai."""
+        return cls(mean, std)
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # Cached per (device, dtype): building them per batch would be a host->device copy each.
+        key = (x.device, x.dtype)
+        if key not in self._cache:
+            stats = torch.tensor([self.mean, self.std], dtype=x.dtype, device=x.device)
+            self._cache[key] = stats.view(2, 1, -1, 1, 1).unbind(dim=0)  # (1, C, 1, 1) each
+        return self._cache[key]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Undo normalization: x * std + mean."""
+        mean, std = self._stats(x)
+        return torch.addcmul(mean, x, std)
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """Plain dict for export: {'mean': [...], 'std': [...]}."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def compute_stats(batches: Iterable[Tensor]) -> tuple[list[float], list[float]]:
+    """Exact per-channel mean and std (unbiased, like torch.std) over all pixels of all batches."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for x in batches:
+        _check_batch(x)
+        x = x.double()  # float64 sums: millions of pixels would lose digits in float32
+        total = total + x.sum(dim=(0, 2, 3))  # (C,)
+        total_sq = total_sq + (x * x).sum(dim=(0, 2, 3))
+        count += x.numel() // x.shape[1]
+    if count < 2:
+        raise ValueError(f"compute_stats needs at least 2 pixels per channel, got {count}")
+    mean = total / count
+    var = (total_sq - count * mean * mean) / (count - 1)
+    return mean.tolist(), var.clamp(min=0).sqrt().tolist()  # the only host sync
+
+
+def show_batch(x: Tensor, labels: list[str], path: Path | None = None,
+               normalize: Normalize | None = None, ncols: int = 4):
+    """Grid of images (B, 3, H, W) titled by labels; saved as PNG when path is given."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe without a display
+    x = x if normalize is None else normalize.decode(x)
+    imgs = x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    ncols = max(1, min(ncols, len(imgs)))
+    nrows = max(1, math.ceil(len(imgs) / ncols))
+    fig = Figure(figsize=(2.5 * ncols, 2.5 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i < len(imgs):
+            ax.imshow(imgs[i])
+            ax.set_title(str(labels[i]) if i < len(labels) else "", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(Path(path), format="png")
+    return fig
+
+
+def augmentation_grid(x: Tensor, augment: TrainAugment, n: int = 8, path: Path | None = None):
+    """One image (1, 3, P, P) augmented n times, shown as a grid."""
+    batch = x.reshape(1, *x.shape[-3:]).expand(n, -1, -1, -1)  # a view, no copy
+    return show_batch(augment(batch), [f"aug {i}" for i in range(n)], path)

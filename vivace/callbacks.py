@@ -1,0 +1,201 @@
+"""Events: callbacks observe the loop through a few named events and may ask it to stop.
+
+Events, in order: before_fit, then per epoch before_epoch, per batch (before_batch,
+transform_batch, after_batch), after_validate, after_epoch; finally after_fit.
+`transform_batch` is the single hook that may change data (Mixup, CutMix), training only.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .schedule import SizeSchedule
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+
+class Callback:
+    """Base class: every event is a no-op; `order` sorts callbacks (lower runs first)."""
+
+    order: int = 0
+
+    def before_fit(self, learn: Learner) -> None: ...
+    def before_epoch(self, learn: Learner) -> None: ...
+    def before_batch(self, learn: Learner) -> None: ...
+    def after_batch(self, learn: Learner) -> None: ...
+    def after_validate(self, learn: Learner) -> None: ...
+    def after_epoch(self, learn: Learner) -> None: ...
+    def after_fit(self, learn: Learner) -> None: ...
+
+    def transform_batch(self, learn: Learner, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the (possibly changed) training batch; the default leaves it alone."""
+        return x, y
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint so a resumed run continues exactly (RNG states, counters)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Recorder(Callback):
+    """Collects per-epoch rows (train loss, valid loss, metrics, time) and prints the book's table."""
+
+    order = -20
+
+    def __init__(self, print_table: bool = True):
+        self.print_table = print_table
+        self.rows: list[dict[str, float]] = []
+        self.lrs: list[float] = []
+        self.sizes: list[int] = []
+
+    def before_fit(self, learn: Learner) -> None:
+        if self.print_table and not self.rows:
+            learn.log("  ".join(f"{h:<10}" for h in self._header(learn)))
+
+    def before_epoch(self, learn: Learner) -> None:
+        self.start = time.perf_counter()
+        # Summed on the device: no host sync per batch. Restored when resuming mid-epoch.
+        self.loss_sum = learn.resume_loss_sum.to(learn.device)
+        self.n_seen = learn.resume_batches
+
+    def after_batch(self, learn: Learner) -> None:
+        self.loss_sum = self.loss_sum + learn.loss.float()
+        self.n_seen += 1
+        self.lrs.append(learn.lr)
+        self.sizes.append(learn.dls.train.size)
+
+    def after_validate(self, learn: Learner) -> None:
+        row = {"epoch": float(learn.epoch), "train_loss": (self.loss_sum / max(self.n_seen, 1)).item()}
+        row.update(learn.last_metrics)
+        row["time"] = time.perf_counter() - self.start
+        self.rows.append(row)
+        if self.print_table:
+            learn.log("  ".join(_fmt(k, v) for k, v in row.items()))
+
+    def _header(self, learn: Learner) -> list[str]:
+        return ["epoch", "train_loss", "valid_loss", *learn.metric_names, "time"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "lrs": self.lrs, "sizes": self.sizes}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows, self.lrs, self.sizes = state["rows"], state["lrs"], state["sizes"]
+
+
+def _fmt(key: str, value: float) -> str:
+    if key == "epoch":
+        return f"{int(value):<10}"
+    if key == "time":
+        return f"{int(value) // 60:02d}:{int(value) % 60:02d}"
+    return f"{value:<10.6f}"
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch, shown only when stderr is a terminal."""
+
+    order = 10
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+
+    def before_epoch(self, learn: Learner) -> None:
+        if self.enabled and learn.is_main:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=learn.n_batches, initial=learn.iter_start, leave=False,
+                            desc=f"epoch {learn.epoch}")
+
+    def after_batch(self, learn: Learner) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if learn.iter % 10 == 0:  # .item() syncs with the device: only every 10 batches
+                self.bar.set_postfix(loss=f"{learn.loss.item():.4f}")
+
+    def after_epoch(self, learn: Learner) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    after_fit = after_epoch
+
+
+class NaNGuard(Callback):
+    """Stops the fit when the loss is NaN or infinite, naming where and suggesting a fix."""
+
+    order = -10
+
+    def after_batch(self, learn: Learner) -> None:
+        # One host sync per batch; the loss is tiny and the step already waited for it on CPU.
+        if not torch.isfinite(learn.loss).item():
+            learn.fail(f"loss became {learn.loss.item()} at epoch {learn.epoch}, batch {learn.iter}, "
+                       f"lr {learn.lr:.3g}: lower the learning rate (e.g. --lr {learn.lr / 10:.3g}) "
+                       f"or disable mixed precision; the last good checkpoint is kept")
+
+
+class EarlyStopping(Callback):
+    """Stops when `monitor` has not improved for `patience` epochs."""
+
+    def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0.0):
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.sign = -1.0 if "loss" in monitor or "error" in monitor else 1.0
+        self.best, self.wait = None, 0
+
+    def after_epoch(self, learn: Learner) -> None:
+        value = self.sign * learn.last_metrics[self.monitor]
+        if self.best is None or value > self.best + self.min_delta:
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            learn.log(f"early stop: {self.monitor} did not improve for {self.patience} epochs")
+            learn.request_stop()
+
+
+class StopAfter(Callback):
+    """Stops after a fixed number of training batches (for probes and tests)."""
+
+    def __init__(self, n_batches: int):
+        self.n_batches, self.seen = n_batches, 0
+
+    def after_batch(self, learn: Learner) -> None:
+        self.seen += 1
+        if self.seen >= self.n_batches:
+            learn.request_stop()
+
+
+class ProgressiveResize(Callback):
+    """Ramps the training crop size with progress; the LR schedule runs on unbroken.
+
+    Sets the size for the *next* batch, where it is cropped (never cropped large then shrunk).
+    With `scale_batch`, the batch size grows as the size shrinks to keep memory per batch flat.
+    """
+
+    order = -30
+
+    def __init__(self, schedule: SizeSchedule, scale_batch: bool = False):
+        self.schedule, self.scale_batch = schedule, scale_batch
+
+    def before_fit(self, learn: Learner) -> None:
+        self.base_bs = learn.dls.train.batch_size
+
+    def before_epoch(self, learn: Learner) -> None:
+        size = self.schedule(learn.epoch / learn.n_epochs)
+        learn.dls.train.set_size(size)
+        if self.scale_batch:
+            bs = int(self.base_bs * (self.schedule.final_px / size) ** 2)
+            learn.dls.train.set_batch_size(bs)
+
+    def after_batch(self, learn: Learner) -> None:
+        next_progress = (learn.epoch + (learn.iter + 1) / learn.n_batches) / learn.n_epochs
+        learn.dls.train.set_size(self.schedule(next_progress))
+
+    def after_fit(self, learn: Learner) -> None:
+        learn.dls.train.set_size(self.schedule.final_px)
+        if self.scale_batch:
+            learn.dls.train.set_batch_size(self.base_bs)

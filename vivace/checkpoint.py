@@ -1,0 +1,164 @@
+"""Checkpoints: one safetensors file per checkpoint, tensors inside, JSON state in its metadata.
+
+A single file can be written atomically (temp file, then rename), so a run killed at any moment
+leaves either the previous checkpoint or the new one, never half of each. Nothing is pickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .callbacks import Callback
+
+FORMAT = "vivace-checkpoint-1"
+
+
+def flatten_state(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split nested dicts/lists into a JSON skeleton and a flat {key: tensor} map."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "tensor"
+        return {"__tensor__": key}, {key: obj.detach().cpu().contiguous()}
+    if isinstance(obj, dict):
+        skeleton, tensors = {}, {}
+        for k, v in obj.items():
+            # JSON keys are strings; remember int keys (optimizer state is keyed by param index).
+            name = f"__int__{k}" if isinstance(k, int) else str(k)
+            skeleton[name], found = flatten_state(v, f"{prefix}.{name}" if prefix else name)
+            tensors.update(found)
+        return skeleton, tensors
+    if isinstance(obj, (list, tuple)):
+        skeleton, tensors = [], {}
+        for i, v in enumerate(obj):
+            item, found = flatten_state(v, f"{prefix}.{i}")
+            skeleton.append(item)
+            tensors.update(found)
+        return skeleton, tensors
+    return obj, {}
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of flatten_state."""
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"__tensor__"}:
+            return tensors[skeleton["__tensor__"]]
+        return {(int(k[7:]) if k.startswith("__int__") else k): unflatten_state(v, tensors)
+                for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write `state` (nested dicts of tensors and JSON values) to `path` atomically."""
+    skeleton, tensors = flatten_state(state)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # safetensors refuses tensors sharing memory; clone the rare views.
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": json.dumps(skeleton)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by save_checkpoint; clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: train first, or drop --resume")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path} is not a readable checkpoint ({err})") from err
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return unflatten_state(json.loads(meta["state"]), tensors)
+
+
+def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:
+    """Everything needed to continue a fit at (epoch, batch) exactly as if never interrupted."""
+    state = {
+        "position": {"epoch": epoch, "batch": batch},
+        "model": learn.model.state_dict(),
+        "optimizer": learn.opt.state_dict(),
+        "scaler": learn.scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state()},
+        "data": learn.dls.state_dict(),
+        "callbacks": {f"{i}.{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(learn.cbs)},
+        "epoch_loss": {"sum": learn.recorder.loss_sum.detach().cpu(), "batches": learn.recorder.n_seen},
+    }
+    if torch.cuda.is_available():
+        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_learner(learn, state: dict[str, Any]) -> None:
+    """Load a learner_state into `learn`; its next fit call continues from the saved position."""
+    learn.model.load_state_dict(state["model"])
+    if learn.opt is None:
+        learn.opt = learn._make_opt()
+    learn.opt.load_state_dict(state["optimizer"])
+    if state["scaler"]:
+        learn.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    learn.dls.load_state_dict(state["data"])
+    for i, cb in enumerate(learn.cbs):
+        cb.load_state_dict(state["callbacks"].get(f"{i}.{type(cb).__name__}", {}))
+    pos = state["position"]
+    learn.resume_at = (pos["epoch"], pos["batch"])
+    if pos["batch"] > 0:  # resuming mid-epoch: the epoch's train loss continues its running sum
+        learn.resume_loss_sum = state["epoch_loss"]["sum"]
+        learn.resume_batches = int(state["epoch_loss"]["batches"])
+
+
+class CheckpointSaver(Callback):
+    """Writes `last.safetensors` each epoch (and every `every_minutes` inside one) and `best`.
+
+    The best checkpoint follows `monitor` (higher is better unless it names a loss or error).
+    Nothing is written after a failure, so the last good checkpoint survives a NaN.
+    """
+
+    order = 20
+
+    def __init__(self, directory: Path, monitor: str = "accuracy", every_minutes: float = 0.0):
+        self.directory, self.monitor, self.every_s = Path(directory), monitor, every_minutes * 60
+        self.sign = -1.0 if "loss" in monitor or "error" in monitor else 1.0
+        self.best: float | None = None
+        self.last_save = time.monotonic()
+
+    def before_fit(self, learn) -> None:
+        self.last_save = time.monotonic()
+
+    def after_batch(self, learn) -> None:
+        if self.every_s and not learn.failure and time.monotonic() - self.last_save >= self.every_s:
+            self._save(learn, "last", learn.epoch, learn.iter + 1)
+
+    def after_epoch(self, learn) -> None:
+        if learn.failure:
+            return
+        self._save(learn, "last", learn.epoch + 1, 0)
+        value = learn.last_metrics.get(self.monitor, learn.last_metrics.get("valid_loss"))
+        if value is not None and (self.best is None or self.sign * value > self.sign * self.best):
+            self.best = value
+            self._save(learn, "best", learn.epoch + 1, 0)
+
+    def _save(self, learn, name: str, epoch: int, batch: int) -> None:
+        if learn.is_main:
+            save_checkpoint(self.directory / f"{name}.safetensors", learner_state(learn, epoch, batch))
+        self.last_save = time.monotonic()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")

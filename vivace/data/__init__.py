@@ -1,0 +1,150 @@
+"""Data: image folders -> presize cache -> batches on the device -> augmented, normalized tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..augment import Normalize, TrainAugment, ValidResize, compute_stats, imagenet_stats
+from .cache import ImageCache, build_cache
+from .datasets import data_home, embedded_path, resolve_data
+from .loader import BatchLoader
+from .sources import Source, make_source
+
+STATS_SAMPLE = 1024  # training images used to compute normalization statistics
+
+
+class Pipeline:
+    """A loader's per-batch transform: resize (train: augment) to `size`, then normalize."""
+
+    def __init__(self, resize: Callable[[Tensor], Tensor], normalize: Normalize | None):
+        self.resize, self.normalize = resize, normalize
+
+    @property
+    def size(self) -> int:
+        return self.resize.size
+
+    @size.setter
+    def size(self, px: int) -> None:
+        self.resize.size = px
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = self.resize(x)  # (B, 3, size, size) float in [0, 1]
+        return self.normalize(x) if self.normalize is not None else x
+
+
+@dataclass
+class DataLoaders:
+    """Training and validation loaders over one cache, plus the class vocabulary and statistics."""
+
+    train: BatchLoader
+    valid: BatchLoader
+    vocab: list[str]
+    normalize: Normalize | None
+    source: Source
+    cache: ImageCache
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
+
+    @property
+    def c(self) -> int:
+        return len(self.vocab)
+
+    def one_batch(self) -> tuple[Tensor, Tensor]:
+        """The first augmented training batch: x (B, 3, S, S) float, y (B,)."""
+        return next(iter(self.train))
+
+    def show_batch(self, path: Path | None = None, max_n: int = 9, ncols: int = 3):
+        """A grid of augmented training images with their labels (saved to `path` if given)."""
+        from ..augment import show_batch
+        x, y = self.one_batch()
+        labels = [self.vocab[i] for i in y[:max_n].tolist()]
+        return show_batch(x[:max_n].cpu(), labels, path=path, normalize=self.normalize, ncols=ncols)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation RNG state, so a resumed run draws the same augmentations."""
+        gen = self.train.transform.resize.generator
+        return {"augment_rng": gen.get_state() if gen is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        gen = self.train.transform.resize.generator
+        if gen is not None and state.get("augment_rng") is not None:
+            gen.set_state(state["augment_rng"])
+
+
+def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128, presize: int = 160,
+                     bs: int = 64, valid_bs: int = 128, augment: dict[str, Any] | None = None,
+                     normalize: bool = True, stats: str | tuple = "imagenet", seed: int = 42,
+                     device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
+                     workers: int | None = None, cache_dir: Path | None = None,
+                     progress: bool = True) -> DataLoaders:
+    """Build the cache (once) and the two loaders.
+
+    Args:
+        data: a dataset name, a folder, or a Source; None = the embedded Imagenette subset.
+        augment: keyword arguments for TrainAugment (min_scale, max_rotate, ...).
+        stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
+    """
+    source = data if isinstance(data, Source) else make_source(resolve_data(data))
+    device = torch.device(device) if device is not None else _default_device()
+    cache = build_cache(source.train_files + source.valid_files, presize, cache_dir, workers, progress)
+    n_train = len(source.train_files)
+    train_idx, train_y = _usable(cache, np.arange(n_train), source.train_labels)
+    valid_idx, valid_y = _usable(cache, np.arange(n_train, len(cache)), source.valid_labels)
+    _check_usable(train_idx, valid_idx, source)
+    train = BatchLoader(cache, train_idx, train_y, bs, shuffle=True, drop_last=True, seed=seed,
+                        device=device, rank=rank, world_size=world_size)
+    valid = BatchLoader(cache, valid_idx, valid_y, valid_bs, shuffle=False, drop_last=False,
+                        device=device, rank=rank, world_size=world_size)
+    train.set_batch_size(min(bs, max(len(train_idx) // world_size, 1)))  # tiny data: >= one batch
+    norm = _make_normalize(normalize, stats, cache, train_idx, size, device)
+    train.transform = Pipeline(TrainAugment(size, seed=seed, **(augment or {})), norm)
+    valid.transform = Pipeline(ValidResize(size), norm)
+    return DataLoaders(train, valid, source.vocab, norm, source, cache)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _usable(cache: ImageCache, positions: np.ndarray, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Drop images the cache could not decode (they were reported when it was built)."""
+    keep = cache.ok[positions]
+    return positions[keep], np.asarray(labels, dtype=np.int64)[keep]
+
+
+def _check_usable(train_idx: np.ndarray, valid_idx: np.ndarray, source: Source) -> None:
+    if len(train_idx) == 0 or len(valid_idx) == 0:
+        raise ValueError(f"no readable images left in the {'training' if len(train_idx) == 0 else 'validation'} "
+                         f"split of {source.root}: every file failed to decode (see the warning above)")
+
+
+def _make_normalize(normalize: bool, stats: str | tuple, cache: ImageCache, train_idx: np.ndarray,
+                    size: int, device: torch.device) -> Normalize | None:
+    if not normalize:
+        return None
+    if stats == "imagenet":
+        return Normalize.from_stats(*imagenet_stats)
+    if stats == "computed":
+        return Normalize(*sample_stats(cache, train_idx, size, device))
+    mean, std = stats
+    return Normalize(mean, std)
+
+
+def sample_stats(cache: ImageCache, indices: np.ndarray, size: int, device: torch.device,
+                 n: int = STATS_SAMPLE, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Channel mean/std over up to `n` training images (not one batch: more robust)."""
+    chosen = np.sort(np.random.default_rng(seed).permutation(indices)[:n])
+    resize = ValidResize(size)
+    batches = (resize(cache.gather(chosen[i:i + 256]).to(device)) for i in range(0, len(chosen), 256))
+    return compute_stats(batches)
+
+
+__all__ = ["DataLoaders", "Pipeline", "make_dataloaders", "make_source", "Source", "build_cache",
+           "ImageCache", "BatchLoader", "data_home", "embedded_path", "resolve_data", "sample_stats"]

@@ -1,0 +1,197 @@
+"""Batches from the presize cache: shuffle and shard indices, gather uint8 on a background thread.
+
+Per batch: one fancy-index read of the memmap -> (pinned) uint8 (B, 3, P, P) channels_last ->
+non-blocking copy to the device, all in a prefetch thread that runs ahead by `prefetch` batches;
+the consuming thread then applies `transform` (augmentation, normalization) on the device.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cache import ImageCache
+
+PUT_POLL_S = 0.05  # how often a blocked producer checks whether the consumer has gone away
+
+
+def shard_indices(n: int, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int,
+                  drop_last: bool, batch_size: int) -> np.ndarray:
+    """This rank's positions in 0..n-1 for `epoch`: a seeded permutation, then every world_size-th.
+
+    drop_last=True (training): the permutation is first cut to a multiple of
+    world_size * batch_size, so every rank gets the same number of full batches.
+    drop_last=False (validation): nothing is cut; the shards of all ranks are disjoint and
+    together hold every position exactly once (their lengths may differ by one).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    # Same (seed, epoch) on every rank -> same permutation -> disjoint shards.
+    perm = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
+    if drop_last:
+        perm = perm[: n // (world_size * batch_size) * world_size * batch_size]
+    return perm[rank::world_size]
+
+
+class _Failure:
+    """Carries an exception from the prefetch thread to the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()  # end-of-epoch marker on the queue
+
+
+class BatchLoader:
+    """Yields `(x, y)`: x uint8 (B, 3, P, P) channels_last (or `transform(x)`), y int64 (B,)."""
+
+    def __init__(self, cache: ImageCache, indices: np.ndarray, labels: np.ndarray,
+                 batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0,
+                 device: torch.device | str = "cpu",
+                 transform: Callable[[Tensor], Tensor] | None = None, rank: int = 0,
+                 world_size: int = 1, prefetch: int = 2) -> None:
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64)  # positions into the cache
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if self.indices.ndim != 1 or self.indices.shape != self.labels.shape:
+            raise ValueError(f"indices and labels must be 1-D and the same length, got shapes "
+                             f"{self.indices.shape} and {self.labels.shape}")
+        if len(self.indices) and not 0 <= self.indices.min() <= self.indices.max() < len(cache):
+            raise ValueError(f"indices must lie in 0..{len(cache) - 1} (the cache has "
+                             f"{len(cache)} images), got {self.indices.min()}..{self.indices.max()}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1 batch, got {prefetch}")
+        self.batch_size = 0
+        self.set_batch_size(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.device = _resolve_device(device)
+        self.transform = transform  # read per batch: a new one acts from the next batch
+        self.rank = rank
+        self.world_size = world_size
+        self.prefetch = prefetch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the shuffle of the next iteration (same epoch -> same order)."""
+        self.epoch = epoch
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Change the batch size, effective from the next iteration."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+
+    @property
+    def n_items(self) -> int:
+        """Items this rank sees per epoch."""
+        n, ws = len(self.indices), self.world_size
+        if self.drop_last:
+            return n // (ws * self.batch_size) * self.batch_size
+        return len(range(self.rank, n, ws))
+
+    def __len__(self) -> int:
+        return -(-self.n_items // self.batch_size)  # ceil; exact when drop_last
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = shard_indices(len(self.indices), self.epoch, self.seed, self.shuffle, self.rank,
+                              self.world_size, self.drop_last, self.batch_size)
+        batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._produce, args=(batches, q, stop),
+                                  name="vivace-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                x, y = self._arrived(*item)
+                if self.transform is not None:
+                    x = self.transform(x)
+                yield x, y
+        finally:
+            # Runs on normal end, on error and when the consumer breaks out (generator close):
+            # the producer sees `stop` within PUT_POLL_S and exits, so no thread outlives us.
+            stop.set()
+            thread.join()
+
+    def _produce(self, batches: list[np.ndarray], q: queue.Queue, stop: threading.Event) -> None:
+        """Prefetch thread: gather, pin and copy each batch, then put it on the queue."""
+        stream = None
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # the current device is per thread
+            # A private stream lets the host-to-device copy overlap the consumer's compute.
+            stream = torch.cuda.Stream(self.device)
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                if not _put(q, self._load(batch, stream), stop):
+                    return
+        except Exception as exc:  # any failure must reach the consumer, not die with the thread
+            _put(q, _Failure(exc), stop)
+            return
+        _put(q, _DONE, stop)
+
+    def _load(self, batch: np.ndarray, stream: torch.cuda.Stream | None) -> tuple:
+        """One batch to the device: (x, y, copy-done event or None)."""
+        pin = stream is not None
+        x = self.cache.gather(self.indices[batch], pin_memory=pin)  # (B, 3, P, P) uint8
+        y = torch.from_numpy(self.labels[batch])  # fancy index: a fresh, owned array
+        if stream is None:
+            return x.to(self.device), y.to(self.device), None
+        with torch.cuda.stream(stream):
+            x = x.to(self.device, non_blocking=True)
+            y = y.pin_memory().to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return x, y, done
+
+    def _arrived(self, x: Tensor, y: Tensor, done: torch.cuda.Event | None) -> tuple[Tensor, Tensor]:
+        """Make the consumer's stream wait for the copy (GPU-side; no host sync)."""
+        if done is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(done)
+            # The tensors were allocated on the copy stream; tell the caching allocator they are
+            # used on this one too, so their memory is not reused while kernels still read it.
+            x.record_stream(current)
+            y.record_stream(current)
+        return x, y
+
+    def __repr__(self) -> str:
+        return (f"BatchLoader({self.n_items} items, bs={self.batch_size}, shuffle={self.shuffle}, "
+                f"drop_last={self.drop_last}, rank {self.rank}/{self.world_size}, {self.device})")
+
+
+def _resolve_device(device: torch.device | str) -> torch.device:
+    """`device` with an explicit index for CUDA, fixed now because threads differ in default."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put `item` unless `stop` is set first; True if it was put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=PUT_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False

@@ -1,0 +1,212 @@
+"""The Learner: data + model + loss + optimizer, and the one training loop they run in."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import schedule as sched
+from .callbacks import Callback, NaNGuard, ProgressBar, Recorder
+from .losses import CrossEntropy
+from .metrics import accuracy
+from .optim import make_optimizer, set_hyper
+
+Metric = Callable[[Tensor, Tensor], Tensor]
+
+
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """Mixed precision dtype: bf16 (or fp16) on CUDA; never on CPU, where bf16 is 10-100x slower."""
+    if amp == "off" or device.type != "cuda":
+        return None
+    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+class Learner:
+    """Trains `model` on `dls` with `loss_func`, reporting `metrics` each epoch.
+
+    Args:
+        dls: a DataLoaders (train and valid loaders, vocab) from `vivace.data`.
+        opt_func: an optimizer name ('sgd', 'adamw', 'ranger') or a function(model, lr) -> optimizer.
+        amp: 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16' or 'off'.
+    """
+
+    def __init__(self, dls, model: nn.Module, loss_func: nn.Module | Callable | None = None,
+                 metrics: Metric | Sequence[Metric] | None = accuracy,
+                 cbs: Callback | type | Iterable[Callback | type] | None = None,
+                 opt_func: str | Callable = "sgd", wd: float = 5e-5, channels_last: bool = True,
+                 amp: str = "auto", compile: bool = False, is_main: bool = True):
+        self.dls, self.device = dls, dls.device
+        self.model = model.to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_model = torch.compile(self.model) if compile else self.model
+        self.loss_func = loss_func if loss_func is not None else CrossEntropy()
+        self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, Sequence) else [metrics]
+        self.opt_func, self.wd, self.opt = opt_func, wd, None
+        self.amp_dtype = autocast_dtype(self.device, amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.is_main = is_main
+        self.recorder = Recorder()
+        self.cbs: list[Callback] = [self.recorder, ProgressBar(), NaNGuard()]
+        self.add_cbs(cbs)
+        self.resume_at: tuple[int, int] | None = None
+        self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
+        self.epoch, self.iter, self.iter_start, self.lr, self.n_epochs = 0, 0, 0, 0.0, 1
+        self.last_metrics: dict[str, float] = {}
+        self.stop_requested, self.failure = False, None
+
+    # -- the book's handles -------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.dls.vocab)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [getattr(m, "__name__", type(m).__name__) for m in self.metrics]
+
+    def add_cbs(self, cbs: Callback | type | Iterable[Callback | type] | None) -> None:
+        """Add callbacks; a class is instantiated with its defaults (`cbs=Mixup` as in the book)."""
+        if cbs is None:
+            return
+        for cb in cbs if isinstance(cbs, Iterable) else [cbs]:
+            self.cbs.append(cb() if isinstance(cb, type) else cb)
+
+    def fit(self, n_epoch: int, lr: float = 1e-3) -> None:
+        """Train `n_epoch` epochs at a constant learning rate."""
+        self._fit(n_epoch, sched.constant(lr), None)
+
+    def fit_one_cycle(self, n_epoch: int, lr_max: float = 1e-3, div: float = 25.0, div_final: float = 1e5,
+                      pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95)) -> None:
+        """fastai's one-cycle: LR warms up then anneals while momentum does the opposite."""
+        self._fit(n_epoch, sched.one_cycle(lr_max, div, div_final, pct_start),
+                  sched.one_cycle_momentum(moms, pct_start))
+
+    def fit_flat_cos(self, n_epoch: int, lr: float = 1e-3, pct_start: float = 0.75, div_final: float = 1e5) -> None:
+        """Flat LR for pct_start of training, then cosine annealing (fastai's Ranger recipe)."""
+        self._fit(n_epoch, sched.flat_cos(lr, pct_start, div_final), None)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, pct_start: float = 0.3,
+                  div: float = 5.0) -> None:
+        """fastai's fine_tune: a short warm phase, then one-cycle at base_lr/2.
+
+        vivace models train from scratch and have no frozen pretrained body, so the warm phase
+        trains every parameter (as fastai does for a model with a single parameter group).
+        """
+        if freeze_epochs > 0:
+            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99)
+        self.fit_one_cycle(epochs, base_lr / 2, div=div, pct_start=pct_start)
+
+    # -- the loop ------------------------------------------------------------------------
+    def _fit(self, n_epochs: int, lr_schedule: sched.Schedule, mom_schedule: sched.Schedule | None,
+             validate: bool = True) -> None:
+        self.n_epochs, self.lr_schedule, self.mom_schedule = n_epochs, lr_schedule, mom_schedule
+        if self.opt is None:
+            self.opt = self._make_opt()
+        start_epoch, start_batch = self.resume_at or (0, 0)
+        self.stop_requested, self.failure, self.resume_at = False, None, None
+        self._emit("before_fit")
+        for self.epoch in range(start_epoch, n_epochs):
+            self._train_epoch(start_batch if self.epoch == start_epoch else 0)
+            if self.stop_requested:
+                break
+            if validate:
+                self.last_metrics = self.validate()
+                self._emit("after_validate")
+            self._emit("after_epoch")
+            if self.stop_requested:
+                break
+        self._emit("after_fit")
+
+    def _train_epoch(self, start_batch: int) -> None:
+        self.model.train()
+        self.training = True
+        self.dls.train.set_epoch(self.epoch)
+        self.iter_start = start_batch
+        self._emit("before_epoch")  # may change size or batch size (progressive resizing)
+        self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
+        self.n_batches = len(self.dls.train)
+        for self.iter, (x, y) in enumerate(self.dls.train.iter_from(start_batch), start_batch):
+            self.progress = (self.epoch + self.iter / self.n_batches) / self.n_epochs
+            self._set_hyper()
+            self._emit("before_batch")
+            for cb in self.cbs:  # the one hook that may change the batch: Mixup, CutMix
+                x, y = cb.transform_batch(self, x, y)
+            self.loss = self._train_step(x, y)
+            self._emit("after_batch")
+            if self.stop_requested:
+                break
+        self.training = False
+
+    def _train_step(self, x: Tensor, y: Tensor) -> Tensor:
+        with self.autocast():
+            loss = self.loss_func(self.train_model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss.detach()
+
+    def _set_hyper(self) -> None:
+        self.lr = self.lr_schedule(self.progress)
+        set_hyper(self.opt, self.lr, self.mom_schedule(self.progress) if self.mom_schedule else None)
+
+    def _make_opt(self):
+        if callable(self.opt_func):
+            return self.opt_func(self.model, 1e-3)
+        return make_optimizer(self.model, self.opt_func, weight_decay=self.wd)
+
+    def _emit(self, event: str) -> None:
+        for cb in sorted(self.cbs, key=lambda c: c.order):
+            getattr(cb, event)(self)
+
+    # -- what callbacks may ask ------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the current batch (or epoch, when asked in after_epoch)."""
+        self.stop_requested = True
+
+    def fail(self, message: str) -> None:
+        """Stop the fit and record why; `train` reports it and exits non-zero."""
+        self.failure = message
+        self.log(f"error: {message}")
+        self.request_stop()
+
+    def log(self, message: str) -> None:
+        """Print on the main process only."""
+        if self.is_main:
+            print(message, flush=True)
+
+    def autocast(self):
+        """Autocast context for the configured mixed precision, or a no-op."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def get_preds(self, dl=None) -> tuple[Tensor, Tensor]:
+        """Logits (N, C) and labels (N,) over a loader (default: validation), on the CPU."""
+        self.model.eval()
+        preds, targets = [], []
+        for x, y in dl if dl is not None else self.dls.valid:
+            with self.autocast():
+                preds.append(self.model(x).float())
+            targets.append(y)
+        return torch.cat(preds).cpu(), torch.cat(targets).cpu()
+
+    def validate(self, dl=None) -> dict[str, float]:
+        """Validation loss and every metric over the whole validation set."""
+        preds, targets = self.get_preds(dl)
+        out = {"valid_loss": float(self.loss_func(preds, targets))}
+        for name, metric in zip(self.metric_names, self.metrics):
+            out[name] = float(metric(preds, targets))
+        return out

@@ -1,0 +1,46 @@
+"""Losses that accept hard labels (B,) or soft targets (B, C), so mixing composes with smoothing."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy of `logits` (B, C) against class indices (B,) or soft targets (B, C)."""
+    if target.ndim == 1:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    n_classes = logits.shape[-1]
+    # Smoothing a soft target is the same linear blend as smoothing a one-hot one.
+    target = target * (1 - label_smoothing) + label_smoothing / n_classes
+    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+class CrossEntropy(nn.Module):
+    """Cross-entropy over the last dimension; accepts hard or soft targets."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return soft_cross_entropy(logits.flatten(0, -2), _flat_target(target, logits))
+
+
+class LabelSmoothingCrossEntropy(nn.Module):
+    """(1-eps)*NLL + eps*mean over classes of -log p: CE against targets 1-eps+eps/N and eps/N."""
+
+    def __init__(self, eps: float = 0.1):
+        super().__init__()
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"LabelSmoothingCrossEntropy: eps={eps} must be in [0, 1)")
+        self.eps = eps
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return soft_cross_entropy(logits.flatten(0, -2), _flat_target(target, logits), self.eps)
+
+
+def smoothed_targets(target: Tensor, n_classes: int, eps: float) -> Tensor:
+    """The soft targets label smoothing trains towards: 1-eps+eps/N on the label, eps/N elsewhere."""
+    return F.one_hot(target, n_classes).float() * (1 - eps) + eps / n_classes
+
+
+def _flat_target(target: Tensor, logits: Tensor) -> Tensor:
+    # Hard targets follow the logits' leading dims; soft ones carry the class dim too.
+    return target.flatten() if target.ndim == logits.ndim - 1 else target.flatten(0, -2)

@@ -1,0 +1,106 @@
+"""Building blocks for xresnet: conv-BN-act, activations, simple self-attention, blur pooling."""
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+Activation = Literal["relu", "mish", "silu"]
+
+
+class Mish(nn.Module):
+    """Mish activation, x * tanh(softplus(x)) (Misra 2019)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.mish(x)
+
+
+def _relu() -> nn.Module:
+    # In place is safe here: every ReLU follows a BatchNorm or a residual sum, whose
+    # backward does not need the overwritten output; it saves one activation tensor.
+    return nn.ReLU(inplace=True)
+
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": _relu,
+    "mish": Mish,
+    "silu": nn.SiLU,
+}
+
+
+def act_layer(name: str) -> nn.Module:
+    """A fresh activation module by name ('relu', 'mish' or 'silu')."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"act={name!r} is not known; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class BlurPool2d(nn.Module):
+    """Anti-aliased downsampling: a fixed 3x3 binomial blur applied with a stride (Zhang 2019)."""
+
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__()
+        self.channels, self.stride = channels, stride
+        k = torch.tensor([1.0, 2.0, 1.0])
+        filt = (k[:, None] * k[None, :]) / 16  # (3, 3), sums to 1
+        # A buffer, not a parameter: the filter is fixed, so parameter counts do not change.
+        # Not persistent: it is rebuilt from the constructor, so checkpoints do not carry it.
+        self.register_buffer("filt", filt.expand(channels, 1, 3, 3).clone(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Zero padding inside the conv (as kornia's MaxBlurPool) instead of a separate
+        # reflect pad: no extra copy of the activation, and any input size >= 1 works.
+        return F.conv2d(x, self.filt, stride=self.stride, padding=1, groups=self.channels)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, stride={self.stride}"
+
+
+class ConvLayer(nn.Sequential):
+    """Conv (no bias) -> BatchNorm -> optional activation -> optional blur-pool.
+
+    With `blur=True` and `stride > 1` the conv runs at stride 1 and a `BlurPool2d` after the
+    activation does the downsampling, as in Zhang's anti-aliased CNNs.
+    """
+
+    def __init__(self, ni: int, nf: int, ks: int = 3, stride: int = 1,
+                 act: Activation | None = "relu", zero_bn: bool = False, blur: bool = False):
+        blur = blur and stride > 1
+        conv = nn.Conv2d(ni, nf, ks, stride=1 if blur else stride, padding=ks // 2, bias=False)
+        bn = nn.BatchNorm2d(nf)
+        # gamma = 0 on the last BN of a residual branch: each block starts as the identity.
+        nn.init.constant_(bn.weight, 0.0 if zero_bn else 1.0)
+        layers = [conv, bn]
+        if act is not None:
+            layers.append(act_layer(act))
+        if blur:
+            layers.append(BlurPool2d(nf, stride))
+        super().__init__(*layers)
+
+
+class SimpleSelfAttention(nn.Module):
+    """fastai's SimpleSelfAttention: x + gamma * (x x^T) (W x), gamma starting at 0."""
+
+    def __init__(self, n_in: int):
+        super().__init__()
+        conv = nn.Conv1d(n_in, n_in, 1, bias=False)
+        nn.init.kaiming_normal_(conv.weight)
+        self.conv = spectral_norm(conv)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # fp16 would overflow: (x x^T) sums over all H*W positions, then over C channels
+        # (~1e5 at 224 px), and 0 * inf = nan even while gamma is 0. So compute in the
+        # parameters' dtype (fp32 under autocast); the three matmuls are small.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            flat = x.flatten(2).to(self.gamma.dtype)  # (B, C, N); a copy for channels_last
+            convx = self.conv(flat)  # (B, C, N)
+            xxt = torch.bmm(flat, flat.transpose(1, 2))  # (B, C, C)
+            o = self.gamma * torch.bmm(xxt, convx) + flat  # (B, C, N)
+        out = o.to(x.dtype).view(x.shape)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # Hand the next conv the layout it got before, so it does not switch kernels.
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out

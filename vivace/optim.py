@@ -1,0 +1,86 @@
+"""Optimizers with decoupled weight decay, never on BatchNorm weights or biases."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+OptName = Literal["sgd", "adamw", "ranger"]
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: matrices and conv kernels decay; 1-D params (BN, biases) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Lookahead:
+    """Lookahead (Zhang et al. 2019): every k steps pull slow weights towards the fast ones by alpha.
+
+    With RAdam inside this is the "Ranger" optimizer fastai's Imagenette records used. A plain
+    wrapper (not an Optimizer subclass) that shares the inner optimizer's param_groups, so
+    schedules that set lr/momentum reach it.
+    """
+
+    def __init__(self, inner: torch.optim.Optimizer, k: int = 6, alpha: float = 0.5):
+        if k < 1 or not 0 < alpha <= 1:
+            raise ValueError(f"Lookahead: k={k} must be >= 1 and alpha={alpha} in (0, 1]")
+        self.inner, self.k, self.alpha, self.steps = inner, k, alpha, 0
+        self.param_groups = inner.param_groups
+        self.state = inner.state
+        self.slow = [[p.detach().clone() for p in g["params"]] for g in self.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = self.inner.step(closure)
+        self.steps += 1
+        if self.steps % self.k == 0:
+            for group, slows in zip(self.param_groups, self.slow):
+                for p, slow in zip(group["params"], slows):
+                    slow.add_(p - slow, alpha=self.alpha)
+                    p.copy_(slow)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"inner": self.inner.state_dict(), "steps": self.steps, "slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.steps = state["steps"]
+        for slows, saved in zip(self.slow, state["slow"]):
+            for slow, s in zip(slows, saved):
+                slow.copy_(s)
+
+
+def make_optimizer(model: nn.Module, name: OptName = "sgd", lr: float = 1e-3, weight_decay: float = 5e-5,
+                   momentum: float = 0.9, foreach: bool | None = None) -> torch.optim.Optimizer:
+    """Build the named optimizer over `param_groups(model, weight_decay)`."""
+    groups = param_groups(model, weight_decay)
+    if name == "sgd":
+        # SGD's weight_decay is L2, which with plain SGD equals decoupled decay scaled by lr.
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, foreach=foreach)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.99), eps=1e-6, foreach=foreach)
+    if name == "ranger":
+        radam = torch.optim.RAdam(groups, lr=lr, betas=(momentum, 0.99), eps=1e-6,
+                                  decoupled_weight_decay=True, foreach=foreach)
+        return Lookahead(radam)
+    raise ValueError(f"optimizer name={name!r}: choose one of 'sgd', 'adamw', 'ranger'")
+
+
+def set_hyper(opt: torch.optim.Optimizer, lr: float, momentum: float | None) -> None:
+    """Set the LR (and momentum, or Adam's beta1) of every group."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+        if momentum is None:
+            continue
+        if "betas" in group:
+            group["betas"] = (momentum, group["betas"][1])
+        elif "momentum" in group:
+            group["momentum"] = momentum

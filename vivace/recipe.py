@@ -1,0 +1,124 @@
+"""The one config: a `Recipe` dataclass that the CLI maps onto, and named presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .models import MODELS
+
+Optimizer = ("sgd", "adamw", "ranger")
+Schedules = ("one_cycle", "flat_cos")
+Activations = ("relu", "mish", "silu")
+AmpModes = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class Recipe:
+    """Everything a training run needs; `vivace train --help` lists each field."""
+
+    data: str = ""                # dataset name (imagenette, imagewoof-160, ...) or folder; "" = embedded
+    arch: str = "xresnet18"       # model name from vivace.models.MODELS
+    widen: float = 1.0            # channel width multiplier (0.5 = half-width)
+    act: str = "relu"             # activation: relu, mish or silu
+    self_attention: bool = False  # fastai's simple self-attention in the model
+    blur_pool: bool = False       # anti-aliased (MaxBlurPool-style) downsampling
+    size: int = 128               # final training and validation crop size, px
+    presize: int = 160            # side of the cached centre square, px (>= size)
+    epochs: int = 5
+    bs: int = 64                  # training batch size (global, over all processes)
+    lr: float = 3e-3              # peak learning rate for the global batch
+    opt: str = "sgd"              # sgd (Nesterov), adamw or ranger (RAdam + lookahead)
+    wd: float = 5e-5              # decoupled weight decay, not on BatchNorm or biases
+    schedule: str = "one_cycle"   # one_cycle or flat_cos
+    pct_start: float = 0.25       # fraction of training spent warming up (one_cycle) or flat (flat_cos)
+    label_smoothing: float = 0.0  # epsilon of label smoothing
+    mixup: float = 0.0            # Mixup alpha; 0 = off
+    cutmix: float = 0.0           # CutMix alpha; 0 = off (both > 0: alternate per batch)
+    normalize: bool = True        # normalize inputs by channel statistics
+    stats: str = "imagenet"       # imagenet, or computed (from a sample of the training set)
+    min_scale: float = 0.35       # smallest crop area fraction of random-resized-crop
+    flip: bool = True             # random horizontal flips
+    max_rotate: float = 10.0      # degrees, fastai aug_transforms default
+    max_zoom: float = 1.1
+    max_warp: float = 0.2
+    max_lighting: float = 0.2
+    progressive: float = 0.0      # progressive resizing start fraction of size; 0 = off
+    progressive_end: float = 0.75 # fraction of training after which the size stays final
+    ema: float = 0.0              # EMA decay of weights for evaluation; 0 = off
+    valid_bs: int = 128           # evaluation batch size
+    channels_last: bool = True    # NHWC memory format: measured ~1.4x faster on CPU for xresnet50
+    amp: str = "auto"             # mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off
+    compile: bool = False         # torch.compile the model (slow start, no gain measured on CPU)
+    threads: int = 0              # torch intra-op threads; 0 = all cores
+    workers: int = 0              # processes for building the cache; 0 = all cores
+    seed: int = 42
+    runs: int = 1                 # repeat with seeds seed, seed+1, ... and report mean and std
+    out: str = ""                 # run directory; "" = runs/<timestamp>
+    resume: bool = False          # continue the run in --out from its last checkpoint
+    checkpoint_every: float = 0.0 # minutes between in-epoch checkpoints; 0 = end of epoch only
+    preset: str = ""              # start from a named preset; explicit flags override it
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field, its value and what is allowed."""
+        _choice("arch", self.arch, tuple(MODELS))
+        _choice("opt", self.opt, Optimizer)
+        _choice("schedule", self.schedule, Schedules)
+        _choice("act", self.act, Activations)
+        _choice("amp", self.amp, AmpModes)
+        _choice("stats", self.stats, ("imagenet", "computed"))
+        for name in ("size", "presize", "epochs", "bs", "valid_bs", "runs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.presize < self.size:
+            raise ValueError(f"presize={self.presize} must be >= size={self.size}: crops are cut from the presized image")
+        _in_range("lr", self.lr, 0.0, 10.0, low_open=True)
+        _in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        _in_range("min_scale", self.min_scale, 0.0, 1.0, low_open=True)
+        _in_range("pct_start", self.pct_start, 0.0, 1.0)
+        _in_range("progressive", self.progressive, 0.0, 1.0)
+        _in_range("ema", self.ema, 0.0, 1.0, high_open=True)
+        for name in ("mixup", "cutmix", "wd", "checkpoint_every", "widen"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+
+
+def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name}={value} must be in {left}{low}, {high}{right}")
+
+
+# Named starting points. Numbers in docs/BENCHMARKS.md say what each was measured to reach.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The README's main job: the embedded dataset on 2 CPU cores in under 2 minutes.
+    "quick": dict(arch="xresnet18", widen=0.5, size=64, presize=96, epochs=8, bs=32, lr=8e-3,
+                  label_smoothing=0.1),
+    "imagenette-128-5ep": dict(data="imagenette", arch="xresnet50", size=128, presize=160, epochs=5,
+                               bs=64, lr=8e-3, label_smoothing=0.1, progressive=0.5),
+    "imagenette-128-20ep": dict(data="imagenette", arch="xresnet50", size=128, presize=160, epochs=20,
+                                bs=64, lr=8e-3, label_smoothing=0.1, mixup=0.2),
+    "imagenette-128-80ep": dict(data="imagenette", arch="xresnet50", size=128, presize=160, epochs=80,
+                                bs=64, lr=8e-3, label_smoothing=0.1, mixup=0.4),
+    "imagenette-speedrun": dict(data="imagenette", arch="xresnet18", widen=0.5, size=128, presize=160,
+                                epochs=10, bs=128, lr=8e-3, label_smoothing=0.1, progressive=0.5),
+}
+
+
+def make_recipe(preset: str = "", **overrides: Any) -> Recipe:
+    """A Recipe from a preset plus explicit overrides, validated."""
+    if preset and preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not one of: {', '.join(PRESETS)}")
+    recipe = Recipe(**{**PRESETS.get(preset, {}), **overrides, "preset": preset})
+    recipe.validate()
+    return recipe

@@ -1,0 +1,70 @@
+"""Schedules as pure functions of training progress p in [0, 1] (fraction of all batches done)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+Schedule = Callable[[float], float]
+
+
+def cos_anneal(start: float, end: float, p: float) -> float:
+    """Cosine from `start` (p=0) to `end` (p=1)."""
+    return end + (start - end) * (1 + math.cos(math.pi * min(max(p, 0.0), 1.0))) / 2
+
+
+def combined_cos(pct: float, start: float, middle: float, end: float) -> Schedule:
+    """Cosine start->middle over the first `pct` of training, then middle->end."""
+    def schedule(p: float) -> float:
+        if pct > 0 and p < pct:
+            return cos_anneal(start, middle, p / pct)
+        return cos_anneal(middle, end, (p - pct) / (1 - pct) if pct < 1 else 1.0)
+    return schedule
+
+
+def one_cycle(lr_max: float, div: float = 25.0, div_final: float = 1e5, pct_start: float = 0.25) -> Schedule:
+    """fastai's one-cycle LR: warm lr_max/div -> lr_max over pct_start, then anneal to lr_max/div_final."""
+    return combined_cos(pct_start, lr_max / div, lr_max, lr_max / div_final)
+
+
+def one_cycle_momentum(moms: tuple[float, float, float] = (0.95, 0.85, 0.95), pct_start: float = 0.25) -> Schedule:
+    """Momentum moves opposite to the LR: high while the LR is low."""
+    return combined_cos(pct_start, *moms)
+
+
+def flat_cos(lr: float, pct_start: float = 0.75, div_final: float = 1e5) -> Schedule:
+    """Flat at `lr` for pct_start of training, then cosine down to lr/div_final."""
+    return combined_cos(pct_start, lr, lr, lr / div_final)
+
+
+def constant(value: float) -> Schedule:
+    """The same value throughout."""
+    return lambda p: value
+
+
+@dataclass(frozen=True)
+class SizeSchedule:
+    """Progressive resizing: crop size ramps from start_frac*final to final, snapped to `multiple`.
+
+    The ramp runs linearly over the first `ramp_end` fraction of training; the rest trains at
+    the final size. Sizes never exceed `final_px`.
+    """
+
+    final_px: int
+    start_frac: float = 0.5
+    ramp_end: float = 0.75
+    multiple: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 < self.start_frac <= 1:
+            raise ValueError(f"SizeSchedule.start_frac={self.start_frac} must be in (0, 1]")
+        if not 0 < self.ramp_end <= 1:
+            raise ValueError(f"SizeSchedule.ramp_end={self.ramp_end} must be in (0, 1]")
+        if self.multiple < 1 or self.final_px < self.multiple:
+            raise ValueError(f"SizeSchedule: final_px={self.final_px} must be >= multiple={self.multiple} >= 1")
+
+    def __call__(self, p: float) -> int:
+        start = self.final_px * self.start_frac
+        px = start + (self.final_px - start) * min(p / self.ramp_end, 1.0)
+        snapped = int(round(px / self.multiple)) * self.multiple
+        return max(self.multiple, min(snapped, self.final_px))

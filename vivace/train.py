@@ -1,0 +1,122 @@
+"""Train a Recipe: data -> model -> Learner with the recipe's techniques -> run directory."""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .callbacks import Callback, ProgressiveResize
+from .checkpoint import CheckpointSaver, load_checkpoint, restore_learner
+from .data import DataLoaders, make_dataloaders
+from .learner import Learner
+from .losses import CrossEntropy, LabelSmoothingCrossEntropy
+from .metrics import accuracy, calibration_error, nll, top_k_accuracy
+from .mixing import CutMix, Mixup, MixupOrCutMix
+from .models import create_model
+from .recipe import Recipe
+from .records import RunLogger, write_json
+from .schedule import SizeSchedule
+
+
+class TrainingFailed(RuntimeError):
+    """A run stopped on an error it reported (a NaN loss, say)."""
+
+
+def set_threads(threads: int) -> None:
+    """Use every core for intra-op work unless told otherwise."""
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+
+
+def top5_accuracy(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Top-5 accuracy."""
+    return top_k_accuracy(preds, target, 5)
+
+
+def build_dataloaders(recipe: Recipe, rank: int = 0, world_size: int = 1) -> DataLoaders:
+    """The recipe's data: cache, loaders, augmentation and normalization."""
+    augment = dict(min_scale=recipe.min_scale, flip=recipe.flip, max_rotate=recipe.max_rotate,
+                   max_zoom=recipe.max_zoom, max_warp=recipe.max_warp, max_lighting=recipe.max_lighting)
+    return make_dataloaders(recipe.data or None, size=recipe.size, presize=recipe.presize,
+                            bs=recipe.bs // world_size, valid_bs=recipe.valid_bs, augment=augment,
+                            normalize=recipe.normalize, stats=recipe.stats, seed=recipe.seed,
+                            rank=rank, world_size=world_size, workers=recipe.workers or None,
+                            progress=rank == 0)
+
+
+def technique_callbacks(recipe: Recipe) -> list[Callback]:
+    """The chapter's techniques the recipe switches on, as callbacks."""
+    cbs: list[Callback] = []
+    if recipe.mixup > 0 and recipe.cutmix > 0:
+        cbs.append(MixupOrCutMix(recipe.mixup, recipe.cutmix, seed=recipe.seed))
+    elif recipe.mixup > 0:
+        cbs.append(Mixup(recipe.mixup, seed=recipe.seed))
+    elif recipe.cutmix > 0:
+        cbs.append(CutMix(recipe.cutmix, seed=recipe.seed))
+    if recipe.progressive > 0:
+        cbs.append(ProgressiveResize(SizeSchedule(recipe.size, recipe.progressive, recipe.progressive_end)))
+    return cbs
+
+
+def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, is_main: bool = True) -> Learner:
+    """Model, loss, metrics and callbacks for the recipe."""
+    torch.manual_seed(recipe.seed)  # same seed -> same initial weights
+    model = create_model(recipe.arch, n_out=len(dls.vocab), widen=recipe.widen, act=recipe.act,
+                         self_attention=recipe.self_attention, blur_pool=recipe.blur_pool)
+    loss = LabelSmoothingCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else CrossEntropy()
+    cbs = technique_callbacks(recipe)
+    cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every), RunLogger(out)]
+    return Learner(dls, model, loss, metrics=[accuracy, top5_accuracy, nll, calibration_error], cbs=cbs,
+                   opt_func=recipe.opt, wd=recipe.wd, channels_last=recipe.channels_last, amp=recipe.amp,
+                   compile=recipe.compile, is_main=is_main)
+
+
+def fit(learn: Learner, recipe: Recipe) -> None:
+    """Run the recipe's schedule."""
+    if recipe.schedule == "flat_cos":
+        learn.fit_flat_cos(recipe.epochs, recipe.lr, pct_start=recipe.pct_start)
+    else:
+        learn.fit_one_cycle(recipe.epochs, recipe.lr, pct_start=recipe.pct_start)
+
+
+def train_once(recipe: Recipe, out: Path) -> dict[str, Any]:
+    """One seeded run into `out`; returns the summary written to summary.json."""
+    set_threads(recipe.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    dls = build_dataloaders(recipe)
+    learn = build_learner(recipe, dls, out)
+    if recipe.resume:
+        restore_learner(learn, load_checkpoint(out / "last.safetensors", learn.device))
+        learn.log(f"resuming {out} at epoch {learn.resume_at[0]}, batch {learn.resume_at[1]}")
+    write_json(out / "config.json", recipe.to_dict())
+    start = time.perf_counter()
+    fit(learn, recipe)
+    if learn.failure:
+        raise TrainingFailed(learn.failure)
+    summary = {**learn.last_metrics, "epochs": len(learn.recorder.rows),
+               "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def default_out() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def train(recipe: Recipe) -> dict[str, Any]:
+    """Train `recipe.runs` seeded runs; with several, report mean and std of the final metrics."""
+    recipe.validate()
+    out = Path(recipe.out) if recipe.out else default_out()
+    if recipe.runs == 1:
+        return train_once(recipe, out)
+    summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}") for i in range(recipe.runs)]
+    keys = [k for k, v in summaries[0].items() if isinstance(v, float)]
+    combined = {k: {"mean": statistics.mean(s[k] for s in summaries),
+                    "std": statistics.stdev(s[k] for s in summaries)} for k in keys}
+    write_json(out / "summary.json", {"runs": summaries, **combined})
+    return combined
