@@ -4,7 +4,8 @@
 
 Prints images/s for
   (a) building the presize cache of the train split (fresh temporary cache directory),
-  (b) serving augmented, normalized batches from it through BatchLoader,
+  (b) serving augmented, normalized batches from it through BatchLoader (also printed: the
+      uint8 batches alone, i.e. the loader's own ceiling without augmentation),
   (c) the reference: torch DataLoader, 2 worker processes, each item a Pillow JPEG decode +
       random-resized-crop + flip -> float tensor (torchvision's recipe, written with Pillow),
 and the speedup (b)/(c). --min-speedup makes it exit non-zero under a target.
@@ -116,7 +117,7 @@ def _sync(device: torch.device) -> None:
 
 
 class PillowRRC(Dataset):
-    """Reference dataset: per item decode, random-resized-crop + flip with Pillow, to a float tensor."""
+    """Reference: per item decode, random-resized-crop + flip with Pillow, to a float tensor."""
 
     def __init__(self, files: list[Path], labels: np.ndarray, size: int) -> None:
         self.files, self.labels, self.size = files, labels, size
@@ -168,9 +169,9 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     files, labels = train_files(args.data, args.limit)
-    print(f"python {platform.python_version()}, torch {torch.__version__}, Pillow {PIL.__version__}, "
-          f"numpy {np.__version__}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"device {device}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, "
+          f"Pillow {PIL.__version__}, numpy {np.__version__}; {os.cpu_count()} CPUs, "
+          f"torch threads {torch.get_num_threads()}, device {device}")
     print(f"data {args.data}: {len(files)} train images; presize {args.presize}, size {args.size}, "
           f"bs {args.bs}, {args.n_batches} timed batches")
 
@@ -180,9 +181,12 @@ def main() -> None:
         build_rate = len(files) / (time.perf_counter() - start)
         print(f"(a) cache build:          {build_rate:8.0f} img/s  ({len(cache.skipped)} skipped)")
 
-        augment, augment_name = make_augment(args.size)
         loader = BatchLoader(cache, np.arange(len(cache)), labels, args.bs, shuffle=True,
-                             drop_last=True, device=device, transform=augment)
+                             drop_last=True, device=device)
+        raw_rate = timed_batches(lambda: iter(loader), args.n_batches, device)
+        print(f"    uint8 batches only:   {raw_rate:8.0f} img/s  (BatchLoader, no transform)")
+        augment, augment_name = make_augment(args.size)
+        loader.transform = augment
         cached_rate = timed_batches(lambda: iter(loader), args.n_batches, device)
         print(f"(b) cache + BatchLoader:  {cached_rate:8.0f} img/s  ({augment_name})")
 

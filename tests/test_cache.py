@@ -185,6 +185,18 @@ def test_interrupted_build_is_rebuilt(tmp_path, monkeypatch):
     np.testing.assert_array_equal(rebuilt.pixels, expected)
 
 
+def test_damaged_pixels_file_is_rebuilt(tmp_path):
+    files = _good_images(tmp_path / "data")
+    cache = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
+    expected = np.array(cache.pixels)
+    with open(cache.directory / "pixels.u8", "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        rebuilt = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
+    np.testing.assert_array_equal(rebuilt.pixels, expected)
+    assert sorted(p.name for p in rebuilt.directory.iterdir()) == ["index.json", "pixels.u8"]
+
+
 def test_two_workers_match_in_process(tmp_path):
     files = _good_images(tmp_path / "data") + _bad_files(tmp_path / "bad")
     with pytest.warns(UserWarning, match="skipped 3"):

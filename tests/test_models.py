@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from vivace.models import (MODELS, BlurPool2d, Mish, ResBlock, SimpleSelfAttention, act_layer,
-                           count_macs, count_params, create_model, xresnet18, xresnet50)
+from vivace.models import (MODELS, BlurPool2d, Mish, ResBlock, SimpleSelfAttention, XResNet,
+                           act_layer, count_macs, count_params, create_model, xresnet18, xresnet50)
 
 # Computed from the design; the n_out=1000 counts equal fastai's documented xresnet counts
 # (docs.fast.ai/vision.models.xresnet.html, as quoted in n2cholas/jax-resnet tests) and
@@ -110,8 +110,10 @@ def test_unknown_activation_and_bad_options_raise():
     with pytest.raises(ValueError, match="relu"):
         act_layer("gelu")
     for bad in (dict(widen=0.0), dict(p_dropout=1.0), dict(n_out=0), dict(act="tanh")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=next(iter(bad))):
             xresnet18(**bad)
+    with pytest.raises(ValueError, match="layers"):
+        XResNet(1, [2, 2, 2])
 
 
 @pytest.mark.parametrize("name, c", [("xresnet18", 64), ("xresnet50", 256)])
@@ -206,3 +208,12 @@ def test_count_macs_by_hand_and_for_xresnet18():
     model = xresnet18()
     assert count_macs(model, 128) == 670_945_280
     assert model.training  # mode restored
+
+
+def test_slice_is_a_plain_sequential_keeping_names():
+    model = xresnet18()
+    body = model[:-4]  # everything before the pooling head
+    assert type(body) is nn.Sequential
+    assert list(body.state_dict())[0] == "0.0.weight"
+    assert body(torch.randn(2, 3, 32, 32)).shape == (2, 512, 1, 1)
+    assert isinstance(model[-1], nn.Linear)

@@ -1,8 +1,7 @@
 """Batch augmentation on the device: one resample per image for crop+flip+affine+warp, then lighting.
 
-Coordinates follow `F.grid_sample(align_corners=False)`: x (width) and y (height) in [-1, 1],
--1 and 1 being the outer edges of the border pixels. A 3x3 matrix maps an *output* point
-(x, y, 1) to the *input* point it samples from (a homography; divide by the third coordinate).
+Coordinates follow `F.grid_sample(align_corners=False)`: x, y in [-1, 1] span the image edge to edge.
+A 3x3 matrix maps an *output* point (x, y, 1) to the *input* point it samples (a homography).
 """
 from __future__ import annotations
 
@@ -28,18 +27,15 @@ def random_resized_crop_params(n: int, scale: tuple[float, float] = (0.35, 1.0),
     lo = torch.clamp(torch.full((n,), math.log(ratio[0])), area.log(), -area.log())
     hi = torch.clamp(torch.full((n,), math.log(ratio[1])), area.log(), -area.log())
     aspect = torch.exp(torch.lerp(lo, hi, torch.rand(n, generator=generator)))  # width / height
-    w = (area * aspect).sqrt().clamp(max=1.0)
-    h = (area / aspect).sqrt().clamp(max=1.0)
+    w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
     cx = (1 - w) * _uniform(n, -1, 1, generator)  # the box stays inside the image
     cy = (1 - h) * _uniform(n, -1, 1, generator)
     return torch.stack([cx, cy, w, h], dim=1)
 
 
 def _affine(a: Tensor, b: Tensor, c: Tensor, d: Tensor, e: Tensor, f: Tensor) -> Tensor:
-    """Stack per-image coefficients into (n, 3, 3) matrices [[a, b, c], [d, e, f], [0, 0, 1]]."""
-    zero = torch.zeros_like(a)
-    rows = [a, b, c, d, e, f, zero, zero, torch.ones_like(a)]
-    return torch.stack(rows, dim=1).view(-1, 3, 3)
+    zero = torch.zeros_like(a)  # per-image coefficients -> (n, 3, 3) [[a, b, c], [d, e, f], [0, 0, 1]]
+    return torch.stack([a, b, c, d, e, f, zero, zero, torch.ones_like(a)], dim=1).view(-1, 3, 3)
 
 
 def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) -> Tensor:
@@ -58,12 +54,10 @@ def affine_matrices(boxes: Tensor, flip_p: float = 0.5, max_rotate: float = 10.0
     cx, cy, w, h = boxes.unbind(dim=1)
     zero = torch.zeros(n)
     crop = _affine(w, zero, cx, zero, h, cy)
-    sign = 1 - 2 * _mask(n, flip_p, generator)
-    flip = _affine(sign, zero, zero, zero, torch.ones(n), zero)
-    theta = _uniform(n, -max_rotate, max_rotate, generator) * _mask(n, p_affine, generator)
-    theta = theta * (math.pi / 180)
-    cos, sin = theta.cos(), theta.sin()
-    rotate = _affine(cos, -sin, zero, sin, cos, zero)
+    flip = _affine(1 - 2 * _mask(n, flip_p, generator), zero, zero, zero, torch.ones(n), zero)
+    rad = math.radians(max_rotate)
+    theta = _uniform(n, -rad, rad, generator) * _mask(n, p_affine, generator)
+    rotate = _affine(theta.cos(), -theta.sin(), zero, theta.sin(), theta.cos(), zero)
     # fastai zoom: sample a 1/z window, its centre anywhere that keeps it inside the frame.
     z = _uniform(n, 1.0, max_zoom, generator)
     s = torch.where(_mask(n, p_affine, generator) > 0, 1 / z, torch.ones(n))
@@ -78,8 +72,7 @@ def warp_matrices(n: int, max_warp: float = 0.2, p: float = 0.75,
     """(n, 3, 3) perspective homographies moving the corners as fastai's `Warp` does."""
     mags = _uniform(2 * n, -max_warp, max_warp, generator) * _mask(2 * n, p, generator)  # (2n,)
     src = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])  # (4, 2) corners
-    sign = (src[:, 0] * src[:, 1]).view(1, 4, 1)
-    dst = src - sign * mags.view(n, 1, 2)  # (n, 4, 2): opposite corners move together
+    dst = src - src[:, :1] * src[:, 1:] * mags.view(n, 1, 2)  # (n, 4, 2): diagonals move together
     return _homography(src.expand(n, 4, 2), dst)
 
 
@@ -97,23 +90,24 @@ def _homography(src: Tensor, dst: Tensor) -> Tensor:
 
 def sample_grid(matrices: Tensor, size: int) -> Tensor:
     """Apply (B, 3, 3) homographies to the output pixel centres: grid (B, size, size, 2)."""
-    b = matrices.shape[0]
-    t = (torch.arange(size, device=matrices.device, dtype=torch.float32) * 2 + 1) / size - 1
-    ys, xs = torch.meshgrid(t, t, indexing="ij")
-    base = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).view(1, size * size, 3)
-    pts = base @ matrices.float().transpose(1, 2)  # (B, S*S, 3)
-    return (pts[..., :2] / pts[..., 2:]).view(b, size, size, 2)
+    m = matrices.float()
+    t = (torch.arange(size, device=m.device, dtype=torch.float32) * 2 + 1) / size - 1  # centres
+    # M @ (x, y, 1) splits into a column term plus a row term: one broadcast add builds all
+    # points, ~10x faster on CPU than a (B, S*S, 3) @ (B, 3, 3) matmul with its tiny inner dim.
+    cols = t.view(1, size, 1) * m[:, None, :, 0] + m[:, None, :, 2]  # (B, S, 3)
+    rows = t.view(1, size, 1) * m[:, None, :, 1]  # (B, S, 3)
+    pts = rows[:, :, None, :] + cols[:, None, :, :]  # (B, S, S, 3): [b, i (y), j (x)]
+    return pts[..., :2] / pts[..., 2:]
 
 
 def resample(x: Tensor, matrices: Tensor, size: int) -> Tensor:
-    """One bilinear resample of x (B, 3, P, P) through (B, 3, 3) matrices: float (B, 3, S, S)."""
-    scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
+    """One bilinear resample of x (B, 3, P, P) through (B, 3, 3) matrices: float (B, 3, S, S) NCHW."""
     grid = sample_grid(matrices.to(x.device, non_blocking=True), size)  # (B, S, S, 2)
     # The only uint8 -> float conversion; scaling to [0, 1] waits for the smaller output.
     # Like fastai, no antialiasing: crops of a presized image shrink by at most P/S.
     y = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection",
                       align_corners=False)  # (B, 3, S, S), contiguous NCHW
-    return torch.mul(y, scale, out=torch.empty_like(y, memory_format=_CL))  # scale + relayout
+    return y.mul_(1 / 255 if x.dtype == torch.uint8 else 1.0)  # in place: y is ours, fresh memory costs
 
 
 def lighting(x: Tensor, max_lighting: float = 0.2, p: float = 0.75,
@@ -126,7 +120,8 @@ def lighting(x: Tensor, max_lighting: float = 0.2, p: float = 0.75,
     c = torch.exp(log_c * _mask(n, p, generator))  # contrast factor, 1 = no change
     params = torch.stack([c, shift], dim=1).to(x.device, x.dtype, non_blocking=True)
     c, shift = params.view(n, 2, 1, 1, 1).unbind(dim=1)  # (B, 1, 1, 1) each
-    return torch.sigmoid(torch.addcmul(shift, torch.logit(x, eps=1e-6), c))  # ~4 elementwise passes
+    # One new tensor, then in-place passes (cheapest on NCHW: the broadcast runs over whole planes).
+    return torch.logit(x, eps=1e-6).mul_(c).add_(shift).sigmoid_()
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -137,6 +132,11 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
 def _check_size(size: int) -> None:
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size={size!r} must be a positive int (pixels)")
+
+
+def _check_batch(x: Tensor) -> None:
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected an image batch (B, 3, H, W), got shape {tuple(x.shape)}")
 
 
 class TrainAugment:
@@ -155,10 +155,8 @@ class TrainAugment:
         _check_range("p_affine", p_affine, 0.0, 1.0)
         _check_range("max_lighting", max_lighting, 0.0, 0.99)
         _check_range("p_lighting", p_lighting, 0.0, 1.0)
-        self.size = size
-        self.scale = (min_scale, 1.0)
-        self.ratio = (float(ratio[0]), float(ratio[1]))
-        self.flip_p = 0.5 if flip else 0.0
+        self.size, self.flip_p = size, (0.5 if flip else 0.0)
+        self.scale, self.ratio = (min_scale, 1.0), (float(ratio[0]), float(ratio[1]))
         self.max_rotate, self.max_zoom, self.max_warp = max_rotate, max_zoom, max_warp
         self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -168,24 +166,17 @@ class TrainAugment:
         _check_batch(x)
         _check_size(self.size)  # a plain attribute: progressive resizing sets it between batches
         g = generator if generator is not None else self.generator
-        n = x.shape[0]
         # Parameters are drawn and composed on the CPU (tiny); one (B, 3, 3) copy to the device.
-        boxes = random_resized_crop_params(n, self.scale, self.ratio, g)
+        boxes = random_resized_crop_params(x.shape[0], self.scale, self.ratio, g)
         m = affine_matrices(boxes, self.flip_p, self.max_rotate, self.max_zoom, self.p_affine, g)
-        m = m @ warp_matrices(n, self.max_warp, self.p_affine, g)
+        m = m @ warp_matrices(x.shape[0], self.max_warp, self.p_affine, g)
         y = resample(x, m, self.size)
         if self.max_lighting > 0 and self.p_lighting > 0:
             y = lighting(y, self.max_lighting, self.p_lighting, g)
-        return y
+        return y.contiguous(memory_format=_CL)  # one relayout at the end, for channels_last convs
 
 
-def _check_batch(x: Tensor) -> None:
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an image batch (B, 3, H, W), got shape {tuple(x.shape)}")
-
-
-def _resize_unit(x: Tensor, size: int) -> Tensor:
-    """Antialiased bilinear resize to (size, size) as float in [0, 1], channels_last."""
+def _resize_unit(x: Tensor, size: int) -> Tensor:  # antialiased, float in [0, 1], channels_last
     scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
     y = x.float()  # once, on x's device; preserves channels_last
     if tuple(y.shape[-2:]) != (size, size):
@@ -193,8 +184,7 @@ def _resize_unit(x: Tensor, size: int) -> Tensor:
     return (y * scale).contiguous(memory_format=_CL)
 
 
-def _crop_side(x: Tensor, size: int, crop_frac: float) -> int:
-    """Validate a crop request and return the crop's side in pixels."""
+def _crop_side(x: Tensor, size: int, crop_frac: float) -> int:  # validated crop side in pixels
     _check_batch(x)
     _check_size(size)
     _check_range("crop_frac", crop_frac, 1e-3, 1.0)
@@ -234,10 +224,8 @@ class Normalize:
 
     def __init__(self, mean: Iterable[float], std: Iterable[float]):
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        if len(self.mean) != len(self.std) or not self.mean:
-            raise ValueError(f"mean={self.mean} and std={self.std} must have the same non-zero length")
-        if min(self.std) <= 0:
-            raise ValueError(f"std={self.std} must be > 0 in every channel")
+        if len(self.mean) != len(self.std) or not self.mean or min(self.std) <= 0:
+            raise ValueError(f"mean={self.mean}, std={self.std}: need equal lengths and every std > 0")
         self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     @classmethod
@@ -291,13 +279,14 @@ def show_batch(x: Tensor, labels: list[str], path: Path | None = None,
     imgs = x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
     ncols = max(1, min(ncols, len(imgs)))
     nrows = max(1, math.ceil(len(imgs) / ncols))
+    if len(labels) != len(imgs):
+        raise ValueError(f"show_batch got {len(labels)} labels for {len(imgs)} images")
     fig = Figure(figsize=(2.5 * ncols, 2.5 * nrows))
-    axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
-    for i, ax in enumerate(axes):
+    for i, (img, label) in enumerate(zip(imgs, labels)):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(img)
+        ax.set_title(str(label), fontsize=9)
         ax.axis("off")
-        if i < len(imgs):
-            ax.imshow(imgs[i])
-            ax.set_title(str(labels[i]) if i < len(labels) else "", fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(Path(path), format="png")

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .callbacks import Callback
+
 
 def _check_alpha(name: str, alpha: float) -> None:
     if not (alpha > 0 and math.isfinite(alpha)):
@@ -113,19 +115,27 @@ def _check_float(x: Tensor) -> None:
         raise ValueError(f"mixing needs a float batch (B, ...), got {x.dtype} {tuple(x.shape)}")
 
 
-def _generator(seed: int | None) -> torch.Generator | None:
-    return None if seed is None else torch.Generator().manual_seed(seed)
+class _SeededCallback(Callback):
+    """A callback with its own RNG (or the global one when seed is None), checkpointed with it."""
+
+    def __init__(self, seed: int | None):
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.generator.get_state()} if self.generator is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.generator is not None and "rng" in state:
+            self.generator.set_state(state["rng"])
 
 
-class Mixup:
+class Mixup(_SeededCallback):
     """Callback: mixup on every training batch (fastai `MixUp`, per-item lambda)."""
-
-    order = 0
 
     def __init__(self, alpha: float = 0.4, seed: int | None = None):
         _check_alpha("alpha", alpha)
+        super().__init__(seed)
         self.alpha = alpha
-        self.generator = _generator(seed)
 
     def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mix a training batch; anything else passes through."""
@@ -134,15 +144,13 @@ class Mixup:
         return mixup(x, y, learn.n_classes, self.alpha, self.generator)
 
 
-class CutMix:
+class CutMix(_SeededCallback):
     """Callback: CutMix on every training batch (per-item boxes)."""
-
-    order = 0
 
     def __init__(self, alpha: float = 1.0, seed: int | None = None):
         _check_alpha("alpha", alpha)
+        super().__init__(seed)
         self.alpha = alpha
-        self.generator = _generator(seed)
 
     def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Cut-and-paste a training batch; anything else passes through."""
@@ -151,10 +159,8 @@ class CutMix:
         return cutmix(x, y, learn.n_classes, self.alpha, self.generator)
 
 
-class MixupOrCutMix:
+class MixupOrCutMix(_SeededCallback):
     """Callback: per batch, CutMix with probability switch_prob, otherwise mixup (timm style)."""
-
-    order = 0
 
     def __init__(self, mixup_alpha: float = 0.4, cutmix_alpha: float = 1.0,
                  switch_prob: float = 0.5, seed: int | None = None):
@@ -162,8 +168,8 @@ class MixupOrCutMix:
         _check_alpha("cutmix_alpha", cutmix_alpha)
         if not 0.0 <= switch_prob <= 1.0:
             raise ValueError(f"switch_prob={switch_prob} must be in [0, 1]")
+        super().__init__(seed)
         self.mixup_alpha, self.cutmix_alpha, self.switch_prob = mixup_alpha, cutmix_alpha, switch_prob
-        self.generator = _generator(seed)
 
     def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mixup or CutMix a training batch; anything else passes through."""

@@ -63,14 +63,15 @@ def technique_callbacks(recipe: Recipe) -> list[Callback]:
     return cbs
 
 
-def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, is_main: bool = True) -> Learner:
-    """Model, loss, metrics and callbacks for the recipe."""
+def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, is_main: bool = True,
+                  extra_cbs: list[Callback] | None = None) -> Learner:
+    """Model, loss, metrics and callbacks for the recipe (plus any `extra_cbs` of the caller)."""
     torch.manual_seed(recipe.seed)  # same seed -> same initial weights
     model = create_model(recipe.arch, n_out=len(dls.vocab), widen=recipe.widen, act=recipe.act,
                          self_attention=recipe.self_attention, blur_pool=recipe.blur_pool)
     loss = LabelSmoothingCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else CrossEntropy()
     cbs = technique_callbacks(recipe)
-    cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every), RunLogger(out)]
+    cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every), RunLogger(out), *(extra_cbs or [])]
     return Learner(dls, model, loss, metrics=[accuracy, top5_accuracy, nll, calibration_error], cbs=cbs,
                    opt_func=recipe.opt, wd=recipe.wd, channels_last=recipe.channels_last, amp=recipe.amp,
                    compile=recipe.compile, is_main=is_main)
@@ -84,12 +85,12 @@ def fit(learn: Learner, recipe: Recipe) -> None:
         learn.fit_one_cycle(recipe.epochs, recipe.lr, pct_start=recipe.pct_start)
 
 
-def train_once(recipe: Recipe, out: Path) -> dict[str, Any]:
+def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> dict[str, Any]:
     """One seeded run into `out`; returns the summary written to summary.json."""
     set_threads(recipe.threads)
     out.mkdir(parents=True, exist_ok=True)
     dls = build_dataloaders(recipe)
-    learn = build_learner(recipe, dls, out)
+    learn = build_learner(recipe, dls, out, extra_cbs=cbs)
     if recipe.resume:
         restore_learner(learn, load_checkpoint(out / "last.safetensors", learn.device))
         learn.log(f"resuming {out} at epoch {learn.resume_at[0]}, batch {learn.resume_at[1]}")
@@ -108,13 +109,13 @@ def default_out() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def train(recipe: Recipe) -> dict[str, Any]:
+def train(recipe: Recipe, cbs: list[Callback] | None = None) -> dict[str, Any]:
     """Train `recipe.runs` seeded runs; with several, report mean and std of the final metrics."""
     recipe.validate()
     out = Path(recipe.out) if recipe.out else default_out()
     if recipe.runs == 1:
-        return train_once(recipe, out)
-    summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}") for i in range(recipe.runs)]
+        return train_once(recipe, out, cbs)
+    summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}", cbs) for i in range(recipe.runs)]
     keys = [k for k, v in summaries[0].items() if isinstance(v, float)]
     combined = {k: {"mean": statistics.mean(s[k] for s in summaries),
                     "std": statistics.stdev(s[k] for s in summaries)} for k in keys}

@@ -177,11 +177,21 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
         cache_dir = data_home() / "cache"
     directory = Path(cache_dir) / cache_key(files, presize)[:16]
     if (directory / INDEX_NAME).is_file():
-        return ImageCache.open(directory)
+        try:
+            return ImageCache.open(directory)
+        except ValueError as exc:  # damaged (e.g. a truncated pixels file): build it again
+            warnings.warn(f"rebuilding the cache: {exc}", stacklevel=2)
     directory.mkdir(parents=True, exist_ok=True)
     paths = [os.path.abspath(f) for f in files]
     n_workers = min(workers or _available_cpus(), len(paths))
-    reasons = _decode_all(paths, directory / PIXELS_NAME, presize, n_workers, progress)
+    # Decode into a private file, then rename: two processes building the same key (say, DDP
+    # ranks) each write a whole file instead of truncating each other's.
+    tmp_pixels = directory / f".{PIXELS_NAME}.{os.getpid()}.tmp"
+    try:
+        reasons = _decode_all(paths, tmp_pixels, presize, n_workers, progress)
+        os.replace(tmp_pixels, directory / PIXELS_NAME)
+    finally:
+        tmp_pixels.unlink(missing_ok=True)
     skipped = [(p, r) for p, r in zip(paths, reasons) if r is not None]
     index = {"version": FORMAT_VERSION, "presize": presize, "n": len(paths), "files": paths,
              "ok": [r is None for r in reasons], "skipped": skipped}
@@ -202,7 +212,7 @@ def _decode_all(paths: list[str], pixels_path: Path, presize: int, workers: int,
                 progress: bool) -> list[str | None]:
     """Decode every path into its row of a fresh pixels file; returns a reason per skipped row."""
     n = len(paths)
-    # w+ creates (or truncates) a sparse zero-filled file: skipped rows stay black.
+    # w+ creates a sparse zero-filled file: skipped rows stay black.
     pixels = np.memmap(pixels_path, dtype=np.uint8, mode="w+", shape=(n, presize, presize, 3))
     reasons: list[str | None] = [None] * n
     show = progress and sys.stderr.isatty()

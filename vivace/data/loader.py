@@ -18,6 +18,7 @@ from torch import Tensor
 from .cache import ImageCache
 
 PUT_POLL_S = 0.05  # how often a blocked producer checks whether the consumer has gone away
+GET_POLL_S = 1.0  # how often a waiting consumer checks that the producer is still alive
 
 
 def shard_indices(n: int, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int,
@@ -65,10 +66,11 @@ class BatchLoader:
             raise ValueError(f"indices and labels must be 1-D and the same length, got shapes "
                              f"{self.indices.shape} and {self.labels.shape}")
         if len(self.indices) and not 0 <= self.indices.min() <= self.indices.max() < len(cache):
-            raise ValueError(f"indices must lie in 0..{len(cache) - 1} (the cache has "
-                             f"{len(cache)} images), got {self.indices.min()}..{self.indices.max()}")
+            raise ValueError(f"indices must lie in 0..{len(cache) - 1} (the cache has {len(cache)} "
+                             f"images), got {self.indices.min()}..{self.indices.max()}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
+                             f"world_size={world_size}")
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1 batch, got {prefetch}")
         self.batch_size = 0
@@ -104,10 +106,24 @@ class BatchLoader:
     def __len__(self) -> int:
         return -(-self.n_items // self.batch_size)  # ceil; exact when drop_last
 
+    @property
+    def size(self) -> int:
+        """Output side of the transform, px (progressive resizing changes it between batches)."""
+        return self.transform.size
+
+    def set_size(self, px: int) -> None:
+        """Crop the next batches to `px` (where they are cropped: never crop large, then shrink)."""
+        self.transform.size = px
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's batches from `start_batch` on (a resumed run skips what it already did)."""
         order = shard_indices(len(self.indices), self.epoch, self.seed, self.shuffle, self.rank,
                               self.world_size, self.drop_last, self.batch_size)
         batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = batches[start_batch:]
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         thread = threading.Thread(target=self._produce, args=(batches, q, stop),
@@ -115,7 +131,7 @@ class BatchLoader:
         thread.start()
         try:
             while True:
-                item = q.get()
+                item = _get(q, thread)
                 if item is _DONE:
                     return
                 if isinstance(item, _Failure):
@@ -162,7 +178,8 @@ class BatchLoader:
             done.record(stream)
         return x, y, done
 
-    def _arrived(self, x: Tensor, y: Tensor, done: torch.cuda.Event | None) -> tuple[Tensor, Tensor]:
+    def _arrived(self, x: Tensor, y: Tensor,
+                 done: torch.cuda.Event | None) -> tuple[Tensor, Tensor]:
         """Make the consumer's stream wait for the copy (GPU-side; no host sync)."""
         if done is not None:
             current = torch.cuda.current_stream(self.device)
@@ -184,6 +201,17 @@ def _resolve_device(device: torch.device | str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def _get(q: queue.Queue, thread: threading.Thread) -> object:
+    """The next item from the prefetch thread; RuntimeError instead of a hang if it died."""
+    while True:
+        try:
+            return q.get(timeout=GET_POLL_S)
+        except queue.Empty:
+            if not thread.is_alive() and q.empty():
+                raise RuntimeError("the batch prefetch thread stopped without a result or an "
+                                   "error; this is a bug in vivace, please report it") from None
 
 
 def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:

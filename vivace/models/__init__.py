@@ -19,7 +19,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the model registered as `name`; kwargs (n_out, c_in, act, ...) go to its constructor."""
+    """Build the model registered as `name`; kwargs (n_out, c_in, act, ...) go to it."""
     if name not in MODELS:
         raise ValueError(f"model={name!r} is not known; choose one of {sorted(MODELS)}")
     return MODELS[name](**kwargs)

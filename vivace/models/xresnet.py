@@ -84,6 +84,7 @@ class XResNet(nn.Sequential):
         _check("p_dropout", 0.0 <= p_dropout < 1.0, p_dropout, "a float in [0, 1)")
         _check("widen", int(STAGE_WIDTHS[0] * widen) >= 1, widen, "a float >= 1/64")
         _check("expansion", expansion in (1, 4), expansion, "1 or 4")
+        _check("layers", len(layers) == 4 and min(layers) >= 1, layers, "4 block counts >= 1")
         sizes = (c_in, *STEM_WIDTHS)
         stem = [ConvLayer(sizes[i], sizes[i + 1], 3, stride=2 if i == 0 else 1, act=act,
                           blur=blur_pool) for i in range(3)]

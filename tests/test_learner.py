@@ -1,0 +1,124 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vivace.callbacks import Callback, StopAfter
+from vivace.learner import Learner
+from vivace.metrics import accuracy
+
+
+def tiny_model(n_out: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out))
+
+
+class EventLog(Callback):
+    def __init__(self):
+        self.events = []
+
+    def before_fit(self, learn):
+        self.events.append("before_fit")
+
+    def before_epoch(self, learn):
+        self.events.append("before_epoch")
+
+    def before_batch(self, learn):
+        self.events.append("before_batch")
+
+    def after_batch(self, learn):
+        self.events.append("after_batch")
+
+    def after_validate(self, learn):
+        self.events.append("after_validate")
+
+    def after_epoch(self, learn):
+        self.events.append("after_epoch")
+
+    def after_fit(self, learn):
+        self.events.append("after_fit")
+
+
+def test_events_fire_in_order(tiny_dls):
+    log = EventLog()
+    learn = Learner(tiny_dls, tiny_model(), cbs=[log])
+    learn.fit(2, 1e-2)
+    n = len(tiny_dls.train)
+    epoch = ["before_epoch"] + ["before_batch", "after_batch"] * n + ["after_validate", "after_epoch"]
+    assert log.events == ["before_fit"] + epoch * 2 + ["after_fit"]
+
+
+def test_batch_hook_changes_the_batch(tiny_dls):
+    seen = []
+
+    class ZeroInputs(Callback):
+        def transform_batch(self, learn, x, y):
+            return torch.zeros_like(x), y
+
+    class Spy(Callback):
+        def after_batch(self, learn):
+            seen.append(learn.loss.item())
+
+    model = tiny_model()
+    learn = Learner(tiny_dls, model, cbs=[ZeroInputs(), Spy()])
+    inputs = []
+    model.register_forward_pre_hook(lambda m, args: inputs.append(args[0].abs().sum().item()) if m.training else None)
+    learn.fit(1, 1e-2)
+    assert inputs and all(v == 0 for v in inputs)
+
+
+def test_callback_can_stop_the_fit(tiny_dls):
+    log = EventLog()
+    learn = Learner(tiny_dls, tiny_model(), cbs=[StopAfter(2), log])
+    learn.fit(3, 1e-2)
+    assert log.events.count("after_batch") == 2
+    assert "after_validate" not in log.events and log.events[-1] == "after_fit"
+
+
+def test_learner_trains_and_reports(tiny_dls, capsys):
+    learn = Learner(tiny_dls, tiny_model(), metrics=accuracy)
+    learn.fit_one_cycle(4, 5e-2)
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "valid_loss" in out and "accuracy" in out
+    rows = learn.recorder.rows
+    assert len(rows) == 4 and rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert 0 <= rows[-1]["accuracy"] <= 1
+
+
+def test_same_seed_same_losses(tiny_dls, tiny_folder):
+    from vivace.data import make_dataloaders
+
+    def run():
+        dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, seed=3, device="cpu", workers=1, progress=False)
+        learn = Learner(dls, tiny_model())
+        learn.fit(2, 1e-2)
+        return [r["train_loss"] for r in learn.recorder.rows]
+
+    assert run() == run()
+
+
+def test_nan_guard_stops_and_names_where(tiny_dls, capsys):
+    class Explode(Callback):
+        def transform_batch(self, learn, x, y):
+            return x * float("nan") if learn.iter == 1 else x, y
+
+    learn = Learner(tiny_dls, tiny_model(), cbs=[Explode()])
+    learn.fit(2, 1e-2)
+    assert learn.failure is not None
+    assert "epoch 0, batch 1" in learn.failure and "lr" in learn.failure
+    assert learn.recorder.rows == []
+
+
+def test_schedule_reaches_optimizer(tiny_dls):
+    lrs = []
+
+    class LRSpy(Callback):
+        def after_batch(self, learn):
+            lrs.append(learn.opt.param_groups[0]["lr"])
+
+    learn = Learner(tiny_dls, tiny_model(), cbs=[LRSpy()])
+    learn.fit_one_cycle(2, 1.0, pct_start=0.5)
+    assert lrs[0] == pytest.approx(1 / 25)
+    assert max(lrs) <= 1.0 and lrs[-1] < 0.1
