@@ -122,3 +122,15 @@ def test_schedule_reaches_optimizer(tiny_dls):
     learn.fit_one_cycle(2, 1.0, pct_start=0.5)
     assert lrs[0] == pytest.approx(1 / 25)
     assert max(lrs) <= 1.0 and lrs[-1] < 0.1
+
+
+def test_lr_find_suggests_and_restores(tiny_dls, tmp_path):
+    model = tiny_model()
+    learn = Learner(tiny_dls, model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = learn.lr_find(num_it=20)
+    assert 1e-7 <= result.suggestion <= 10 and len(result.lrs) == len(result.losses) <= 20
+    assert result.lrs == sorted(result.lrs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    result.plot(tmp_path / "lr.png")
+    assert (tmp_path / "lr.png").stat().st_size > 0

@@ -3,6 +3,7 @@ from .augment import Normalize, TrainAugment, ValidResize, imagenet_stats
 from .callbacks import Callback, EarlyStopping, ProgressiveResize, StopAfter
 from .checkpoint import CheckpointSaver, load_checkpoint, save_checkpoint
 from .data import DataLoaders, make_dataloaders, make_source
+from .export import export_learner, load
 from .learner import Learner
 from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, error_rate, nll, top_k_accuracy

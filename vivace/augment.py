@@ -46,15 +46,22 @@ def _mask(n: int, p: float, generator: torch.Generator | None) -> Tensor:
     return (torch.rand(n, generator=generator) < p).float()  # (n,) Bernoulli(p) as 0/1
 
 
-def affine_matrices(boxes: Tensor, flip_p: float = 0.5, max_rotate: float = 10.0,
-                    max_zoom: float = 1.1, p_affine: float = 0.75,
-                    generator: torch.Generator | None = None) -> Tensor:
-    """(n, 3, 3) sampling matrices: crop box, then horizontal flip, rotation and zoom (fastai)."""
-    n = boxes.shape[0]
+def flip_signs(n: int, flip_p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
+    """(n,) -1 for images to mirror horizontally, +1 for the others."""
+    return 1 - 2 * _mask(n, flip_p, generator)
+
+
+def crop_matrices(boxes: Tensor, signs: Tensor) -> Tensor:
+    """(n, 3, 3) matrices sampling each crop box, mirrored where signs is -1."""
     cx, cy, w, h = boxes.unbind(dim=1)
+    zero = torch.zeros_like(cx)
+    return _affine(w * signs, zero, cx, zero, h, cy)
+
+
+def rotate_zoom_matrices(n: int, max_rotate: float = 10.0, max_zoom: float = 1.1, p_affine: float = 0.75,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """(n, 3, 3) fastai rotation and zoom, each applied with probability p_affine."""
     zero = torch.zeros(n)
-    crop = _affine(w, zero, cx, zero, h, cy)
-    flip = _affine(1 - 2 * _mask(n, flip_p, generator), zero, zero, zero, torch.ones(n), zero)
     rad = math.radians(max_rotate)
     theta = _uniform(n, -rad, rad, generator) * _mask(n, p_affine, generator)
     rotate = _affine(theta.cos(), -theta.sin(), zero, theta.sin(), theta.cos(), zero)
@@ -63,8 +70,42 @@ def affine_matrices(boxes: Tensor, flip_p: float = 0.5, max_rotate: float = 10.0
     s = torch.where(_mask(n, p_affine, generator) > 0, 1 / z, torch.ones(n))
     zx = (1 - s) * _uniform(n, -1, 1, generator)
     zy = (1 - s) * _uniform(n, -1, 1, generator)
-    zoom = _affine(s, zero, zx, zero, s, zy)
-    return crop @ flip @ rotate @ zoom
+    return rotate @ _affine(s, zero, zx, zero, s, zy)
+
+
+def affine_matrices(boxes: Tensor, flip_p: float = 0.5, max_rotate: float = 10.0,
+                    max_zoom: float = 1.1, p_affine: float = 0.75,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """(n, 3, 3) sampling matrices: crop box, then horizontal flip, rotation and zoom (fastai)."""
+    signs = flip_signs(boxes.shape[0], flip_p, generator)
+    return crop_matrices(boxes, signs) @ rotate_zoom_matrices(boxes.shape[0], max_rotate, max_zoom,
+                                                              p_affine, generator)
+
+
+def crop_resize(x: Tensor, boxes: Tensor, signs: Tensor, size: int) -> Tensor:
+    """Cut each box out of x, resize it (antialiased bilinear) to (B, 3, size, size), mirror where signs < 0.
+
+    On CPU a uint8 batch takes PyTorch's SIMD uint8 resize kernel: ~3x faster than one
+    grid_sample over the batch, and antialiased where the crop shrinks. Output keeps x's dtype.
+    """
+    n, _, height, width = x.shape
+    out = torch.empty((n, 3, size, size), dtype=x.dtype, device=x.device, memory_format=_CL)
+    for i, (top, left, h, w) in enumerate(_pixel_boxes(boxes, height, width)):
+        crop = x[i:i + 1, :, top:top + h, left:left + w]
+        out[i:i + 1] = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mirrored = (signs < 0).nonzero().flatten().to(x.device)
+    out[mirrored] = out[mirrored].flip(-1)
+    return out
+
+
+def _pixel_boxes(boxes: Tensor, height: int, width: int) -> list[tuple[int, int, int, int]]:
+    """Normalized (cx, cy, w, h) boxes -> integer (top, left, h, w) inside the image."""
+    cx, cy, w, h = boxes.double().unbind(dim=1)
+    pw, ph = (w * width).round().clamp(1, width), (h * height).round().clamp(1, height)
+    left = ((cx + 1) / 2 * width - pw / 2).round().clamp(min=0)
+    top = ((cy + 1) / 2 * height - ph / 2).round().clamp(min=0)
+    left, top = torch.minimum(left, width - pw), torch.minimum(top, height - ph)
+    return [tuple(int(v) for v in row) for row in torch.stack([top, left, ph, pw], dim=1).tolist()]
 
 
 def warp_matrices(n: int, max_warp: float = 0.2, p: float = 0.75,
@@ -167,13 +208,27 @@ class TrainAugment:
         _check_size(self.size)  # a plain attribute: progressive resizing sets it between batches
         g = generator if generator is not None else self.generator
         # Parameters are drawn and composed on the CPU (tiny); one (B, 3, 3) copy to the device.
-        boxes = random_resized_crop_params(x.shape[0], self.scale, self.ratio, g)
-        m = affine_matrices(boxes, self.flip_p, self.max_rotate, self.max_zoom, self.p_affine, g)
-        m = m @ warp_matrices(x.shape[0], self.max_warp, self.p_affine, g)
-        y = resample(x, m, self.size)
+        n = x.shape[0]
+        boxes = random_resized_crop_params(n, self.scale, self.ratio, g)
+        signs = flip_signs(n, self.flip_p, g)
+        geo = rotate_zoom_matrices(n, self.max_rotate, self.max_zoom, self.p_affine, g)
+        geo = geo @ warp_matrices(n, self.max_warp, self.p_affine, g)
+        if x.device.type == "cpu":
+            y = self._two_stage(x, boxes, signs, geo)
+        else:  # on the GPU grid_sample is cheap: crop, flip, rotate, zoom and warp in one resample
+            y = resample(x, crop_matrices(boxes, signs) @ geo, self.size)
         if self.max_lighting > 0 and self.p_lighting > 0:
             y = lighting(y, self.max_lighting, self.p_lighting, g)
         return y.contiguous(memory_format=_CL)  # one relayout at the end, for channels_last convs
+
+    def _two_stage(self, x: Tensor, boxes: Tensor, signs: Tensor, geo: Tensor) -> Tensor:
+        """CPU path: uint8 crop-resize (fast, antialiased), then rotate/zoom/warp where drawn."""
+        y = crop_resize(x, boxes, signs, self.size)
+        y = y.float().mul_(1 / 255) if y.dtype == torch.uint8 else y.float()
+        moved = ((geo - torch.eye(3)).abs().amax(dim=(1, 2)) > 1e-6).nonzero().flatten()
+        if len(moved):  # a second bilinear resample, only of the images that rotate/zoom/warp
+            y[moved] = resample(y[moved], geo[moved], self.size).contiguous(memory_format=_CL)
+        return y
 
 
 def _resize_unit(x: Tensor, size: int) -> Tensor:  # antialiased, float in [0, 1], channels_last
@@ -243,6 +298,11 @@ class Normalize:
 
     def __call__(self, x: Tensor) -> Tensor:
         mean, std = self._stats(x)
+        if x.ndim == 4 and x.is_contiguous(memory_format=_CL) and x.shape[1] > 1:
+            # Broadcasting over C is the innermost dim in channels_last: slow. One fused
+            # multiply-add over the NHWC view is ~2x faster and keeps channels_last.
+            scale, shift = 1 / std.flatten(), -mean.flatten() / std.flatten()
+            return torch.addcmul(shift, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
         return (x - mean) / std
 
     def decode(self, x: Tensor) -> Tensor:

@@ -55,8 +55,9 @@ class Recorder(Callback):
         self.sizes: list[int] = []
 
     def before_fit(self, learn: Learner) -> None:
+        self.widths = [max(len(h), 10) for h in self._header(learn)]
         if self.print_table and not self.rows:
-            learn.log("  ".join(f"{h:<10}" for h in self._header(learn)))
+            learn.log("  ".join(h.ljust(w) for h, w in zip(self._header(learn), self.widths)).rstrip())
 
     def before_epoch(self, learn: Learner) -> None:
         self.start = time.perf_counter()
@@ -76,7 +77,7 @@ class Recorder(Callback):
         row["time"] = time.perf_counter() - self.start
         self.rows.append(row)
         if self.print_table:
-            learn.log("  ".join(_fmt(k, v) for k, v in row.items()))
+            learn.log("  ".join(_fmt(k, v).ljust(w) for (k, v), w in zip(row.items(), self.widths)).rstrip())
 
     def _header(self, learn: Learner) -> list[str]:
         return ["epoch", "train_loss", "valid_loss", *learn.metric_names, "time"]
@@ -90,10 +91,10 @@ class Recorder(Callback):
 
 def _fmt(key: str, value: float) -> str:
     if key == "epoch":
-        return f"{int(value):<10}"
+        return str(int(value))
     if key == "time":
         return f"{int(value) // 60:02d}:{int(value) % 60:02d}"
-    return f"{value:<10.6f}"
+    return f"{value:.6f}"
 
 
 class ProgressBar(Callback):

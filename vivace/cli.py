@@ -74,6 +74,164 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train import load_run
+    from .tta import TTA_KINDS, evaluate, format_evaluation
+    learn = load_run(Path(args.run))
+    plan = [("none", None)]  # plain, at the size the run was trained at
+    if args.size is not None:
+        plan.append(("none", args.size))
+    kinds = TTA_KINDS[1:] if args.tta == "all" else [args.tta] if args.tta != "none" else []
+    plan += [(kind, args.size) for kind in kinds]
+    evaluate(learn, "none")  # untimed warm-up (allocations, kernel choice): every timed row starts warm
+    print(format_evaluation([evaluate(learn, kind, size=size) for kind, size in plan]))
+    return 0
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    import time
+    from .experiments import chapter7
+    given = {k: getattr(args, k) for k in ("data", "arch", "widen", "size", "presize", "epochs", "bs", "lr",
+                                           "seed", "workers") if getattr(args, k) is not None}
+    if "size" in given and "presize" not in given:
+        given["presize"] = given["size"] * 3 // 2  # room for random crops and for larger-size TTA
+    out = Path(args.out) if args.out else Path("runs") / f"chapter7-{time.strftime('%Y%m%d-%H%M%S')}"
+    chapter7(out, runs=args.runs, **given)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import show
+    from .data import make_dataloaders
+    dls = make_dataloaders(args.data or None, size=args.size, presize=args.presize, bs=9, seed=args.seed,
+                           workers=args.workers, progress=False)
+    out = Path(args.out or f"{args.what}.png")
+    if args.what == "mixup":
+        show.show_mixup(dls, out, lam=args.lam)
+    elif args.what == "batch":
+        show.show_batch(dls, out)
+    else:
+        show.show_augs(dls, out)
+    print(out)
+    return 0
+
+
+def add_chapter_commands(sub) -> None:
+    """`evaluate`, `experiments` and `show`: the chapter's TTA, comparison table and pictures."""
+    evaluate = sub.add_parser("evaluate", help="accuracy of a trained run without and with test-time augmentation")
+    evaluate.add_argument("run", help="a run directory (the --out of `vivace train`)")
+    evaluate.add_argument("--tta", default="all", choices=("none", "augment", "flip", "five-crop", "all"))
+    evaluate.add_argument("--size", type=int, default=None, help="evaluate at this size, px (<= the run's presize)")
+    evaluate.set_defaults(func=cmd_evaluate)
+    exp = sub.add_parser("experiments", help="the book chapter's techniques compared in one table")
+    exp.add_argument("name", choices=("chapter7",))
+    exp.add_argument("--data", default=None, help="dataset name or folder (default: the embedded dataset)")
+    exp.add_argument("--arch", default=None, help="model name (default: xresnet18)")
+    exp.add_argument("--widen", type=float, default=None, help="channel width multiplier (default: 0.5)")
+    exp.add_argument("--size", type=int, default=None, help="crop size, px (default: 64)")
+    exp.add_argument("--presize", type=int, default=None, help="cache side, px (default: 1.5x size)")
+    exp.add_argument("--epochs", type=int, default=None, help="epochs per technique (default: 8)")
+    exp.add_argument("--bs", type=int, default=None, help="batch size (default: 32)")
+    exp.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 8e-3)")
+    exp.add_argument("--seed", type=int, default=None, help="seed of the first run (default: 42)")
+    exp.add_argument("--workers", type=int, default=None, help="cache-building processes (default: all cores)")
+    exp.add_argument("--runs", type=int, default=1, help="seeded runs per technique; > 1 reports mean ± std")
+    exp.add_argument("--out", default="", help="output folder (default: runs/chapter7-<timestamp>)")
+    exp.set_defaults(func=cmd_experiments)
+    show = sub.add_parser("show", help="save the chapter's pictures: mixup, a batch, augmentations")
+    show.add_argument("what", choices=("mixup", "batch", "augs"))
+    show.add_argument("--data", default="", help="dataset name or folder (default: the embedded dataset)")
+    show.add_argument("--size", type=int, default=128, help="image size, px")
+    show.add_argument("--presize", type=int, default=160, help="cache side, px (>= size)")
+    show.add_argument("--lam", type=float, default=0.7, help="mixup: the weight of the first image")
+    show.add_argument("--seed", type=int, default=42)
+    show.add_argument("--workers", type=int, default=None, help="cache-building processes (default: all cores)")
+    show.add_argument("--out", default="", help="PNG path (default: <what>.png)")
+    show.set_defaults(func=cmd_show)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_learner
+    from .train import load_run
+    learn = load_run(Path(args.run), checkpoint=args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.run) / "export.vivace"
+    print(export_learner(learn, out, tta=args.tta))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .export import load
+    from .inference import expand_items, write_predictions_csv
+    if args.topk < 1:
+        raise ValueError(f"--topk {args.topk} must be >= 1")
+    predictor = load(args.bundle, device=args.device)
+    named, found = [], []  # images named on the command line; images found in folders
+    for arg in args.images:
+        (found if Path(arg).is_dir() else named).extend(expand_items(arg))
+    preds = predictor.predict_many(named + found, args.batch_size, tta=_tta_choice(args.tta))
+    for p in preds:
+        if not p.ok:
+            print(f"vivace predict: {p.error}", file=sys.stderr)
+    for p in preds[:len(named)] if not args.json else preds:
+        if p.ok:
+            print(json.dumps(p.as_dict()) if args.json else _format_prediction(p, args.topk))
+    if found:
+        csv_path = write_predictions_csv(preds[len(named):], args.csv, predictor.vocab)
+        # With --json, stdout stays one JSON object per line: the summary goes to stderr.
+        print(_folder_summary(preds[len(named):], csv_path), file=sys.stderr if args.json else sys.stdout)
+    return 0 if any(p.ok for p in preds) else 1
+
+
+def _tta_choice(flag: bool | None) -> str | None:
+    return None if flag is None else "flip" if flag else "none"  # None: the bundle's default
+
+
+def _format_prediction(pred, topk: int) -> str:
+    lines = [f"{pred.path}: {pred.label}"]
+    lines += [f"  {name:<24} {prob:.4f}" for name, prob in pred.top(topk)]
+    return "\n".join(lines)
+
+
+def _folder_summary(preds: list, csv_path: Path) -> str:
+    ok = [p for p in preds if p.ok]
+    counts: dict[str, int] = {}
+    for p in ok:
+        counts[p.label] = counts.get(p.label, 0) + 1
+    top = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"{len(ok)} of {len(preds)} images in folders predicted ({len(preds) - len(ok)} failed); "
+            f"predicted classes: {top or '-'}\nwrote {csv_path}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    print(write_report(Path(args.run)))
+    return 0
+
+
+def add_deploy_commands(sub) -> None:
+    """`export`, `predict` and `report`: a trained run as a bundle, predictions and an HTML report."""
+    export = sub.add_parser("export", help="write a run's best model as one safe bundle file for `predict`")
+    export.add_argument("run", help="a run directory (the --out of `vivace train`)")
+    export.add_argument("-o", "--out", default="", help="bundle path (default: RUN/export.vivace)")
+    export.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which weights")
+    export.add_argument("--tta", default="none", choices=("none", "flip"), help="the bundle's default TTA")
+    export.set_defaults(func=cmd_export)
+    predict = sub.add_parser("predict", help="classify images (files or folders) with an exported bundle")
+    predict.add_argument("bundle", help="a bundle written by `vivace export`")
+    predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    predict.add_argument("--topk", type=int, default=3, help="classes printed per image")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help="average with the mirror image (default: the bundle's setting)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image: path, label, probs")
+    predict.add_argument("--csv", default="predictions.csv", help="where folder inputs are written (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
+    predict.set_defaults(func=cmd_predict)
+    report = sub.add_parser("report", help="(re)write RUN/report.html from a run's best checkpoint")
+    report.add_argument("run", help="a run directory (the --out of `vivace train`)")
+    report.set_defaults(func=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vivace", description="Train image classifiers from scratch, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", help="download and extract a dataset by name")
     download.add_argument("name", help="imagenette, imagenette-320, imagenette-160, imagewoof, ...")
     download.set_defaults(func=cmd_download)
+    add_chapter_commands(sub)
+    add_deploy_commands(sub)
     return parser
 
 

@@ -106,6 +106,11 @@ class Learner:
             self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99)
         self.fit_one_cycle(epochs, base_lr / 2, div=div, pct_start=pct_start)
 
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100):
+        """Sweep learning rates and suggest one (plot with `.plot()`); weights are restored."""
+        from .lr_finder import lr_find
+        return lr_find(self, start_lr, end_lr, num_it)
+
     # -- the loop ------------------------------------------------------------------------
     def _fit(self, n_epochs: int, lr_schedule: sched.Schedule, mom_schedule: sched.Schedule | None,
              validate: bool = True) -> None:
@@ -202,6 +207,16 @@ class Learner:
                 preds.append(self.model(x).float())
             targets.append(y)
         return torch.cat(preds).cpu(), torch.cat(targets).cpu()
+
+    def tta(self, dl=None, n: int = 4, beta: float = 0.25, use_max: bool = False) -> tuple[Tensor, Tensor]:
+        """The book's test-time augmentation: see `vivace.tta.tta`."""
+        from .tta import tta
+        return tta(self, dl, n=n, beta=beta, use_max=use_max)
+
+    def export(self, path: str = "export.vivace"):
+        """Write a safe, self-contained model bundle: see `vivace.export.export_learner`."""
+        from .export import export_learner
+        return export_learner(self, path)
 
     def validate(self, dl=None) -> dict[str, float]:
         """Validation loss and every metric over the whole validation set."""

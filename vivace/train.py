@@ -1,7 +1,7 @@
 """Train a Recipe: data -> model -> Learner with the recipe's techniques -> run directory."""
 from __future__ import annotations
 
-import math
+import json
 import os
 import statistics
 import time
@@ -102,6 +102,9 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
     summary = {**learn.last_metrics, "epochs": len(learn.recorder.rows),
                "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed}
     write_json(out / "summary.json", summary)
+    if learn.is_main:
+        from .report import write_report  # lazy: matplotlib adds ~0.6 s to `import vivace`
+        write_report(out, learn)
     return summary
 
 
@@ -121,3 +124,18 @@ def train(recipe: Recipe, cbs: list[Callback] | None = None) -> dict[str, Any]:
                     "std": statistics.stdev(s[k] for s in summaries)} for k in keys}
     write_json(out / "summary.json", {"runs": summaries, **combined})
     return combined
+
+
+def load_run(run_dir: Path, checkpoint: str = "best", **overrides: Any) -> Learner:
+    """A Learner rebuilt from a run directory's config.json with its `best` (or `last`) weights."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the --out of a `vivace train` run")
+    recipe = Recipe(**{**json.loads(config.read_text()), **overrides, "resume": False})
+    recipe.validate()
+    set_threads(recipe.threads)
+    learn = build_learner(recipe, build_dataloaders(recipe), run_dir)
+    state = load_checkpoint(run_dir / f"{checkpoint}.safetensors", learn.device)
+    learn.model.load_state_dict(state["model"])
+    return learn

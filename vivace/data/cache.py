@@ -47,14 +47,21 @@ def load_image_rgb(path: Path, presize: int) -> np.ndarray:
             with Image.open(path) as img:
                 # JPEG only: decode at 1/2, 1/4 or 1/8 scale, keeping both sides >= presize.
                 img.draft("RGB", (presize, presize))
-                ImageOps.exif_transpose(img, in_place=True)
-                square = _centre_square(_to_rgb(img), presize)
+                return prepare_image(img, presize)
         except BOMB_ERRORS as exc:
             raise ValueError(
                 f"{path}: refused as a possible decompression bomb ({exc}). If you trust this "
                 "file, raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) before building."
             ) from exc
-    return np.asarray(square)
+
+
+def prepare_image(img: Image.Image, presize: int) -> np.ndarray:
+    """An opened image (any mode) to its centre square: uint8 (presize, presize, 3) RGB.
+
+    Rotates `img` in place by its EXIF orientation (pass a copy to keep yours unchanged).
+    """
+    ImageOps.exif_transpose(img, in_place=True)
+    return np.asarray(_centre_square(_to_rgb(img), presize))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

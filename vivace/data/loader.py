@@ -118,7 +118,11 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.iter_from(0)
 
-    def iter_from(self, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def iter_raw(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's batches as cached, before `transform`: uint8 (B, 3, P, P) (for TTA views)."""
+        return self.iter_from(0, raw=True)
+
+    def iter_from(self, start_batch: int, raw: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
         """This epoch's batches from `start_batch` on (a resumed run skips what it already did)."""
         order = shard_indices(len(self.indices), self.epoch, self.seed, self.shuffle, self.rank,
                               self.world_size, self.drop_last, self.batch_size)
@@ -137,7 +141,7 @@ class BatchLoader:
                 if isinstance(item, _Failure):
                     raise item.error
                 x, y = self._arrived(*item)
-                if self.transform is not None:
+                if self.transform is not None and not raw:
                     x = self.transform(x)
                 yield x, y
         finally:

@@ -103,6 +103,10 @@ class XResNet(nn.Sequential):
         head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p_dropout),
                 nn.Linear(widths[-1] * expansion, n_out)]
         super().__init__(*stem, pool, *stages, *head)
+        # The constructor arguments as plain data: `XResNet(**model.config)` rebuilds it (export).
+        self.config = dict(expansion=expansion, layers=list(layers), n_out=n_out, c_in=c_in, act=act,
+                           self_attention=self_attention, blur_pool=blur_pool, p_dropout=p_dropout,
+                           widen=widen)
         init_cnn(self)
 
     def __getitem__(self, idx: int | slice) -> nn.Module:

@@ -1,0 +1,94 @@
+"""Training throughput: end-to-end (cache -> augment -> model -> optimizer) vs the model alone.
+
+    .venv/bin/python bench/train.py [--archs xresnet50 xresnet18] [--batches 8]
+
+For each model at 128 px, batch 64, channels_last, SGD: images/s of vivace's Learner loop on
+Imagenette from the presize cache with augmentation, the ceiling (the same steps on a random
+batch already in memory), and the achieved GFLOP/s against the measured fp32 matmul peak.
+Training FLOPs are counted as 3x the forward multiply-adds x 2 (forward + backward).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from common import DEFAULT_DATA, machine, matmul_peak_gflops, record
+from vivace.callbacks import Callback, StopAfter
+from vivace.data import make_dataloaders
+from vivace.learner import Learner
+from vivace.models import count_macs, create_model
+from vivace.optim import make_optimizer
+
+WARMUP = 2  # batches not timed: allocator and thread pools warming up
+
+
+class BatchClock(Callback):
+    """Timestamps every training batch."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def after_batch(self, learn) -> None:
+        self.times.append(time.perf_counter())
+
+
+def images_per_s(times: list[float], bs: int) -> float:
+    return bs * (len(times) - 1 - WARMUP) / (times[-1] - times[WARMUP])
+
+
+def end_to_end(arch: str, dls, batches: int) -> float:
+    """vivace's own loop on real cached data with augmentation."""
+    torch.manual_seed(0)
+    clock = BatchClock()
+    learn = Learner(dls, create_model(arch, n_out=len(dls.vocab)), cbs=[clock, StopAfter(batches + WARMUP + 1)])
+    learn.recorder.print_table = False
+    learn.fit_one_cycle(1, 1e-3)
+    return images_per_s(clock.times, dls.train.batch_size)
+
+
+def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int) -> float:
+    """The same training step on one random batch already in memory."""
+    torch.manual_seed(0)
+    model = create_model(arch, n_out=n_out).to(memory_format=torch.channels_last).train()
+    opt = make_optimizer(model, "sgd", lr=1e-3)
+    x = torch.randn(bs, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, n_out, (bs,))
+    times = []
+    for _ in range(batches + WARMUP + 1):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter())
+    return images_per_s(times, bs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--archs", nargs="+", default=["xresnet50", "xresnet18"])
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args()
+    print(machine())
+    peak = matmul_peak_gflops()
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
+    dls = make_dataloaders(args.data, size=args.size, presize=160, bs=args.bs, progress=False)
+    fractions = {}
+    for arch in args.archs:
+        flops_per_image = 3 * 2 * count_macs(create_model(arch, n_out=len(dls.vocab)), args.size)
+        top = ceiling(arch, args.bs, args.size, len(dls.vocab), args.batches)
+        e2e = end_to_end(arch, dls, args.batches)
+        fractions[arch] = top * flops_per_image / 1e9 / peak
+        print(f"{arch}: end to end {e2e:6.1f} img/s, ceiling {top:6.1f} img/s "
+              f"({e2e / top:.0%} of ceiling); model compute {top * flops_per_image / 1e9:.1f} GFLOP/s "
+              f"= {fractions[arch]:.0%} of matmul peak")
+    if "xresnet50" in fractions:
+        record(matmul_peak_gflops=round(peak, 1), matmul_peak_fraction=round(fractions["xresnet50"], 3))
+
+
+if __name__ == "__main__":
+    main()

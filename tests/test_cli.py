@@ -1,0 +1,71 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vivace.cli import build_parser, main, recipe_from_args
+
+TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "2",
+        "--bs", "4", "--valid-bs", "8", "--workers", "1"]
+
+
+def test_help_texts():
+    for argv in (["--help"], ["train", "--help"], ["download", "--help"]):
+        out = subprocess.run([sys.executable, "-m", "vivace", *argv], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage: vivace" in out.stdout
+    train_help = subprocess.run([sys.executable, "-m", "vivace", "train", "--help"], capture_output=True, text=True).stdout
+    assert "--label-smoothing" in train_help and "epsilon of label smoothing" in train_help
+
+
+def test_flags_map_onto_recipe_and_presets():
+    args = build_parser().parse_args(["train", "--preset", "imagenette-128-5ep", "--epochs", "2", "--no-normalize"])
+    recipe = recipe_from_args(args)
+    assert recipe.arch == "xresnet50" and recipe.epochs == 2 and recipe.normalize is False
+    default = recipe_from_args(build_parser().parse_args(["train"]))
+    assert default.preset == "quick" and default.data == ""
+
+
+def test_train_writes_run_dir(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "train_loss" in printed and "final accuracy" in printed
+    for name in ("config.json", "log.csv", "summary.json", "losses.png", "schedule.png",
+                 "last.safetensors", "best.safetensors"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["accuracy"] <= 1
+    assert len((out / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+
+
+def test_resume_from_cli_continues(tmp_path, tiny_folder):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(out), *TINY]) == 0
+    # --resume reads the run's config: train the same run longer by raising --epochs.
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3"]) == 0
+    assert len((out / "log.csv").read_text().splitlines()) == 4
+
+
+def test_runs_report_mean_and_std(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "multi"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(out), "--runs", "2", *TINY[:-4], "--epochs", "1",
+                 "--workers", "1"]) == 0
+    assert "±" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["accuracy"]) == {"mean", "std"} and len(summary["runs"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "/no/such/folder"], "/no/such/folder"),
+    (["train", "--arch", "resnet9000"], "arch='resnet9000' is not one of"),
+    (["train", "--lr", "-1"], "lr=-1.0 must be in"),
+    (["train", "--size", "256", "--presize", "128"], "presize=128 must be >= size=256"),
+    (["train", "--preset", "nope"], "preset='nope'"),
+    (["train", "--out", "/tmp/vivace-no-run-here", "--resume"], "config.json"),
+])
+def test_errors_are_messages_not_tracebacks(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

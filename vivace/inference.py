@@ -1,0 +1,190 @@
+"""Inference: images (paths, folders, PIL images) -> class probabilities, preprocessed as in training.
+
+Each image goes the validation path: decode to the presize centre square (`load_image_rgb`, the
+cache's own code), then `ValidResize(size)` and `Normalize` on the device, batch by batch.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from .augment import Normalize, ValidResize
+from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
+from .data.sources import find_images
+
+TTA_MODES = ("none", "flip")
+Item = Union[str, Path, Image.Image]
+
+
+@dataclass
+class Prediction:
+    """One image's result: `label`, its `index`, and `probs` (C,); or `error` if it failed."""
+
+    label: str
+    index: int
+    probs: Tensor
+    path: str | None = None
+    error: str | None = None
+    classes: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The k most probable (class, probability) pairs, most probable first."""
+        values, indices = self.probs.topk(min(k, len(self.probs)))
+        return [(self.classes[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
+
+    def as_dict(self) -> dict:
+        """JSON-ready: path, label and the class -> probability map (most probable first)."""
+        if not self.ok:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "label": self.label, "probs": dict(self.top(len(self.probs)))}
+
+
+def failed(path: str | None, error: str) -> Prediction:
+    """The entry for an image that could not be read."""
+    return Prediction(label="", index=-1, probs=torch.empty(0), path=path, error=error)
+
+
+def expand_items(items: Item | Iterable[Item]) -> list[Item]:
+    """A list of images: a folder becomes its image files (sorted, recursive); lists are flattened."""
+    if isinstance(items, (str, Path, Image.Image)):
+        items = [items]
+    out: list[Item] = []
+    for item in items:
+        if isinstance(item, (str, Path)) and Path(item).is_dir():
+            found = find_images(Path(item))
+            if not found:
+                raise ValueError(f"{item} is a folder with no images (.jpg, .jpeg, .png, .webp, .bmp)")
+            out.extend(found)
+        else:
+            out.append(item)
+    return out
+
+
+class Predictor:
+    """A trained model ready for inference: eval mode on `device`, with its classes and preprocessing.
+
+    Args:
+        normalize: the training statistics (None if the model was trained unnormalized).
+        size: the validation crop side, px; presize: the cached centre-square side, px.
+        tta: default test-time augmentation, 'none' or 'flip' (average with the mirror image).
+        device: None = CUDA if available, else CPU.
+    """
+
+    def __init__(self, model: nn.Module, vocab: Sequence[str], normalize: Normalize | None, size: int,
+                 presize: int, tta: str = "none", device: str | torch.device | None = None):
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
+        if presize < size:
+            raise ValueError(f"presize={presize} must be >= size={size}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        # channels_last as in training: the same conv kernels, so the same numbers.
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.vocab, self.normalize = list(vocab), normalize
+        self.resize, self.presize, self.tta = ValidResize(size), presize, tta
+
+    @property
+    def size(self) -> int:
+        return self.resize.size
+
+    def predict(self, item: Item | Iterable[Item], batch_size: int = 64,
+                tta: Literal["none", "flip"] | None = None) -> Prediction | list[Prediction]:
+        """One Prediction for one image (path or PIL); a list for a list or a folder.
+
+        In a list, an unreadable image gives an entry with `error` set and the rest go on;
+        a single unreadable image raises ValueError.
+        """
+        single = isinstance(item, Image.Image) or (isinstance(item, (str, Path)) and not Path(item).is_dir())
+        preds = self.predict_many(expand_items(item), batch_size, tta)
+        if single and not preds[0].ok:
+            raise ValueError(preds[0].error)
+        return preds[0] if single else preds
+
+    def predict_many(self, items: Sequence[Item], batch_size: int = 64,
+                     tta: Literal["none", "flip"] | None = None) -> list[Prediction]:
+        """A Prediction per item, in order, decoding and running `batch_size` images at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        tta = self.tta if tta is None else tta
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
+        out: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            out.extend(self._predict_chunk(items[start:start + batch_size], tta))
+        return out
+
+    def _predict_chunk(self, items: Sequence[Item], tta: str) -> list[Prediction]:
+        pixels, results = [], []
+        for item in items:
+            try:
+                pixels.append(self.decode(item))
+                results.append(None)
+            except DECODE_ERRORS as err:  # ValueError included: a refused decompression bomb
+                results.append(failed(_name(item), f"{_name(item)}: cannot read image ({err})"))
+        if pixels:
+            probs = iter(self.probs(torch.from_numpy(np.stack(pixels)), tta).cpu())
+            for i, item in enumerate(items):
+                if results[i] is None:
+                    p = next(probs)
+                    index = int(p.argmax())
+                    results[i] = Prediction(self.vocab[index], index, p, _name(item), classes=self.vocab)
+        return results
+
+    def decode(self, item: Item) -> np.ndarray:
+        """An image as the cache stores it: uint8 (presize, presize, 3) RGB centre square."""
+        if isinstance(item, Image.Image):
+            # A copy, so the caller's image is not rotated in place. JPEG draft decoding (a
+            # shortcut when opening files) does not apply: pass the path for bit-exact pixels.
+            return prepare_image(item.copy(), self.presize)
+        return load_image_rgb(Path(item), self.presize)
+
+    @torch.no_grad()
+    def probs(self, pixels: Tensor, tta: str = "none") -> Tensor:
+        """uint8 (B, P, P, 3) centre squares -> class probabilities (B, C) on the device."""
+        x = pixels.to(self.device).permute(0, 3, 1, 2)  # (B, 3, P, P), channels_last strides
+        x = self.resize(x)
+        if self.normalize is not None:
+            x = self.normalize(x)
+        p = F.softmax(self.model(x).float(), dim=-1)
+        if tta == "flip":  # the cheapest TTA: average with the mirror image (training flips too)
+            p = (p + F.softmax(self.model(x.flip(-1)).float(), dim=-1)) / 2
+        return p
+
+    def __repr__(self) -> str:
+        return (f"Predictor({len(self.vocab)} classes, size={self.size}, presize={self.presize}, "
+                f"normalize={self.normalize is not None}, tta={self.tta!r}, {self.device})")
+
+
+def _name(item: Item) -> str | None:
+    if isinstance(item, Image.Image):
+        return getattr(item, "filename", None) or None
+    return str(item)
+
+
+def write_predictions_csv(preds: Sequence[Prediction], path: str | Path, vocab: Sequence[str]) -> Path:
+    """One row per image: path, label, prob, error, then the probability of every class."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "prob", "error", *vocab])
+        for p in preds:
+            if p.ok:
+                writer.writerow([p.path, p.label, f"{float(p.probs[p.index]):.6f}", "",
+                                 *(f"{v:.6f}" for v in p.probs.tolist())])
+            else:
+                writer.writerow([p.path, "", "", p.error, *([""] * len(vocab))])
+    return path

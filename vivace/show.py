@@ -1,0 +1,78 @@
+"""Pictures of the chapter: a training batch, one image's augmentations, and Mixup's blend.
+
+Every figure is a matplotlib `Figure` (no pyplot: no global state, safe without a display),
+saved as PNG when a path is given.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .augment import ValidResize, augmentation_grid
+from .data import DataLoaders
+from .mixing import mix_targets
+
+
+def mixup_figure(a: Tensor, b: Tensor, lam: float, target: Tensor, vocab: list[str],
+                 labels: tuple[str, str], path: Path | None = None):
+    """The book's Mixup figure: image a, image b, their blend lam*a + (1-lam)*b, and the soft target.
+
+    Args:
+        a, b: float images (3, H, W) in [0, 1].
+        target: the blend's soft target (C,), summing to 1.
+    """
+    from matplotlib.figure import Figure
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam={lam} must be in [0, 1]")
+    blend = torch.lerp(b, a, lam)  # lam * a + (1 - lam) * b
+    fig = Figure(figsize=(13, 3.4))
+    panels = [(a, labels[0]), (b, labels[1]), (blend, f"mixup, lam={lam:g}")]
+    for i, (img, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 4, i + 1)
+        ax.imshow(img.clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    ax = fig.add_subplot(1, 4, 4)
+    y = np.arange(len(vocab))[::-1]
+    ax.barh(y, target.cpu().numpy(), color="tab:orange")
+    ax.set_yticks(y, vocab, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_title("soft target", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(Path(path), format="png")
+    return fig
+
+
+def two_classes(labels: np.ndarray) -> tuple[int, int]:
+    """Positions of the first item and of the first one with a different label."""
+    others = np.flatnonzero(labels != labels[0])
+    if len(others) == 0:
+        raise ValueError("mixup's picture needs two classes, but every validation image has the same label")
+    return 0, int(others[0])
+
+
+def show_mixup(dls: DataLoaders, path: Path | None = None, lam: float = 0.7):
+    """Two validation images of different classes, their Mixup blend and soft target."""
+    i, j = two_classes(dls.valid.labels)
+    raw = dls.cache.gather(dls.valid.indices[[i, j]])  # uint8 (2, 3, P, P)
+    a, b = ValidResize(dls.valid.size)(raw)  # float (3, S, S) each, in [0, 1]
+    y = torch.from_numpy(dls.valid.labels[[i, j]])
+    # The library's own target mixing: item 0 keeps weight lam, its partner (perm) gets 1 - lam.
+    target = mix_targets(y, dls.c, torch.tensor([lam, lam]), torch.tensor([1, 0]))[0]
+    labels = (f"{dls.vocab[y[0]]} ({lam:g})", f"{dls.vocab[y[1]]} ({1 - lam:g})")
+    return mixup_figure(a, b, lam, target, dls.vocab, labels, path)
+
+
+def show_augs(dls: DataLoaders, path: Path | None = None, n: int = 8):
+    """The first training image under n draws of the training augmentation."""
+    x = dls.cache.gather(dls.train.indices[:1])  # uint8 (1, 3, P, P)
+    return augmentation_grid(x, dls.train.transform.resize, n=n, path=path)
+
+
+def show_batch(dls: DataLoaders, path: Path | None = None, max_n: int = 9):
+    """An augmented, labelled training batch (`DataLoaders.show_batch`)."""
+    return dls.show_batch(path, max_n=max_n)
