@@ -48,6 +48,13 @@ def test_resume_from_cli_continues(tmp_path, tiny_folder):
     assert len((out / "log.csv").read_text().splitlines()) == 4
 
 
+def test_resume_with_nothing_to_resume_starts_a_new_run(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "fresh"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(out), "--resume", *TINY]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert (out / "summary.json").exists()
+
+
 def test_runs_report_mean_and_std(tmp_path, tiny_folder, capsys):
     out = tmp_path / "multi"
     assert main(["train", "--data", str(tiny_folder), "--out", str(out), "--runs", "2", *TINY[:-4], "--epochs", "1",
@@ -63,7 +70,6 @@ def test_runs_report_mean_and_std(tmp_path, tiny_folder, capsys):
     (["train", "--lr", "-1"], "lr=-1.0 must be in"),
     (["train", "--size", "256", "--presize", "128"], "presize=128 must be >= size=256"),
     (["train", "--preset", "nope"], "preset='nope'"),
-    (["train", "--out", "/tmp/vivace-no-run-here", "--resume"], "config.json"),
 ])
 def test_errors_are_messages_not_tracebacks(argv, message, capsys):
     assert main(argv) == 2

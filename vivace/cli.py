@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .distributed import rank
 from .recipe import PRESETS, Recipe, make_recipe
 
 FIELD_HELP_SOURCE = Path(__file__).with_name("recipe.py")
@@ -40,9 +41,9 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """Preset (or, with --resume, the run's saved config), then the flags given explicitly."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
-    if given.get("resume") and given.get("out"):
-        saved = json.loads((Path(given["out"]) / "config.json").read_text())
-        return make_recipe(**{**saved, **given})
+    saved_config = Path(given.get("out", "")) / "config.json"
+    if given.get("resume") and given.get("out") and saved_config.is_file():
+        return make_recipe(**{**json.loads(saved_config.read_text()), **given})
     if not given.get("preset") and not given.get("data"):
         given["preset"] = DEFAULT_PRESET  # no data named: the embedded dataset's quick job
     return make_recipe(**given)
@@ -56,7 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingFailed as err:
         print(f"vivace train: {err}", file=sys.stderr)
         return 1
-    _print_result(result)
+    if rank() == 0:
+        _print_result(result)
     return 0
 
 

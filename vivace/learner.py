@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from . import schedule as sched
 from .callbacks import Callback, NaNGuard, ProgressBar, Recorder
 from .losses import CrossEntropy
@@ -44,18 +45,24 @@ class Learner:
                  metrics: Metric | Sequence[Metric] | None = accuracy,
                  cbs: Callback | type | Iterable[Callback | type] | None = None,
                  opt_func: str | Callable = "sgd", wd: float = 5e-5, channels_last: bool = True,
-                 amp: str = "auto", compile: bool = False, is_main: bool = True):
+                 amp: str = "auto", compile: bool = False, sync_bn: bool = False):
         self.dls, self.device = dls, dls.device
         self.model = model.to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_model = torch.compile(self.model) if compile else self.model
+        if sync_bn and distributed.is_distributed():
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # Training steps go through DDP (under torchrun) and torch.compile when asked;
+        # evaluation uses the plain model, whose weights are the same on every rank.
+        self.train_model = distributed.wrap_model(self.model)
+        if compile:
+            self.train_model = torch.compile(self.train_model)
         self.loss_func = loss_func if loss_func is not None else CrossEntropy()
         self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, Sequence) else [metrics]
         self.opt_func, self.wd, self.opt = opt_func, wd, None
         self.amp_dtype = autocast_dtype(self.device, amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.is_main = is_main
+        self.is_main = distributed.rank() == 0
         self.recorder = Recorder()
         self.cbs: list[Callback] = [self.recorder, ProgressBar(), NaNGuard()]
         self.add_cbs(cbs)
@@ -201,12 +208,15 @@ class Learner:
     def get_preds(self, dl=None) -> tuple[Tensor, Tensor]:
         """Logits (N, C) and labels (N,) over a loader (default: validation), on the CPU."""
         self.model.eval()
+        distributed.sync_buffers(self.model)  # every rank evaluates rank 0's BatchNorm statistics
         preds, targets = [], []
         for x, y in dl if dl is not None else self.dls.valid:
             with self.autocast():
                 preds.append(self.model(x).float())
             targets.append(y)
-        return torch.cat(preds).cpu(), torch.cat(targets).cpu()
+        # Under torchrun each rank scored its shard of the validation set: gather them all.
+        preds, targets = distributed.gather_all(torch.cat(preds)), distributed.gather_all(torch.cat(targets))
+        return preds.cpu(), targets.cpu()
 
     def tta(self, dl=None, n: int = 4, beta: float = 0.25, use_max: bool = False) -> tuple[Tensor, Tensor]:
         """The book's test-time augmentation: see `vivace.tta.tta`."""

@@ -50,6 +50,7 @@ class Recipe:
     channels_last: bool = True    # NHWC memory format: measured ~1.4x faster on CPU for xresnet50
     amp: str = "auto"             # mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16, off
     compile: bool = False         # torch.compile the model (slow start, no gain measured on CPU)
+    sync_bn: bool = False         # SyncBatchNorm across processes under torchrun
     threads: int = 0              # torch intra-op threads; 0 = all cores
     workers: int = 0              # processes for building the cache; 0 = all cores
     seed: int = 42

@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .callbacks import Callback, ProgressiveResize
 from .checkpoint import CheckpointSaver, load_checkpoint, restore_learner
 from .data import DataLoaders, make_dataloaders
+from .distributed import World
 from .learner import Learner
 from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, nll, top_k_accuracy
@@ -38,15 +40,25 @@ def top5_accuracy(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return top_k_accuracy(preds, target, 5)
 
 
-def build_dataloaders(recipe: Recipe, rank: int = 0, world_size: int = 1) -> DataLoaders:
-    """The recipe's data: cache, loaders, augmentation and normalization."""
+def build_dataloaders(recipe: Recipe, world: World = World()) -> DataLoaders:
+    """The recipe's data: cache, loaders, augmentation and normalization (this rank's shard).
+
+    Under torchrun rank 0 builds the presize cache while the others wait, then they reuse it.
+    `recipe.bs` is the global batch: each of the N processes takes bs // N.
+    """
     augment = dict(min_scale=recipe.min_scale, flip=recipe.flip, max_rotate=recipe.max_rotate,
                    max_zoom=recipe.max_zoom, max_warp=recipe.max_warp, max_lighting=recipe.max_lighting)
-    return make_dataloaders(recipe.data or None, size=recipe.size, presize=recipe.presize,
-                            bs=recipe.bs // world_size, valid_bs=recipe.valid_bs, augment=augment,
-                            normalize=recipe.normalize, stats=recipe.stats, seed=recipe.seed,
-                            rank=rank, world_size=world_size, workers=recipe.workers or None,
-                            progress=rank == 0)
+    if not world.is_main:
+        distributed.barrier()
+    dls = make_dataloaders(recipe.data or None, size=recipe.size, presize=recipe.presize,
+                           bs=max(recipe.bs // world.world_size, 1), valid_bs=recipe.valid_bs,
+                           augment=augment, normalize=recipe.normalize, stats=recipe.stats,
+                           seed=recipe.seed, device=world.device, rank=world.rank,
+                           world_size=world.world_size, workers=recipe.workers or None,
+                           progress=world.is_main)
+    if world.is_main:
+        distributed.barrier()
+    return dls
 
 
 def technique_callbacks(recipe: Recipe) -> list[Callback]:
@@ -63,8 +75,7 @@ def technique_callbacks(recipe: Recipe) -> list[Callback]:
     return cbs
 
 
-def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, is_main: bool = True,
-                  extra_cbs: list[Callback] | None = None) -> Learner:
+def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, extra_cbs: list[Callback] | None = None) -> Learner:
     """Model, loss, metrics and callbacks for the recipe (plus any `extra_cbs` of the caller)."""
     torch.manual_seed(recipe.seed)  # same seed -> same initial weights
     model = create_model(recipe.arch, n_out=len(dls.vocab), widen=recipe.widen, act=recipe.act,
@@ -74,7 +85,7 @@ def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, is_main: bool = T
     cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every), RunLogger(out), *(extra_cbs or [])]
     return Learner(dls, model, loss, metrics=[accuracy, top5_accuracy, nll, calibration_error], cbs=cbs,
                    opt_func=recipe.opt, wd=recipe.wd, channels_last=recipe.channels_last, amp=recipe.amp,
-                   compile=recipe.compile, is_main=is_main)
+                   compile=recipe.compile, sync_bn=recipe.sync_bn)
 
 
 def fit(learn: Learner, recipe: Recipe) -> None:
@@ -88,22 +99,33 @@ def fit(learn: Learner, recipe: Recipe) -> None:
 def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> dict[str, Any]:
     """One seeded run into `out`; returns the summary written to summary.json."""
     set_threads(recipe.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    dls = build_dataloaders(recipe)
+    world = distributed.init_distributed()
+    if world.is_main:  # only rank 0 writes anything
+        out.mkdir(parents=True, exist_ok=True)
+    dls = build_dataloaders(recipe, world)
     learn = build_learner(recipe, dls, out, extra_cbs=cbs)
-    if recipe.resume:
+    if recipe.resume and (out / "last.safetensors").is_file():
         restore_learner(learn, load_checkpoint(out / "last.safetensors", learn.device))
         learn.log(f"resuming {out} at epoch {learn.resume_at[0]}, batch {learn.resume_at[1]}")
-    write_json(out / "config.json", recipe.to_dict())
+    elif recipe.resume:  # e.g. the first start of an elastic torchrun job that always says --resume
+        learn.log(f"nothing to resume in {out} (no last.safetensors): starting a new run")
+    if world.is_main:
+        write_json(out / "config.json", recipe.to_dict())
     start = time.perf_counter()
     fit(learn, recipe)
     if learn.failure:
         raise TrainingFailed(learn.failure)
     summary = {**learn.last_metrics, "epochs": len(learn.recorder.rows),
                "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed}
-    write_json(out / "summary.json", summary)
-    if learn.is_main:
-        from .report import write_report  # lazy: matplotlib adds ~0.6 s to `import vivace`
+    if world.is_main:
+        write_json(out / "summary.json", summary)
+    from .report import write_report  # lazy: matplotlib adds ~0.6 s to `import vivace`
+    if world.world_size > 1:
+        # The report scores the whole validation set in order: rank 0 rebuilds it alone.
+        distributed.cleanup()
+        if world.is_main:
+            write_report(out)
+    else:
         write_report(out, learn)
     return summary
 

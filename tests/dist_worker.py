@@ -1,0 +1,55 @@
+"""Run by tests/test_distributed.py under torchrun: train a tiny recipe and dump what each rank saw."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from vivace import distributed
+from vivace.callbacks import Callback
+from vivace.recipe import make_recipe
+from vivace.train import train_once
+
+
+class DieAt(Callback):
+    """Simulates a crashed rank: exits hard at its second batch."""
+
+    def after_batch(self, learn) -> None:
+        if learn.iter == 1:
+            os._exit(3)
+
+
+class ShardSpy(Callback):
+    """Records which training items this rank drew each epoch, and its final weights."""
+
+    def __init__(self, dump: Path):
+        self.dump, self.seen = dump, {}
+
+    def before_epoch(self, learn) -> None:
+        from vivace.data.loader import shard_indices
+        loader = learn.dls.train
+        order = shard_indices(len(loader.indices), learn.epoch, loader.seed, True, loader.rank,
+                              loader.world_size, True, loader.batch_size)
+        self.seen[learn.epoch] = loader.indices[order].tolist()
+
+    def after_fit(self, learn) -> None:
+        rank = distributed.rank()
+        state = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
+        save_file(state, str(self.dump / f"weights{rank}.safetensors"))
+        train_items = learn.dls.train.indices.tolist()
+        (self.dump / f"rank{rank}.json").write_text(json.dumps(
+            {"seen": self.seen, "all_train": train_items, "metrics": learn.last_metrics}))
+
+
+if __name__ == "__main__":
+    data, base, dump = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    world = distributed.init_distributed()
+    recipe = make_recipe(data=data, arch="xresnet18", widen=0.25, size=16, presize=24, epochs=2, bs=8,
+                         valid_bs=5, lr=1e-2, workers=1)
+    # One --out per rank here (the same path in real use) so the test can see who wrote what.
+    cbs = [ShardSpy(dump)]
+    if os.environ.get("DIE_RANK") == str(world.rank):
+        cbs.append(DieAt())
+    train_once(recipe, base / f"out{world.rank}", cbs=cbs)

@@ -1,0 +1,78 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vivace.checkpoint import load_checkpoint
+from vivace.train import load_run
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(base: Path, folder: Path, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(WORKER), str(folder), str(base), str(base)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, tiny_folder):
+    base = tmp_path_factory.mktemp("dist")
+    result = launch(base, tiny_folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base, result
+
+
+def test_a_dead_rank_fails_the_others_instead_of_hanging(tmp_path, tiny_folder):
+    result = launch(tmp_path, tiny_folder, DIE_RANK="1", VIVACE_DIST_TIMEOUT="60")
+    assert result.returncode != 0
+    assert "exitcode  : 3" in result.stderr  # torchrun names the rank that died
+
+
+def test_weights_identical_across_ranks(two_ranks):
+    base, _ = two_ranks
+    w0, w1 = load_file(str(base / "weights0.safetensors")), load_file(str(base / "weights1.safetensors"))
+    assert w0.keys() == w1.keys()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(not torch.equal(w0[k], torch.zeros_like(w0[k])) for k in w0)
+
+
+def test_shards_are_disjoint_and_cover_the_training_set(two_ranks):
+    base, _ = two_ranks
+    r0, r1 = (json.loads((base / f"rank{r}.json").read_text()) for r in (0, 1))
+    for epoch in ("0", "1"):
+        a, b = set(r0["seen"][epoch]), set(r1["seen"][epoch])
+        assert not a & b
+        # 24 training images, per-rank batch 4: every image is drawn exactly once per epoch.
+        assert a | b == set(r0["all_train"])
+    assert r0["seen"]["0"] != r0["seen"]["1"]  # reshuffled each epoch
+
+
+def test_distributed_validation_equals_single_process(two_ranks):
+    base, _ = two_ranks
+    r0 = json.loads((base / "rank0.json").read_text())
+    learn = load_run(base / "out0", checkpoint="last")  # one process, rank 0's final weights
+    single = learn.validate()
+    assert single["accuracy"] == pytest.approx(r0["metrics"]["accuracy"])
+    assert single["valid_loss"] == pytest.approx(r0["metrics"]["valid_loss"], rel=1e-5)
+    assert len(learn.get_preds()[1]) == 12  # the whole validation set, once
+
+
+def test_only_rank0_wrote_files_and_printed(two_ranks):
+    base, result = two_ranks
+    assert (base / "out0" / "summary.json").exists() and (base / "out0" / "last.safetensors").exists()
+    assert not (base / "out1").exists()
+    assert result.stdout.count("train_loss") == 1  # one table header: rank 0 only

@@ -1,0 +1,98 @@
+"""Data-parallel training on torch.distributed, launched by torchrun (no home-made engine).
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything here is a no-op and
+training runs in one process. gloo on CPU, nccl on CUDA, one GPU per process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+DEFAULT_TIMEOUT_S = 1800  # a rank that stops answering fails the others after this, never hangs
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def init_distributed() -> World:
+    """Join the process group torchrun describes in the environment (once); else a world of one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return World()
+    world = World(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        timeout = timedelta(seconds=float(os.environ.get("VIVACE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+    return world
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def rank() -> int:
+    """This process's rank: from the process group, else from torchrun's environment, else 0."""
+    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", "0"))
+
+
+def wrap_model(model: nn.Module) -> nn.Module:
+    """DistributedDataParallel around `model` when distributed: gradients averaged in backward."""
+    if not is_distributed():
+        return model
+    device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's BatchNorm statistics, so evaluation is the same on all ranks."""
+    if is_distributed():
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
+def gather_all(t: Tensor) -> Tensor:
+    """Concatenate a tensor's rows from every rank (shards may differ in length by one)."""
+    if not is_distributed():
+        return t
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def cleanup() -> None:
+    """Leave the process group (end of training)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
