@@ -134,3 +134,37 @@ def test_lr_find_suggests_and_restores(tiny_dls, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     result.plot(tmp_path / "lr.png")
     assert (tmp_path / "lr.png").stat().st_size > 0
+
+
+def test_ema_averages_weights_and_becomes_the_model(tiny_dls):
+    from vivace.callbacks import EMA
+
+    model = tiny_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = EMA(decay=0.5)
+    learn = Learner(tiny_dls, model, cbs=[ema])
+    learn.fit(1, 1e-1)
+    assert learn.eval_model is learn.model
+    final = model.state_dict()
+    assert all(torch.equal(final[k], ema.ema.state_dict()[k]) for k in final)
+    assert any(not torch.equal(final[k], start[k]) for k in final)
+    with pytest.raises(ValueError, match="decay"):
+        EMA(1.5)
+
+
+def test_ema_update_rule():
+    from types import SimpleNamespace
+
+    from vivace.callbacks import EMA
+
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    learn = SimpleNamespace(model=model, eval_model=model)
+    ema = EMA(decay=0.75)
+    ema.before_fit(learn)
+    assert learn.eval_model is ema.ema
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.after_batch(learn)
+    ema.after_batch(learn)
+    assert ema.ema.weight.item() == pytest.approx(1 - 0.75 ** 2)  # 0 -> 0.25 -> 0.4375

@@ -6,6 +6,7 @@ transform_batch, after_batch), after_validate, after_epoch; finally after_fit.
 """
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -200,3 +201,46 @@ class ProgressiveResize(Callback):
         learn.dls.train.set_size(self.schedule.final_px)
         if self.scale_batch:
             learn.dls.train.set_batch_size(self.base_bs)
+
+
+class EMA(Callback):
+    """Exponential moving average of the weights; evaluation and the final model use the average.
+
+    Updated after every optimizer step: ema = decay * ema + (1 - decay) * weights. BatchNorm
+    statistics are copied, not averaged. The averaged model is `learn.eval_model` during the fit
+    and is loaded into `learn.model` when the fit ends.
+    """
+
+    order = -5
+
+    def __init__(self, decay: float = 0.999):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay={decay} must be in (0, 1)")
+        self.decay = decay
+        self.ema: torch.nn.Module | None = None
+        self.saved: dict[str, Tensor] | None = None  # weights from a checkpoint, until before_fit
+
+    def before_fit(self, learn: Learner) -> None:
+        if self.ema is None:
+            self.ema = copy.deepcopy(learn.model).eval().requires_grad_(False)
+            if self.saved is not None:
+                self.ema.load_state_dict(self.saved)
+        learn.eval_model = self.ema
+
+    @torch.no_grad()
+    def after_batch(self, learn: Learner) -> None:
+        torch._foreach_lerp_(list(self.ema.parameters()), list(learn.model.parameters()), 1 - self.decay)
+        for ema_buffer, buffer in zip(self.ema.buffers(), learn.model.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def after_fit(self, learn: Learner) -> None:
+        learn.model.load_state_dict(self.ema.state_dict())
+        learn.eval_model = learn.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.saved = state.get("weights")
+        if self.ema is not None and self.saved is not None:
+            self.ema.load_state_dict(self.saved)

@@ -55,6 +55,7 @@ class Learner:
         # Training steps go through DDP (under torchrun) and torch.compile when asked;
         # evaluation uses the plain model, whose weights are the same on every rank.
         self.train_model = distributed.wrap_model(self.model)
+        self.eval_model = self.model  # the EMA callback evaluates its average instead
         if compile:
             self.train_model = torch.compile(self.train_model)
         self.loss_func = loss_func if loss_func is not None else CrossEntropy()
@@ -207,12 +208,12 @@ class Learner:
     @torch.no_grad()
     def get_preds(self, dl=None) -> tuple[Tensor, Tensor]:
         """Logits (N, C) and labels (N,) over a loader (default: validation), on the CPU."""
-        self.model.eval()
-        distributed.sync_buffers(self.model)  # every rank evaluates rank 0's BatchNorm statistics
+        model = self.eval_model.eval()
+        distributed.sync_buffers(model)  # every rank evaluates rank 0's BatchNorm statistics
         preds, targets = [], []
         for x, y in dl if dl is not None else self.dls.valid:
             with self.autocast():
-                preds.append(self.model(x).float())
+                preds.append(model(x).float())
             targets.append(y)
         # Under torchrun each rank scored its shard of the validation set: gather them all.
         preds, targets = distributed.gather_all(torch.cat(preds)), distributed.gather_all(torch.cat(targets))

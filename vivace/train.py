@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import distributed
-from .callbacks import Callback, ProgressiveResize
+from .callbacks import EMA, Callback, ProgressiveResize
 from .checkpoint import CheckpointSaver, load_checkpoint, restore_learner
 from .data import DataLoaders, make_dataloaders
 from .distributed import World
@@ -70,6 +70,8 @@ def technique_callbacks(recipe: Recipe) -> list[Callback]:
         cbs.append(Mixup(recipe.mixup, seed=recipe.seed))
     elif recipe.cutmix > 0:
         cbs.append(CutMix(recipe.cutmix, seed=recipe.seed))
+    if recipe.ema > 0:
+        cbs.append(EMA(recipe.ema))
     if recipe.progressive > 0:
         cbs.append(ProgressiveResize(SizeSchedule(recipe.size, recipe.progressive, recipe.progressive_end)))
     return cbs
