@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean browser
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,7 +16,11 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/vivace train
 
-test: $(STAMP)
+# tests/test_report.py renders the run report in a real headless browser (Debian's chromium).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 clean:

@@ -76,3 +76,17 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_folder, every)
     log_b = (tmp_path / "cut" / "log.csv").read_text().splitlines()
     strip_time = lambda lines: [line.rsplit(",", 1)[0] for line in lines]
     assert strip_time(log_a) == strip_time(log_b) and len(log_a) == 4
+
+
+def test_ema_run_exports_the_evaluated_weights(tmp_path, tiny_folder):
+    from vivace.recipe import make_recipe
+    from vivace.train import load_run, train
+
+    out = tmp_path / "ema"
+    recipe = {k: v for k, v in TINY.items() if k not in ("mixup", "label_smoothing")}
+    summary = train(make_recipe(**{**recipe, "epochs": 2}, data=str(tiny_folder), out=str(out), ema=0.5))
+    state = load_checkpoint(out / "last.safetensors")
+    assert "eval_model" in state
+    learn = load_run(out, checkpoint="last")
+    assert all(torch.equal(v, state["eval_model"][k]) for k, v in learn.model.state_dict().items())
+    assert learn.validate()["accuracy"] == pytest.approx(summary["accuracy"])

@@ -95,6 +95,8 @@ def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:
         "callbacks": {f"{i}.{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(learn.cbs)},
         "epoch_loss": {"sum": learn.recorder.loss_sum.detach().cpu(), "batches": learn.recorder.n_seen},
     }
+    if learn.eval_model is not learn.model:  # EMA: the weights that were evaluated, for export
+        state["eval_model"] = learn.eval_model.state_dict()
     if torch.cuda.is_available():
         state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -225,7 +225,8 @@ def add_deploy_commands(sub) -> None:
     predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                          help="average with the mirror image (default: the bundle's setting)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image: path, label, probs")
-    predict.add_argument("--csv", default="predictions.csv", help="where folder inputs are written (default: %(default)s)")
+    predict.add_argument("--csv", default="predictions.csv",
+                         help="where the predictions for folder inputs are written (default: %(default)s)")
     predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     predict.set_defaults(func=cmd_predict)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from .augment import Normalize
@@ -52,14 +52,16 @@ def bundle_info(learn: Any, tta: str = "none") -> dict[str, Any]:
 def export_learner(learn: Any, path: str | Path, tta: str = "none") -> Path:
     """Write `learn`'s model and preprocessing to one bundle file at `path` (atomically)."""
     info_json = json.dumps(bundle_info(learn, tta), sort_keys=True)
-    # channels_last weights are views with odd strides: store plain contiguous CPU copies.
+    # Contiguous CPU copies: channels_last weights have permuted strides, and safetensors
+    # refuses tensors that share memory.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in learn.model.state_dict().items()}
     metadata = {"format": FORMAT, "version": str(VERSION), "info": info_json,
                 "sha256": content_hash(info_json, tensors)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
+    # Bytes through open(), not save_file, which creates 0600 files: a bundle is meant to be shared.
+    tmp.write_bytes(save(tensors, metadata=metadata))
     os.replace(tmp, path)
     return path
 
@@ -88,10 +90,11 @@ def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
 
 def _check_header(path: Path, meta: dict[str, str]) -> None:
     if meta.get("format") != FORMAT:
-        hint = " (a training checkpoint? run `vivace export RUN_DIR`)" if "checkpoint" in str(meta.get("format")) else ""
+        is_checkpoint = "checkpoint" in str(meta.get("format"))
+        hint = " (a training checkpoint? run `vivace export RUN_DIR`)" if is_checkpoint else ""
         raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}{hint}")
     if meta.get("version") != str(VERSION):
-        raise ValueError(f"{path} is bundle version {meta.get('version')!r}; this vivace reads version "
+        raise ValueError(f"{path} is bundle version {meta.get('version')}; this vivace reads version "
                          f"{VERSION}: use the vivace that exported it, or export again")
     missing = [k for k in ("info", "sha256") if k not in meta]
     if missing:

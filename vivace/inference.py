@@ -57,7 +57,7 @@ def failed(path: str | None, error: str) -> Prediction:
 
 
 def expand_items(items: Item | Iterable[Item]) -> list[Item]:
-    """A list of images: a folder becomes its image files (sorted, recursive); lists are flattened."""
+    """A flat list of images: each folder (given alone or in the list) becomes its sorted image files."""
     if isinstance(items, (str, Path, Image.Image)):
         items = [items]
     out: list[Item] = []

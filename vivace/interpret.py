@@ -127,7 +127,7 @@ class Interpretation:
         ax.bar(centres[used].numpy(), acc[used].numpy(), width=1 / n_bins, edgecolor="black",
                color="tab:blue", label="accuracy")
         ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-        ax.plot(conf[used].numpy(), acc[used].numpy(), "o", color="tab:red", label="mean confidence")
+        ax.plot(conf[used].numpy(), acc[used].numpy(), "o", color="tab:red", label="bin: (mean confidence, accuracy)")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
                title=f"Reliability (ECE {ece:.3f}, {int(count.sum())} items)")
         ax.legend(loc="upper left")

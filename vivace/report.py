@@ -36,7 +36,8 @@ def write_report(run_dir: str | Path, learn: Any = None) -> Path:
     """Write `run_dir/report.html`; without `learn`, rebuild one from the run's best checkpoint."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the --out of a `vivace train` run")
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): "
+                                "pass the --out of a `vivace train` run")
     if learn is None:
         from .train import load_run  # lazy: train imports this module
         learn = load_run(run_dir)
@@ -70,10 +71,10 @@ def img_tag(path: Path, alt: str) -> str:
     return f"<img alt='{_esc(alt)}' src='data:image/png;base64,{data}'>"
 
 
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    """An HTML table; the first column left-aligned (names), the rest right-aligned (numbers)."""
-    head = "".join(f"<th{' class=k' if i == 0 else ''}>{_esc(h)}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td{' class=k' if i == 0 else ''}>{_esc(_fmt(v))}</td>"
+def table(header: list[str], rows: list[list[Any]], n_names: int = 1) -> str:
+    """An HTML table: the first `n_names` columns left-aligned (names), the rest right (numbers)."""
+    head = "".join(f"<th{' class=k' if i < n_names else ''}>{_esc(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{' class=k' if i < n_names else ''}>{_esc(_fmt(v))}</td>"
                                     for i, v in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -121,7 +122,7 @@ def _interpretation_section(interp: Interpretation, plots: dict[str, Path]) -> s
              "<h3>Per-class accuracy</h3>",
              table(["class", "accuracy", "items"], [[c, acc[c], n] for c, n in zip(interp.vocab, counts)]),
              "<h3>Most confused (actual, predicted, count)</h3>",
-             table(["actual", "predicted", "count"], [list(c) for c in confused]) if confused
+             table(["actual", "predicted", "count"], [list(c) for c in confused], n_names=2) if confused
              else "<p class='muted'>no confusions</p>"]
     for title, path in plots.items():
         parts.append(f"<h3>{_esc(title)}</h3>{img_tag(path, title)}")

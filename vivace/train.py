@@ -161,5 +161,5 @@ def load_run(run_dir: Path, checkpoint: str = "best", **overrides: Any) -> Learn
     set_threads(recipe.threads)
     learn = build_learner(recipe, build_dataloaders(recipe), run_dir)
     state = load_checkpoint(run_dir / f"{checkpoint}.safetensors", learn.device)
-    learn.model.load_state_dict(state["model"])
+    learn.model.load_state_dict(state.get("eval_model", state["model"]))  # EMA runs: the average
     return learn

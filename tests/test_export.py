@@ -1,0 +1,162 @@
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import vivace
+from vivace.checkpoint import save_checkpoint
+from vivace.data import make_dataloaders
+from vivace.export import FORMAT, VERSION, export_learner, load, read_bundle
+from vivace.learner import Learner
+from vivace.models import create_model
+from vivace.models.xresnet import XResNet
+
+
+@pytest.fixture(scope="module")
+def learn(tiny_folder):
+    dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+                           workers=1, progress=False)
+    torch.manual_seed(0)
+    learn = Learner(dls, create_model("xresnet18", n_out=3, widen=0.25))
+    learn.fit_one_cycle(1, 1e-2)
+    return learn
+
+
+@pytest.fixture(scope="module")
+def bundle(learn, tmp_path_factory):
+    return export_learner(learn, tmp_path_factory.mktemp("bundle") / "tiny.vivace")
+
+
+def _header_len(data: bytes) -> int:
+    return int.from_bytes(data[:8], "little")  # safetensors: u64 header size, JSON header, payload
+
+
+def test_round_trip_predicts_exactly_like_the_learner(learn, bundle):
+    predictor = vivace.load(bundle, device="cpu")
+    logits, targets = learn.get_preds()
+    preds = predictor.predict(learn.dls.source.valid_files)
+    probs = torch.stack([p.probs for p in preds])
+    assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)
+    assert [p.index for p in preds] == logits.argmax(-1).tolist()
+
+
+def test_bundle_carries_preprocessing(learn, bundle):
+    predictor = load(bundle, device="cpu")
+    assert predictor.vocab == learn.dls.vocab == ["blue", "green", "red"]
+    assert (predictor.size, predictor.presize) == (16, 24)
+    assert predictor.normalize.as_dict() == learn.dls.normalize.as_dict()
+    assert predictor.tta == "none" and not predictor.model.training
+
+
+def test_predictions_depend_on_the_stored_statistics(learn, bundle):
+    predictor = load(bundle, device="cpu")
+    files = learn.dls.source.valid_files[:4]
+    with_stats = torch.stack([p.probs for p in predictor.predict(files)])
+    predictor.normalize = None
+    without = torch.stack([p.probs for p in predictor.predict(files)])
+    assert not torch.allclose(with_stats, without, atol=1e-3)
+
+
+def test_bundle_is_plain_safetensors(bundle):
+    with safe_open(str(bundle), framework="pt") as f:
+        meta = f.metadata()
+        assert any(k.endswith("weight") for k in f.keys())
+    assert meta["format"] == FORMAT and meta["version"] == str(VERSION) and len(meta["sha256"]) == 64
+    info = json.loads(meta["info"])
+    assert info["config"]["layers"] == [2, 2, 2, 2] and info["config"]["widen"] == 0.25
+    assert info["normalize"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert (info["size"], info["presize"], info["tta"]) == (16, 24, "none")
+
+
+def test_loading_never_unpickles(bundle, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling attempted")
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert load(bundle, device="cpu").vocab == ["blue", "green", "red"]
+
+
+def test_flipped_payload_byte_is_refused(bundle, tmp_path):
+    data = bytearray(bundle.read_bytes())
+    start = 8 + _header_len(data)
+    data[start + (len(data) - start) // 2] ^= 0xFF
+    bad = tmp_path / "flipped.vivace"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="integrity"):
+        load(bad)
+
+
+def test_edited_metadata_is_refused(bundle, tmp_path):
+    data = bundle.read_bytes()
+    edited = data.replace(b'\\"red\\"', b'\\"rex\\"')  # same length: a sneaky in-place edit
+    assert edited != data
+    bad = tmp_path / "edited.vivace"
+    bad.write_bytes(edited)
+    with pytest.raises(ValueError, match="integrity"):
+        load(bad)
+
+
+def test_rewritten_metadata_is_refused(bundle, tmp_path):
+    with safe_open(str(bundle), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(meta["info"])
+    info["normalize"] = None
+    bad = tmp_path / "rewritten.vivace"
+    save_file(tensors, str(bad), metadata={**meta, "info": json.dumps(info)})
+    with pytest.raises(ValueError, match="integrity"):
+        read_bundle(bad)
+
+
+def test_truncated_bundle_is_refused(bundle, tmp_path):
+    data = bundle.read_bytes()
+    for n, name in ((len(data) - 100, "short"), (20, "header")):
+        bad = tmp_path / f"{name}.vivace"
+        bad.write_bytes(data[:n])
+        with pytest.raises(ValueError, match="not a readable bundle"):
+            load(bad)
+
+
+def test_foreign_and_future_files_are_refused(bundle, tmp_path):
+    with safe_open(str(bundle), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for name, edit, message in (("other", {"format": "something-else"}, "format"),
+                                ("future", {"version": "99"}, "version 99")):
+        bad = tmp_path / f"{name}.vivace"
+        save_file(tensors, str(bad), metadata={**meta, **edit})
+        with pytest.raises(ValueError, match=message):
+            load(bad)
+    checkpoint = tmp_path / "best.safetensors"
+    save_checkpoint(checkpoint, {"model": {"w": torch.ones(2)}})
+    with pytest.raises(ValueError, match="vivace export"):
+        load(checkpoint)
+    text = tmp_path / "notes.vivace"
+    text.write_text("not a bundle at all")
+    with pytest.raises(ValueError, match="not a readable bundle"):
+        load(text)
+    with pytest.raises(FileNotFoundError, match="vivace export"):
+        load(tmp_path / "missing.vivace")
+
+
+def test_export_refuses_models_it_cannot_rebuild(learn, tmp_path):
+    plain = Learner(learn.dls, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3)))
+    with pytest.raises(ValueError, match="XResNet"):
+        export_learner(plain, tmp_path / "x.vivace")
+    with pytest.raises(ValueError, match="tta"):
+        export_learner(learn, tmp_path / "x.vivace", tta="five-crop")
+
+
+def test_xresnet_config_rebuilds_the_same_model():
+    model = create_model("xresnet50", n_out=7, widen=0.25, act="mish", self_attention=True, blur_pool=True)
+    twin = XResNet(**json.loads(json.dumps(model.config)))  # the config survives JSON
+    twin.load_state_dict(model.state_dict())
+    assert [k for k, _ in twin.named_parameters()] == [k for k, _ in model.named_parameters()]
+
+
+def test_learner_export_and_tta_default(learn, tmp_path):
+    path = learn.export(tmp_path / "via_learner.vivace")
+    assert load(path).tta == "none"
+    assert load(export_learner(learn, tmp_path / "flip.vivace", tta="flip")).tta == "flip"
