@@ -1,0 +1,191 @@
+"""vivace vs timm 1.0.31's training loop, side by side in one process: training images/s (issue #8).
+
+    bash bench/peers_setup.sh    # once: .venv-peers with torch 2.14.1, fastai, timm and vivace
+    .venv-peers/bin/python bench/peer_timm.py [--arch xresnet50] [--batches 10] [--record]
+
+Both sides run the same torch build, batch size and crop size on the Imagenette train split,
+channels_last, cross-entropy, Nesterov SGD with decay off BatchNorm and biases:
+
+- timm, as its train.py does it: `create_model('resnet50d', num_classes=10)` (resnet18d for
+  xresnet18: the same layers and parameter count as vivace's xresnet), `create_dataset` over the
+  train folder, `create_loader(is_training=True)` (its `create_transform`: RandomResizedCrop with
+  scale (0.35, 1) like vivace, flip, timm's default colour jitter 0.4; PIL in 2 worker processes,
+  then timm's prefetcher normalizes in the main process), `create_optimizer_v2(model, 'sgd')`,
+  and the plain loop: forward, loss, zero_grad, backward, step.
+- vivace: `make_dataloaders(size, presize=160, augment=dict(min_scale=0.35))` (crop, flip,
+  rotate/zoom/warp, lighting from the uint8 presize cache) and its Learner's `fit_one_cycle`.
+
+Images/s are timed over `--batches` batches after WARMUP untimed ones, so they leave out warm-up
+and data-loader startup but include decoding or cache reads, augmentation, forward, backward and
+the optimizer step. vivace's presize cache is built (once, on first use) before any clock starts;
+its build time is printed. `--record` writes timm_ratio_train (vivace / timm, xresnet50 only)
+into docs/benchmarks.json; `--min-ratio` makes it a check.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*")  # timm still imports jit helpers
+
+import numpy as np  # noqa: E402
+import PIL  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from timm.data import create_dataset, create_loader  # noqa: E402
+from timm.optim import create_optimizer_v2  # noqa: E402
+
+import vivace  # noqa: E402
+from common import DEFAULT_DATA, machine, record  # noqa: E402
+from vivace.callbacks import Callback  # noqa: E402
+from vivace.data import make_dataloaders  # noqa: E402
+from vivace.learner import Learner  # noqa: E402
+from vivace.models import create_model  # noqa: E402
+
+WARMUP = 3  # untimed batches: worker startup, allocator and thread pools warming up
+PRESIZE = 160  # px: vivace's presize cache (timm reads the JPEGs themselves)
+MIN_SCALE = 0.35  # the chapter's aug_transforms(min_scale=0.35) = timm's RandomResizedCrop scale floor
+LR = 1e-3  # irrelevant to speed
+WEIGHT_DECAY = 5e-5  # vivace's default, given to timm's optimizer too
+TIMM_ARCH = {"xresnet50": "resnet50d", "xresnet18": "resnet18d"}  # the same network in each library
+RECORDED_ARCH = "xresnet50"  # the architecture timm_ratio_train stands for
+
+
+class Stopwatch:
+    """Counts training batches; clocks the `timed` ones after `warmup` (syncing a GPU at both ends)."""
+
+    def __init__(self, warmup: int, timed: int, device: torch.device):
+        self.warmup, self.timed, self.device = warmup, timed, device
+        self.seen, self.start, self.end = 0, 0.0, 0.0
+
+    def tick(self) -> bool:
+        """Call after each training step; True once the last timed batch is done."""
+        self.seen += 1
+        if self.seen in (self.warmup, self.warmup + self.timed):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # only at the two clock reads
+            now = time.perf_counter()
+            if self.seen == self.warmup:
+                self.start = now
+            else:
+                self.end = now
+        return self.seen >= self.warmup + self.timed
+
+    def images_per_s(self, bs: int) -> float:
+        if self.end <= self.start:
+            raise RuntimeError(f"stopwatch saw {self.seen} batches, needs {self.warmup + self.timed}: "
+                               f"is the training set smaller than that many batches?")
+        return bs * self.timed / (self.end - self.start)
+
+
+class VivaceClock(Callback):
+    """vivace side: tick after each batch; ask the loop to stop after the last timed one."""
+
+    def __init__(self, watch: Stopwatch):
+        self.watch = watch
+
+    def after_batch(self, learn) -> None:
+        if self.watch.tick():
+            learn.request_stop()
+
+
+def versions() -> str:
+    return (f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}, "
+            f"vivace {vivace.__version__}, pillow {PIL.__version__}, numpy {np.__version__}")
+
+
+def timm_loader(data: Path, bs: int, size: int, device: torch.device):
+    """timm's train pipeline over data/train: PIL decode + augment in 2 workers, normalize after."""
+    dataset = create_dataset("", root=str(data), split="train", is_training=True)
+    # persistent_workers off: its workers must not outlive this measurement and steal the CPU.
+    return create_loader(dataset, input_size=(3, size, size), batch_size=bs, is_training=True,
+                         scale=(MIN_SCALE, 1.0), num_workers=2, device=device, use_prefetcher=True,
+                         persistent_workers=False)
+
+
+def timm_train(loader, arch: str, batches: int, device: torch.device, n_out: int) -> float:
+    """timm's train_one_epoch, reduced to the work of one step."""
+    torch.manual_seed(0)
+    model = timm.create_model(TIMM_ARCH[arch], num_classes=n_out).to(device, memory_format=torch.channels_last)
+    model.train()
+    optimizer = create_optimizer_v2(model, "sgd", lr=LR, weight_decay=WEIGHT_DECAY, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    watch = Stopwatch(WARMUP, batches, device)
+    for x, y in loader:  # x (B, 3, S, S) float, normalized by timm's prefetcher
+        x = x.contiguous(memory_format=torch.channels_last)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if watch.tick():
+            break  # closes the loader's iterator, which shuts its workers down
+    return watch.images_per_s(x.shape[0])
+
+
+def vivace_train(dls, arch: str, batches: int) -> float:
+    torch.manual_seed(0)
+    watch = Stopwatch(WARMUP, batches, dls.device)
+    learn = Learner(dls, create_model(arch, n_out=dls.c), cbs=[VivaceClock(watch)], opt_func="sgd",
+                    wd=WEIGHT_DECAY)
+    learn.recorder.print_table = False
+    learn.fit_one_cycle(1, LR)
+    return watch.images_per_s(dls.train.batch_size)
+
+
+def check_no_workers(after: str) -> None:
+    """A peer's loader processes still running would steal the CPU from the next measurement."""
+    alive = multiprocessing.active_children()
+    if alive:
+        raise RuntimeError(f"{len(alive)} data-loader processes still alive after {after}: {alive}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train/ and val/")
+    parser.add_argument("--arch", default="xresnet50", choices=sorted(TIMM_ARCH), help="vivace model")
+    parser.add_argument("--batches", type=int, default=10, help="timed training batches per library")
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--size", type=int, default=128, help="training crop, px")
+    parser.add_argument("--record", action="store_true", help="write the ratio into docs/benchmarks.json")
+    parser.add_argument("--min-ratio", type=float, default=None, help="exit 1 if vivace/timm is below")
+    args = parser.parse_args()
+    if not (args.data / "train").is_dir():
+        parser.error(f"--data {args.data} needs a train/ folder")
+    if args.batches < 1 or args.bs < 1 or args.size % 32:
+        parser.error("need --batches >= 1, --bs >= 1 and --size a multiple of 32")
+    if args.record and args.arch != RECORDED_ARCH:
+        parser.error(f"--record stores the {RECORDED_ARCH} figure: drop --arch or --record")
+
+    print(machine())
+    print(versions())
+    start = time.perf_counter()  # cache build (first use only) + loaders: startup, never timed below
+    dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
+                           augment=dict(min_scale=MIN_SCALE), progress=False)
+    print(f"vivace data setup {time.perf_counter() - start:.1f} s (builds the presize cache on first use)")
+    loader = timm_loader(args.data, args.bs, args.size, dls.device)
+    print(f"{len(loader.dataset)} training images; {args.batches} timed batches after {WARMUP} warm-up; "
+          f"bs {args.bs}, {args.size} px, device {dls.device}")
+
+    timm_rate = timm_train(loader, args.arch, args.batches, dls.device, dls.c)
+    check_no_workers("timm training")
+    ours = vivace_train(dls, args.arch, args.batches)
+    ratio = ours / timm_rate
+    print(f"train {args.arch} vs timm {TIMM_ARCH[args.arch]}: timm {timm_rate:7.1f} img/s   "
+          f"vivace {ours:7.1f} img/s   vivace/timm {ratio:5.2f}x")
+
+    if args.record:
+        record(timm_ratio_train=round(ratio, 3))
+        print("recorded timm_ratio_train in docs/benchmarks.json")
+    if args.min_ratio is not None and ratio < args.min_ratio:
+        print(f"FAIL: vivace/timm {ratio:.2f} is below --min-ratio {args.min_ratio}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
