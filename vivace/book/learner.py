@@ -1,0 +1,94 @@
+"""The book's Learner: vivace's loop with fastai's defaults, plus the loss, callback and loading names."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vivace import learner
+from vivace.callbacks import Callback
+from vivace.export import load
+from vivace.inference import Predictor
+from vivace.losses import CrossEntropy
+from vivace.lr_finder import LRFindResult
+from vivace.mixing import Mixup
+
+FASTAI_WD = 0.01  # fastai's Adam default: true (decoupled) weight decay, none on BatchNorm and biases
+
+CrossEntropyLossFlat = CrossEntropy  # flattens leading dims like fastai's, and also takes soft targets
+MixUp = Mixup  # fastai's spelling; `MixUp(0.4)` is alpha, as there
+
+
+class Learner(learner.Learner):
+    """vivace's Learner with fastai's defaults: AdamW, weight decay 0.01, CrossEntropyLossFlat, no metrics.
+
+    Other keyword arguments (amp, channels_last, compile, ...) go to `vivace.learner.Learner`.
+    """
+
+    def __init__(self, dls, model: nn.Module, loss_func: nn.Module | Callable | None = None,
+                 opt_func: str | Callable = "adamw", *,
+                 cbs: Callback | type | Iterable[Callback | type] | None = None,
+                 metrics: Callable | Sequence[Callable] | None = None, wd: float = FASTAI_WD, **kwargs: Any):
+        super().__init__(dls, model, loss_func=loss_func if loss_func is not None else CrossEntropyLossFlat(),
+                         metrics=metrics, cbs=cbs, opt_func=opt_func, wd=wd, **kwargs)
+
+    @property
+    def n_classes(self) -> int:
+        """The model's outputs (what Mixup one-hot encodes): the book's `xresnet50()` has 1000."""
+        config = getattr(self.model, "config", None)
+        return config["n_out"] if isinstance(config, dict) and "n_out" in config else len(self.dls.vocab)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+                  pct_start: float = 0.3, div: float = 5.0) -> None:
+        """fastai's fine_tune; its freeze() and unfreeze() clear the optimizer state: both phases start fresh.
+
+        `lr_mult` spreads learning rates over parameter groups; vivace models have one group
+        (as a from-scratch xresnet has in fastai), so it changes nothing.
+        """
+        if freeze_epochs > 0:
+            self.opt = None  # a fresh optimizer: fastai's freeze() clears its state
+            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99)
+        self.opt = None  # ... and so does unfreeze()
+        self.fit_one_cycle(epochs, base_lr / 2, div=div, pct_start=pct_start)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> SuggestedLRs:
+        """vivace's LR sweep, with fastai's `valley` suggestion beside vivace's `suggestion`."""
+        found = super().lr_find(start_lr, end_lr, num_it)
+        # fastai ignores the first tenth and the last 5 points of the sweep, where the loss is noisy.
+        lrs, losses = found.lrs[num_it // 10:-5], found.losses[num_it // 10:-5]
+        if len(lrs) < 2:
+            lrs, losses = found.lrs, found.losses
+        return SuggestedLRs(found.lrs, found.losses, found.suggestion, valley(lrs, losses))
+
+
+@dataclass(repr=False)
+class SuggestedLRs(LRFindResult):
+    """An LR sweep: `valley` (fastai's suggestion), `suggestion` (vivace's), `plot()`."""
+
+    valley: float
+
+    def __repr__(self) -> str:
+        return f"SuggestedLRs(valley={self.valley:.3g}, suggestion={self.suggestion:.3g})"
+
+
+def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """fastai's suggestion: the LR about halfway along the longest run of falling loss."""
+    n = len(losses)
+    run = [1] * n  # run[i]: length of the longest decreasing sequence of losses ending at i
+    start, end = 0, 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+            if run[end] < run[i]:
+                end, start = i, i - run[i]
+    third = (end - start) / 3
+    return float(lrs[max(start + int(third) + int(third / 2), 0)])  # start is -1 when the run begins at 0
+
+
+def load_learner(fname: str | Path, cpu: bool = True) -> Predictor:
+    """Load what `learn.export()` wrote: a vivace Predictor (safetensors, nothing unpickled)."""
+    return load(fname, device="cpu" if cpu else None)
