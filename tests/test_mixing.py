@@ -1,6 +1,7 @@
 """Tests for vivace.mixing: lambda distribution, formulas, soft targets, loss equality, callbacks."""
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -145,3 +146,29 @@ def test_mixup_or_cutmix_uses_both_and_is_seeded():
     assert kinds == {"cutmix", "mixup"}
     a, b = MixupOrCutMix(seed=1), MixupOrCutMix(seed=1)
     assert torch.equal(a.transform_batch(learn, x, y)[0], b.transform_batch(learn, x, y)[0])
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.4])
+def test_cutmix_lambda_distribution_matches_an_independent_reference(alpha):
+    n, side = 20000, 64
+    _, lam = cutmix_boxes(n, side, side, alpha=alpha, generator=gen())
+    # The CutMix paper's sampler in numpy: side fraction sqrt(1 - Beta), centre uniform, box clipped.
+    rng = np.random.default_rng(0)
+    cut = np.floor(side * np.sqrt(1 - rng.beta(alpha, alpha, (n, 1)))).astype(int)  # (n, 1) box side
+    start = rng.integers(0, side, (n, 2)) - cut // 2  # (n, 2) top, left
+    lengths = np.clip(start + cut, 0, side) - np.clip(start, 0, side)
+    ref = torch.from_numpy(1 - lengths.prod(1) / side**2).float()
+    q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
+    torch.testing.assert_close(lam.quantile(q), ref.quantile(q), atol=0.02, rtol=0)
+    assert lam.mean().item() == pytest.approx(ref.mean().item(), abs=0.01)
+
+
+def test_cutmix_soft_target_loss_equals_two_term_mixture():
+    x, y = data(b=7)
+    pred = torch.randn(7, C, generator=gen(5))
+    _, ym = cutmix(x, y, C, alpha=1.0, generator=gen(2))
+    g = gen(2)  # the same draws in the same order: boxes (and lam), then the partner permutation
+    _, lam = cutmix_boxes(7, 8, 8, 1.0, g)
+    perm = torch.randperm(7, generator=g)
+    two_term = mix_loss(lambda p, t: F.cross_entropy(p, t, reduction="none"), pred, y, y[perm], lam)
+    torch.testing.assert_close(soft_ce(pred, ym), two_term)
