@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import time
@@ -9,13 +10,15 @@ from pathlib import Path
 
 import torch
 
+from vivace.callbacks import Callback
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imagenette2-224"
 RESULTS = REPO / "docs" / "benchmarks.json"
 
 
-def machine() -> str:
-    """One line naming the CPU, cores and library versions."""
+def cpu_name() -> str:
+    """The CPU model and core count."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -24,7 +27,12 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def machine() -> str:
+    """One line naming the CPU, cores and library versions."""
+    return f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
@@ -43,6 +51,51 @@ def record(**values) -> None:
     """Merge values into docs/benchmarks.json (written by the scripts, never by hand)."""
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data.update(values)
-    data["machine"] = machine()
+    data["machine"] = cpu_name()
     data["date"] = time.strftime("%Y-%m-%d")
     RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class Stopwatch:
+    """Counts training batches; clocks the `timed` ones after `warmup` (syncing a GPU at both ends)."""
+
+    def __init__(self, warmup: int, timed: int, device: torch.device):
+        self.warmup, self.timed, self.device = warmup, timed, device
+        self.seen, self.start, self.end = 0, 0.0, 0.0
+
+    def tick(self) -> bool:
+        """Call after each training step; True once the last timed batch is done."""
+        self.seen += 1
+        if self.seen in (self.warmup, self.warmup + self.timed):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # only at the two clock reads
+            now = time.perf_counter()
+            if self.seen == self.warmup:
+                self.start = now
+            else:
+                self.end = now
+        return self.seen >= self.warmup + self.timed
+
+    def images_per_s(self, bs: int) -> float:
+        if self.end <= self.start:
+            raise RuntimeError(f"stopwatch saw {self.seen} batches, needs {self.warmup + self.timed}: "
+                               f"is the training set smaller than that many batches?")
+        return bs * self.timed / (self.end - self.start)
+
+
+class VivaceClock(Callback):
+    """vivace side: tick after each batch; ask the loop to stop after the last timed one."""
+
+    def __init__(self, watch: Stopwatch):
+        self.watch = watch
+
+    def after_batch(self, learn) -> None:
+        if self.watch.tick():
+            learn.request_stop()
+
+
+def check_no_workers(after: str) -> None:
+    """A peer's loader processes still running would steal the CPU from the next measurement."""
+    alive = multiprocessing.active_children()
+    if alive:
+        raise RuntimeError(f"{len(alive)} data-loader processes still alive after {after}: {alive}")

@@ -76,7 +76,8 @@ def train_files(root: Path, limit: int | None) -> tuple[list[Path], np.ndarray]:
 
 def make_augments(size: int) -> dict[str, Callable[[Tensor], Tensor]]:
     """vivace's training transforms: the reference's own augmentation, and fastai's full set."""
-    from vivace.augment import Normalize, TrainAugment
+    from vivace.augment import TrainAugment
+    from vivace.normalize import Normalize
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop_flip = TrainAugment(size, min_scale=RRC_SCALE[0], ratio=RRC_RATIO, max_rotate=0.0, max_zoom=1.0,
                              max_warp=0.0, p_affine=0.0, max_lighting=0.0, p_lighting=0.0, seed=0)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import multiprocessing
 import sys
 import time
 import warnings
@@ -51,8 +50,7 @@ from fastai.vision.all import accuracy as fastai_accuracy  # noqa: E402
 from fastai.vision.models import xresnet as fastai_xresnet  # noqa: E402
 
 import vivace  # noqa: E402
-from common import DEFAULT_DATA, machine, record  # noqa: E402
-from vivace.callbacks import Callback  # noqa: E402
+from common import DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, machine, record  # noqa: E402
 from vivace.data import BatchLoader, make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
@@ -64,33 +62,6 @@ LR = 3e-3  # the chapter's fit_one_cycle(5, 3e-3); irrelevant to speed
 RECORDED_ARCH = "xresnet50"  # the architecture fastai_ratio_train stands for
 
 
-class Stopwatch:
-    """Counts training batches; clocks the `timed` ones after `warmup` (syncing a GPU at both ends)."""
-
-    def __init__(self, warmup: int, timed: int, device: torch.device):
-        self.warmup, self.timed, self.device = warmup, timed, device
-        self.seen, self.start, self.end = 0, 0.0, 0.0
-
-    def tick(self) -> bool:
-        """Call after each training step; True once the last timed batch is done."""
-        self.seen += 1
-        if self.seen in (self.warmup, self.warmup + self.timed):
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # only at the two clock reads
-            now = time.perf_counter()
-            if self.seen == self.warmup:
-                self.start = now
-            else:
-                self.end = now
-        return self.seen >= self.warmup + self.timed
-
-    def images_per_s(self, bs: int) -> float:
-        if self.end <= self.start:
-            raise RuntimeError(f"stopwatch saw {self.seen} batches, needs {self.warmup + self.timed}: "
-                               f"is the training set smaller than that many batches?")
-        return bs * self.timed / (self.end - self.start)
-
-
 class FastaiClock(FastaiCallback):
     """fastai side: tick after each batch; cancel the fit after the last timed one."""
 
@@ -100,17 +71,6 @@ class FastaiClock(FastaiCallback):
     def after_batch(self):
         if self.training and self.watch.tick():
             raise CancelFitException()  # fastai's own way to stop a fit early
-
-
-class VivaceClock(Callback):
-    """vivace side: tick after each batch; ask the loop to stop after the last timed one."""
-
-    def __init__(self, watch: Stopwatch):
-        self.watch = watch
-
-    def after_batch(self, learn) -> None:
-        if self.watch.tick():
-            learn.request_stop()
 
 
 def versions() -> str:
@@ -199,13 +159,6 @@ def vivace_tta_missing() -> str | None:
     except ImportError as exc:
         return f"vivace.tta does not import ({exc}): TTA ratio not measured"
     return None
-
-
-def check_no_workers(after: str) -> None:
-    """A peer's loader processes still running would steal the CPU from the next measurement."""
-    alive = multiprocessing.active_children()
-    if alive:
-        raise RuntimeError(f"{len(alive)} data-loader processes still alive after {after}: {alive}")
 
 
 def ratio_line(name: str, peer: float, ours: float) -> str:

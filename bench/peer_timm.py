@@ -24,7 +24,6 @@ into docs/benchmarks.json; `--min-ratio` makes it a check.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
 import warnings
@@ -41,8 +40,7 @@ from timm.data import create_dataset, create_loader  # noqa: E402
 from timm.optim import create_optimizer_v2  # noqa: E402
 
 import vivace  # noqa: E402
-from common import DEFAULT_DATA, machine, record  # noqa: E402
-from vivace.callbacks import Callback  # noqa: E402
+from common import DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, machine, record  # noqa: E402
 from vivace.data import make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
@@ -54,44 +52,6 @@ LR = 1e-3  # irrelevant to speed
 WEIGHT_DECAY = 5e-5  # vivace's default, given to timm's optimizer too
 TIMM_ARCH = {"xresnet50": "resnet50d", "xresnet18": "resnet18d"}  # the same network in each library
 RECORDED_ARCH = "xresnet50"  # the architecture timm_ratio_train stands for
-
-
-class Stopwatch:
-    """Counts training batches; clocks the `timed` ones after `warmup` (syncing a GPU at both ends)."""
-
-    def __init__(self, warmup: int, timed: int, device: torch.device):
-        self.warmup, self.timed, self.device = warmup, timed, device
-        self.seen, self.start, self.end = 0, 0.0, 0.0
-
-    def tick(self) -> bool:
-        """Call after each training step; True once the last timed batch is done."""
-        self.seen += 1
-        if self.seen in (self.warmup, self.warmup + self.timed):
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)  # only at the two clock reads
-            now = time.perf_counter()
-            if self.seen == self.warmup:
-                self.start = now
-            else:
-                self.end = now
-        return self.seen >= self.warmup + self.timed
-
-    def images_per_s(self, bs: int) -> float:
-        if self.end <= self.start:
-            raise RuntimeError(f"stopwatch saw {self.seen} batches, needs {self.warmup + self.timed}: "
-                               f"is the training set smaller than that many batches?")
-        return bs * self.timed / (self.end - self.start)
-
-
-class VivaceClock(Callback):
-    """vivace side: tick after each batch; ask the loop to stop after the last timed one."""
-
-    def __init__(self, watch: Stopwatch):
-        self.watch = watch
-
-    def after_batch(self, learn) -> None:
-        if self.watch.tick():
-            learn.request_stop()
 
 
 def versions() -> str:
@@ -135,13 +95,6 @@ def vivace_train(dls, arch: str, batches: int) -> float:
     learn.recorder.print_table = False
     learn.fit_one_cycle(1, LR)
     return watch.images_per_s(dls.train.batch_size)
-
-
-def check_no_workers(after: str) -> None:
-    """A peer's loader processes still running would steal the CPU from the next measurement."""
-    alive = multiprocessing.active_children()
-    if alive:
-        raise RuntimeError(f"{len(alive)} data-loader processes still alive after {after}: {alive}")
 
 
 def main() -> int:

@@ -5,10 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vivace.augment import (Normalize, TrainAugment, ValidResize, affine_matrices, augmentation_grid,
-                            center_crop_resize, compute_stats, five_crop, imagenet_stats, lighting,
-                            random_resized_crop_params, resample, sample_grid, show_batch,
-                            warp_matrices)
+from vivace.augment import (TrainAugment, ValidResize, affine_matrices, center_crop_resize, five_crop,
+                            lighting, random_resized_crop_params, resample, sample_grid, warp_matrices)
+from vivace.normalize import Normalize, compute_stats, imagenet_stats
 
 CL = torch.channels_last
 NO_AUG = dict(min_scale=1.0, ratio=(1.0, 1.0), flip=False, max_rotate=0.0, max_zoom=1.0,
@@ -215,9 +214,11 @@ def test_compute_stats_matches_torch_over_concatenation():
 
 
 def test_show_batch_and_augmentation_grid_write_png(tmp_path):
+    from vivace.show import augmentation_grid, image_grid
+
     norm = Normalize(*imagenet_stats)
     x = norm(torch.rand(5, 3, 8, 8))
-    fig = show_batch(x, ["a", "b", "c", "d", "e"], tmp_path / "batch.png", normalize=norm, ncols=3)
+    fig = image_grid(x, ["a", "b", "c", "d", "e"], tmp_path / "batch.png", normalize=norm, ncols=3)
     assert (tmp_path / "batch.png").stat().st_size > 0
     assert fig.axes[0].get_title() == "a"
     augmentation_grid(batch(b=1), TrainAugment(8, seed=0), n=4, path=tmp_path / "aug.png")

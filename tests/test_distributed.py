@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vivace.checkpoint import load_checkpoint
 from vivace.train import load_run
 
 WORKER = Path(__file__).with_name("dist_worker.py")

@@ -1,6 +1,7 @@
 """vivace: train state-of-the-art image classifiers from scratch, fast."""
-from .augment import Normalize, TrainAugment, ValidResize, imagenet_stats
-from .callbacks import Callback, EarlyStopping, ProgressiveResize, StopAfter
+from .augment import TrainAugment, ValidResize
+from .normalize import Normalize, compute_stats, imagenet_stats
+from .callbacks import EMA, Callback, EarlyStopping, ProgressiveResize, StopAfter
 from .checkpoint import CheckpointSaver, load_checkpoint, save_checkpoint
 from .data import DataLoaders, make_dataloaders, make_source
 from .export import export_learner, load
@@ -14,3 +15,19 @@ from .schedule import SizeSchedule, flat_cos, one_cycle
 from .train import train
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Normalize", "TrainAugment", "ValidResize", "compute_stats", "imagenet_stats",
+    "EMA", "Callback", "EarlyStopping", "ProgressiveResize", "StopAfter",
+    "CheckpointSaver", "load_checkpoint", "save_checkpoint",
+    "DataLoaders", "make_dataloaders", "make_source",
+    "export_learner", "load",
+    "Learner",
+    "CrossEntropy", "LabelSmoothingCrossEntropy",
+    "accuracy", "calibration_error", "error_rate", "nll", "top_k_accuracy",
+    "CutMix", "Mixup", "MixupOrCutMix", "cutmix", "mixup",
+    "MODELS", "create_model", "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152",
+    "PRESETS", "Recipe", "make_recipe",
+    "SizeSchedule", "flat_cos", "one_cycle",
+    "train",
+]

@@ -6,14 +6,11 @@ A 3x3 matrix maps an *output* point (x, y, 1) to the *input* point it samples (a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-imagenet_stats = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 _CL = torch.channels_last
 
 
@@ -272,88 +269,3 @@ class ValidResize:
         """uint8 (B, 3, P, P) -> float (B, 3, size, size) in [0, 1], channels_last."""
         _check_batch(x)
         return _resize_unit(x, self.size)
-
-
-class Normalize:
-    """Per-channel (x - mean) / std on x's device and dtype; `decode` undoes it."""
-
-    def __init__(self, mean: Iterable[float], std: Iterable[float]):
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
-        if len(self.mean) != len(self.std) or not self.mean or min(self.std) <= 0:
-            raise ValueError(f"mean={self.mean}, std={self.std}: need equal lengths and every std > 0")
-        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-    @classmethod
-    def from_stats(cls, mean: Iterable[float], std: Iterable[float]) -> Normalize:
-        """`Normalize.from_stats(*imagenet_stats)`, as in fastai."""
-        return cls(mean, std)
-
-    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        # Cached per (device, dtype): building them per batch would be a host->device copy each.
-        key = (x.device, x.dtype)
-        if key not in self._cache:
-            stats = torch.tensor([self.mean, self.std], dtype=x.dtype, device=x.device)
-            self._cache[key] = stats.view(2, 1, -1, 1, 1).unbind(dim=0)  # (1, C, 1, 1) each
-        return self._cache[key]
-
-    def __call__(self, x: Tensor) -> Tensor:
-        mean, std = self._stats(x)
-        if x.ndim == 4 and x.is_contiguous(memory_format=_CL) and x.shape[1] > 1:
-            # Broadcasting over C is the innermost dim in channels_last: slow. One fused
-            # multiply-add over the NHWC view is ~2x faster and keeps channels_last.
-            scale, shift = 1 / std.flatten(), -mean.flatten() / std.flatten()
-            return torch.addcmul(shift, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
-        return (x - mean) / std
-
-    def decode(self, x: Tensor) -> Tensor:
-        """Undo normalization: x * std + mean."""
-        mean, std = self._stats(x)
-        return torch.addcmul(mean, x, std)
-
-    def as_dict(self) -> dict[str, list[float]]:
-        """Plain dict for export: {'mean': [...], 'std': [...]}."""
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-
-def compute_stats(batches: Iterable[Tensor]) -> tuple[list[float], list[float]]:
-    """Exact per-channel mean and std (unbiased, like torch.std) over all pixels of all batches."""
-    total, total_sq, count = 0.0, 0.0, 0
-    for x in batches:
-        _check_batch(x)
-        x = x.double()  # float64 sums: millions of pixels would lose digits in float32
-        total = total + x.sum(dim=(0, 2, 3))  # (C,)
-        total_sq = total_sq + (x * x).sum(dim=(0, 2, 3))
-        count += x.numel() // x.shape[1]
-    if count < 2:
-        raise ValueError(f"compute_stats needs at least 2 pixels per channel, got {count}")
-    mean = total / count
-    var = (total_sq - count * mean * mean) / (count - 1)
-    return mean.tolist(), var.clamp(min=0).sqrt().tolist()  # the only host sync
-
-
-def show_batch(x: Tensor, labels: list[str], path: Path | None = None,
-               normalize: Normalize | None = None, ncols: int = 4):
-    """Grid of images (B, 3, H, W) titled by labels; saved as PNG when path is given."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, safe without a display
-    x = x if normalize is None else normalize.decode(x)
-    imgs = x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-    ncols = max(1, min(ncols, len(imgs)))
-    nrows = max(1, math.ceil(len(imgs) / ncols))
-    if len(labels) != len(imgs):
-        raise ValueError(f"show_batch got {len(labels)} labels for {len(imgs)} images")
-    fig = Figure(figsize=(2.5 * ncols, 2.5 * nrows))
-    for i, (img, label) in enumerate(zip(imgs, labels)):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        ax.imshow(img)
-        ax.set_title(str(label), fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(Path(path), format="png")
-    return fig
-
-
-def augmentation_grid(x: Tensor, augment: TrainAugment, n: int = 8, path: Path | None = None):
-    """One image (1, 3, P, P) augmented n times, shown as a grid."""
-    batch = x.reshape(1, *x.shape[-3:]).expand(n, -1, -1, -1)  # a view, no copy
-    return show_batch(augment(batch), [f"aug {i}" for i in range(n)], path)

@@ -134,7 +134,7 @@ def add_chapter_commands(sub) -> None:
     exp.add_argument("--presize", type=int, default=None, help="cache side, px (default: 1.5x size)")
     exp.add_argument("--epochs", type=int, default=None, help="epochs per technique (default: 8)")
     exp.add_argument("--bs", type=int, default=None, help="batch size (default: 32)")
-    exp.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 8e-3)")
+    exp.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 5e-3)")
     exp.add_argument("--seed", type=int, default=None, help="seed of the first run (default: 42)")
     exp.add_argument("--workers", type=int, default=None, help="cache-building processes (default: all cores)")
     exp.add_argument("--runs", type=int, default=1, help="seeded runs per technique; > 1 reports mean ± std")

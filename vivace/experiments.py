@@ -58,7 +58,7 @@ CHAPTER7: tuple[Step, ...] = (
 
 # Small enough for the embedded dataset on 2 CPU cores; the CLI flags override each.
 DEFAULTS: dict[str, Any] = dict(arch="xresnet18", widen=0.5, size=64, presize=96, epochs=8, bs=32,
-                                lr=8e-3, normalize=True, label_smoothing=0.0, mixup=0.0, cutmix=0.0)
+                                lr=5e-3, normalize=True, label_smoothing=0.0, mixup=0.0, cutmix=0.0)
 
 
 def slug(name: str) -> str:

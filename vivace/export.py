@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from .augment import Normalize
+from .normalize import Normalize
 from .inference import TTA_MODES, Predictor
 from .models.xresnet import XResNet
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .augment import Normalize, ValidResize
+from .augment import ValidResize
+from .normalize import Normalize
 from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
 from .data.sources import find_images
 

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,11 +15,6 @@ from .metrics import accuracy
 from .optim import make_optimizer, set_hyper
 
 Metric = Callable[[Tensor, Tensor], Tensor]
-
-
-def default_device() -> torch.device:
-    """CUDA when there is a GPU, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:

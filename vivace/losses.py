@@ -1,7 +1,6 @@
 """Losses that accept hard labels (B,) or soft targets (B, C), so mixing composes with smoothing."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -5,13 +5,15 @@ saved as PNG when a path is given.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .augment import ValidResize, augmentation_grid
+from .augment import TrainAugment, ValidResize
+from .normalize import Normalize
 from .data import DataLoaders
 from .mixing import mix_targets
 
@@ -76,3 +78,31 @@ def show_augs(dls: DataLoaders, path: Path | None = None, n: int = 8):
 def show_batch(dls: DataLoaders, path: Path | None = None, max_n: int = 9):
     """An augmented, labelled training batch (`DataLoaders.show_batch`)."""
     return dls.show_batch(path, max_n=max_n)
+
+
+def image_grid(x: Tensor, labels: list[str], path: Path | None = None,
+               normalize: Normalize | None = None, ncols: int = 4):
+    """Grid of images (B, 3, H, W) titled by labels; saved as PNG when path is given."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe without a display
+    x = x if normalize is None else normalize.decode(x)
+    imgs = x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    ncols = max(1, min(ncols, len(imgs)))
+    nrows = max(1, math.ceil(len(imgs) / ncols))
+    if len(labels) != len(imgs):
+        raise ValueError(f"image_grid got {len(labels)} labels for {len(imgs)} images")
+    fig = Figure(figsize=(2.5 * ncols, 2.5 * nrows))
+    for i, (img, label) in enumerate(zip(imgs, labels)):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(img)
+        ax.set_title(str(label), fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(Path(path), format="png")
+    return fig
+
+
+def augmentation_grid(x: Tensor, augment: TrainAugment, n: int = 8, path: Path | None = None):
+    """One image (1, 3, P, P) augmented n times, shown as a grid."""
+    batch = x.reshape(1, *x.shape[-3:]).expand(n, -1, -1, -1)  # a view, no copy
+    return image_grid(augment(batch), [f"aug {i}" for i in range(n)], path)

@@ -5,7 +5,7 @@ pipeline, loop and techniques. docs/book.md lists every name and each difference
 """
 from pathlib import Path
 
-from vivace.augment import imagenet_stats
+from vivace.normalize import imagenet_stats
 from vivace.losses import LabelSmoothingCrossEntropy
 from vivace.metrics import accuracy, error_rate
 from vivace.mixing import CutMix, Mixup

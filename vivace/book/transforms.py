@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from vivace import augment
+from vivace import augment, normalize
 
 SQUARE_CROP = (1.0, 1.0)  # fastai's aug_transforms builds RandomResizedCropGPU with ratio=(1, 1)
 
@@ -119,13 +119,13 @@ def presize_from(item_tfms: Any) -> int | None:
     return tfms[0].presize if tfms else None
 
 
-def split_batch_tfms(batch_tfms: Any) -> tuple[AugTransforms | None, Normalize | augment.Normalize | None]:
+def split_batch_tfms(batch_tfms: Any) -> tuple[AugTransforms | None, Normalize | normalize.Normalize | None]:
     """The aug_transforms settings and the Normalize among a DataBlock's batch_tfms."""
     aug, norm = None, None
     for tfm in as_list(batch_tfms):
         if isinstance(tfm, AugTransforms) and aug is None:
             aug = tfm
-        elif isinstance(tfm, (Normalize, augment.Normalize)) and norm is None:
+        elif isinstance(tfm, (Normalize, normalize.Normalize)) and norm is None:
             norm = tfm
         else:
             raise ValueError(f"batch_tfms entry {tfm!r} is not supported (or repeated): vivace "
@@ -133,7 +133,7 @@ def split_batch_tfms(batch_tfms: Any) -> tuple[AugTransforms | None, Normalize |
     return aug, norm
 
 
-def stats_from(norm: Normalize | augment.Normalize | None) -> str | tuple[list[float], list[float]]:
+def stats_from(norm: Normalize | normalize.Normalize | None) -> str | tuple[list[float], list[float]]:
     """`make_dataloaders(stats=...)` for a Normalize: 'computed' when it carries no statistics."""
     if norm is None or norm.mean is None:
         return "computed"

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..augment import Normalize, TrainAugment, ValidResize, compute_stats, imagenet_stats
+from ..augment import TrainAugment, ValidResize
+from ..normalize import Normalize, compute_stats, imagenet_stats
 from .cache import ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
@@ -62,10 +63,10 @@ class DataLoaders:
 
     def show_batch(self, path: Path | None = None, max_n: int = 9, ncols: int = 3):
         """A grid of augmented training images with their labels (saved to `path` if given)."""
-        from ..augment import show_batch
+        from ..show import image_grid
         x, y = self.one_batch()
         labels = [self.vocab[i] for i in y[:max_n].tolist()]
-        return show_batch(x[:max_n].cpu(), labels, path=path, normalize=self.normalize, ncols=ncols)
+        return image_grid(x[:max_n].cpu(), labels, path=path, normalize=self.normalize, ncols=ncols)
 
     def state_dict(self) -> dict[str, Any]:
         """The augmentation RNG state, so a resumed run draws the same augmentations."""
