@@ -71,7 +71,9 @@ def test_runs_report_mean_and_std(tmp_path, tiny_folder, capsys):
     (["train", "--size", "256", "--presize", "128"], "presize=128 must be >= size=256"),
     (["train", "--preset", "nope"], "preset='nope'"),
 ])
-def test_errors_are_messages_not_tracebacks(argv, message, capsys):
+def test_errors_are_messages_not_tracebacks(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default run directory would land here
     assert main(argv) == 2
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that could not start
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -102,9 +102,9 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
     """One seeded run into `out`; returns the summary written to summary.json."""
     set_threads(recipe.threads)
     world = distributed.init_distributed()
+    dls = build_dataloaders(recipe, world)  # first: a bad --data leaves no empty run directory
     if world.is_main:  # only rank 0 writes anything
         out.mkdir(parents=True, exist_ok=True)
-    dls = build_dataloaders(recipe, world)
     learn = build_learner(recipe, dls, out, extra_cbs=cbs)
     if recipe.resume and (out / "last.safetensors").is_file():
         restore_learner(learn, load_checkpoint(out / "last.safetensors", learn.device))
