@@ -48,12 +48,13 @@ def end_to_end(arch: str, dls, batches: int) -> float:
     return images_per_s(clock.times, dls.train.batch_size)
 
 
-def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int) -> float:
+def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_last: bool = True) -> float:
     """The same training step on one random batch already in memory."""
     torch.manual_seed(0)
-    model = create_model(arch, n_out=n_out).to(memory_format=torch.channels_last).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model(arch, n_out=n_out).to(memory_format=layout).train()
     opt = make_optimizer(model, "sgd", lr=1e-3)
-    x = torch.randn(bs, 3, size, size).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(bs, 3, size, size).contiguous(memory_format=layout)
     y = torch.randint(0, n_out, (bs,))
     times = []
     for _ in range(batches + WARMUP + 1):
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--compare-layout", action="store_true",
+                        help="also time the ceiling without channels_last (the default's evidence)")
     args = parser.parse_args()
     print(machine())
     peak = matmul_peak_gflops()
@@ -86,6 +89,9 @@ def main() -> None:
         print(f"{arch}: end to end {e2e:6.1f} img/s, ceiling {top:6.1f} img/s "
               f"({e2e / top:.0%} of ceiling); model compute {top * flops_per_image / 1e9:.1f} GFLOP/s "
               f"= {fractions[arch]:.0%} of matmul peak")
+        if args.compare_layout:
+            nchw = ceiling(arch, args.bs, args.size, len(dls.vocab), args.batches, channels_last=False)
+            print(f"{arch}: ceiling without channels_last {nchw:6.1f} img/s: channels_last is {top / nchw:.2f}x")
     if "xresnet50" in fractions:
         record(matmul_peak_gflops=round(peak, 1), matmul_peak_fraction=round(fractions["xresnet50"], 3))
 
