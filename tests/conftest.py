@@ -47,3 +47,17 @@ def tiny_dls(tiny_folder):
     from vivace.data import make_dataloaders
     return make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
                             workers=1, progress=False)
+
+
+def trained_tiny_learner(folder: Path, valid_bs: int = 8):
+    """A quarter-width xresnet18 trained one epoch on a tiny folder (fixtures share it)."""
+    from vivace.data import make_dataloaders
+    from vivace.learner import Learner
+    from vivace.models import create_model
+
+    dls = make_dataloaders(folder, size=16, presize=24, bs=4, valid_bs=valid_bs, seed=0, device="cpu",
+                           workers=1, progress=False)
+    torch.manual_seed(0)
+    learn = Learner(dls, create_model("xresnet18", n_out=len(dls.vocab), widen=0.25))
+    learn.fit_one_cycle(1, 1e-2)
+    return learn

@@ -2,13 +2,13 @@ import json
 import pickle
 
 import pytest
+from conftest import trained_tiny_learner
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import vivace
 from vivace.checkpoint import save_checkpoint
-from vivace.data import make_dataloaders
 from vivace.export import FORMAT, VERSION, export_learner, load, read_bundle
 from vivace.learner import Learner
 from vivace.models import create_model
@@ -17,12 +17,7 @@ from vivace.models.xresnet import XResNet
 
 @pytest.fixture(scope="module")
 def learn(tiny_folder):
-    dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
-                           workers=1, progress=False)
-    torch.manual_seed(0)
-    learn = Learner(dls, create_model("xresnet18", n_out=3, widen=0.25))
-    learn.fit_one_cycle(1, 1e-2)
-    return learn
+    return trained_tiny_learner(tiny_folder, valid_bs=8)
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,17 @@ import math
 
 import numpy as np
 import pytest
+from conftest import trained_tiny_learner
 import torch
 from PIL import Image
 
-from vivace.data import make_dataloaders
 from vivace.interpret import Interpretation
-from vivace.learner import Learner
 from vivace.metrics import accuracy
-from vivace.models import create_model
 
 
 @pytest.fixture(scope="module")
 def learn(tiny_folder):
-    dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=5, seed=0, device="cpu",
-                           workers=1, progress=False)
-    torch.manual_seed(0)
-    learn = Learner(dls, create_model("xresnet18", n_out=3, widen=0.25))
-    learn.fit_one_cycle(1, 1e-2)
-    return learn
+    return trained_tiny_learner(tiny_folder, valid_bs=5)
 
 
 @pytest.fixture(scope="module")
