@@ -17,33 +17,35 @@ class Normalize:
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         if len(self.mean) != len(self.std) or not self.mean or min(self.std) <= 0:
             raise ValueError(f"mean={self.mean}, std={self.std}: need equal lengths and every std > 0")
-        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._cache: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     @classmethod
     def from_stats(cls, mean: Iterable[float], std: Iterable[float]) -> Normalize:
         """`Normalize.from_stats(*imagenet_stats)`, as in fastai."""
         return cls(mean, std)
 
-    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        # Cached per (device, dtype): building them per batch would be a host->device copy each.
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """mean, std (1, C, 1, 1) and scale = 1/std, shift = -mean/std (C,) on x's device and dtype.
+
+        Cached per (device, dtype): building them per batch would be a host->device copy each.
+        """
         key = (x.device, x.dtype)
         if key not in self._cache:
-            stats = torch.tensor([self.mean, self.std], dtype=x.dtype, device=x.device)
-            self._cache[key] = stats.view(2, 1, -1, 1, 1).unbind(dim=0)  # (1, C, 1, 1) each
+            mean, std = torch.tensor([self.mean, self.std], dtype=x.dtype, device=x.device).unbind(dim=0)
+            self._cache[key] = (mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), 1 / std, -mean / std)
         return self._cache[key]
 
     def __call__(self, x: Tensor) -> Tensor:
-        mean, std = self._stats(x)
+        mean, std, scale, shift = self._stats(x)
         if x.ndim == 4 and x.is_contiguous(memory_format=_CL) and x.shape[1] > 1:
             # Broadcasting over C is the innermost dim in channels_last: slow. One fused
             # multiply-add over the NHWC view is ~2x faster and keeps channels_last.
-            scale, shift = 1 / std.flatten(), -mean.flatten() / std.flatten()
             return torch.addcmul(shift, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
         return (x - mean) / std
 
     def decode(self, x: Tensor) -> Tensor:
         """Undo normalization: x * std + mean."""
-        mean, std = self._stats(x)
+        mean, std, _, _ = self._stats(x)
         return torch.addcmul(mean, x, std)
 
     def as_dict(self) -> dict[str, list[float]]:
