@@ -106,11 +106,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Measured: 0.63 accuracy in 30 s (AdamW); SGD at lr 8e-3, wd 5e-5 reached 0.41 in 25 s.
     "quick": dict(arch="xresnet18", widen=0.5, size=64, presize=96, epochs=16, bs=32, lr=5e-3,
                   label_smoothing=0.1),
-    # fastai's Imagenette leaderboard recipe (xresnet50 + Mish + self-attention, Ranger, flat-cos),
-    # with label smoothing; not yet measured here (docs/BENCHMARKS.md says what was).
+    # fastai's Imagenette leaderboard recipe (xresnet50 + Mish + self-attention, Ranger, flat-cos,
+    # label smoothing, RandomResizedCrop + flip only: 5 epochs leave no room for heavier
+    # augmentation), with sizes 64->128. docs/BENCHMARKS.md has what it measured.
     "imagenette-128-5ep": dict(data="imagenette", arch="xresnet50", act="mish", self_attention=True,
                                size=128, presize=160, epochs=5, bs=64, opt="ranger", schedule="flat_cos",
-                               pct_start=0.72, lr=8e-3, label_smoothing=0.1, progressive=0.5),
+                               pct_start=0.72, lr=8e-3, label_smoothing=0.1, progressive=0.5,
+                               max_rotate=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0),
     "imagenette-128-20ep": dict(data="imagenette", arch="xresnet50", act="mish", self_attention=True,
                                 size=128, presize=160, epochs=20, bs=64, opt="ranger", schedule="flat_cos",
                                 pct_start=0.72, lr=8e-3, label_smoothing=0.1, mixup=0.2),
