@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from vivace.data.cache import build_cache  # noqa: E402
 from vivace.data.loader import BatchLoader  # noqa: E402
 from vivace.data.sources import find_images  # noqa: E402
+from vivace.runtime import reuse_freed_memory  # noqa: E402
 
 WARMUP_BATCHES = 3  # not timed: thread/worker start-up, first-touch of pages, allocator warm-up
 RRC_SCALE = (0.35, 1.0)  # fastai's min_scale, same as TrainAugment's default
@@ -58,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ref-workers", type=int, default=2, help="DataLoader workers for (c)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--min-speedup", type=float, default=None, help="fail if (b)/(c) is lower")
+    p.add_argument("--no-reuse-memory", action="store_true",
+                   help="keep glibc's allocator defaults (vivace train reuses freed memory)")
     return p.parse_args()
 
 
@@ -77,13 +80,15 @@ def train_files(root: Path, limit: int | None) -> tuple[list[Path], np.ndarray]:
 def make_augments(size: int) -> dict[str, Callable[[Tensor], Tensor]]:
     """vivace's training transforms: the reference's own augmentation, and fastai's full set."""
     from vivace.augment import TrainAugment
+    from vivace.data import Pipeline
     from vivace.normalize import Normalize
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop_flip = TrainAugment(size, min_scale=RRC_SCALE[0], ratio=RRC_RATIO, max_rotate=0.0, max_zoom=1.0,
                              max_warp=0.0, p_affine=0.0, max_lighting=0.0, p_lighting=0.0, seed=0)
     full = TrainAugment(size, min_scale=RRC_SCALE[0], seed=0)
-    return {"RRC + flip, as (c)": lambda x: normalize(crop_flip(x)),
-            "aug_transforms: RRC, flip, rotate, zoom, warp, lighting": lambda x: normalize(full(x))}
+    # The loaders' own transform (make_dataloaders): augment, then Normalize.
+    return {"RRC + flip, as (c)": Pipeline(crop_flip, normalize),
+            "aug_transforms: RRC, flip, rotate, zoom, warp, lighting": Pipeline(full, normalize)}
 
 
 def timed_batches(batches: Callable[[], Iterable], n_batches: int, device: torch.device) -> float:
@@ -158,6 +163,8 @@ def reference_batches(files: list[Path], labels: np.ndarray, args: argparse.Name
 
 def main() -> None:
     args = parse_args()
+    if not args.no_reuse_memory:
+        reuse_freed_memory()  # as `vivace train` does; inherited by the reference's forked workers
     device = torch.device(args.device)
     files, labels = train_files(args.data, args.limit)
     print(f"python {platform.python_version()}, torch {torch.__version__}, "

@@ -20,6 +20,7 @@ from vivace.data import make_dataloaders
 from vivace.learner import Learner
 from vivace.models import count_macs, create_model
 from vivace.optim import make_optimizer
+from vivace.runtime import reuse_freed_memory
 
 WARMUP = 2  # batches not timed: allocator and thread pools warming up
 
@@ -75,7 +76,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--compare-layout", action="store_true",
                         help="also time the ceiling without channels_last (the default's evidence)")
+    parser.add_argument("--no-reuse-memory", action="store_true",
+                        help="keep glibc's allocator defaults (vivace train reuses freed memory)")
     args = parser.parse_args()
+    if not args.no_reuse_memory:
+        reuse_freed_memory()  # as `vivace train` does (Recipe.reuse_memory)
     print(machine())
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s")

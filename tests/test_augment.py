@@ -201,6 +201,35 @@ def test_normalize_and_decode():
         Normalize([0.5, 0.5, 0.5], [0.2, 0.0, 0.2])
 
 
+def test_normalize_reads_uint8_as_pixels_over_255_in_both_layouts():
+    norm = Normalize.from_stats(*imagenet_stats)
+    x = batch(b=3, p=6)  # uint8, channels_last
+    expected = norm(x.float() / 255)
+    y = norm(x)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(y, expected)
+    nchw = x.contiguous()  # the broadcasting path
+    torch.testing.assert_close(norm(nchw), expected)
+    assert norm(nchw).dtype == torch.float32
+    torch.testing.assert_close(norm(x[:, :, :, :5]), expected[:, :, :, :5])  # not dense: the fallback
+
+
+def test_pixels_stay_uint8_only_where_no_stage_needs_floats():
+    x = batch(b=8, p=16)
+    crop_flip = TrainAugment(12, **{**NO_AUG, "min_scale": 0.35, "flip": True}, seed=3)
+    px = crop_flip.pixels(x, torch.Generator().manual_seed(0))
+    assert px.dtype == torch.uint8 and px.shape == (8, 3, 12, 12) and px.is_contiguous(memory_format=CL)
+    unit = crop_flip(x, torch.Generator().manual_seed(0))  # same draws
+    torch.testing.assert_close(unit, px.float() / 255)
+    lit = TrainAugment(12, **{**NO_AUG, "max_lighting": 0.5, "p_lighting": 1.0}, seed=0)
+    assert lit.pixels(x).dtype == torch.float32  # lighting works on floats
+    rotated = TrainAugment(12, **{**NO_AUG, "max_rotate": 30.0, "p_affine": 1.0}, seed=0)
+    assert rotated.pixels(x).dtype == torch.float32
+    valid = ValidResize(10)
+    assert valid.pixels(x).dtype == torch.uint8
+    torch.testing.assert_close(valid(x), valid.pixels(x).float() / 255)
+
+
 def test_compute_stats_matches_torch_over_concatenation():
     g = torch.Generator().manual_seed(0)
     batches = [torch.rand(b, 3, 5, 5, generator=g) * torch.tensor([1.0, 0.5, 0.2]).view(1, 3, 1, 1)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .augment import ValidResize
+from .augment import ValidResize, to_unit
 from .normalize import Normalize
 from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
 from .data.sources import find_images
@@ -156,9 +156,8 @@ class Predictor:
     def probs(self, pixels: Tensor, tta: str = "none") -> Tensor:
         """uint8 (B, P, P, 3) centre squares -> class probabilities (B, C) on the device."""
         x = pixels.to(self.device).permute(0, 3, 1, 2)  # (B, 3, P, P), channels_last strides
-        x = self.resize(x)
-        if self.normalize is not None:
-            x = self.normalize(x)
+        x = self.resize.pixels(x)  # the validation transform exactly (data.Pipeline's steps)
+        x = self.normalize(x) if self.normalize is not None else to_unit(x)
         p = F.softmax(self.model(x).float(), dim=-1)
         if tta == "flip":  # the cheapest TTA: average with the mirror image (training flips too)
             p = (p + F.softmax(self.model(x.flip(-1)).float(), dim=-1)) / 2

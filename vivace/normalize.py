@@ -17,35 +17,61 @@ class Normalize:
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         if len(self.mean) != len(self.std) or not self.mean or min(self.std) <= 0:
             raise ValueError(f"mean={self.mean}, std={self.std}: need equal lengths and every std > 0")
-        self._cache: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self._cache: dict[tuple, tuple[Tensor, ...]] = {}
 
     @classmethod
     def from_stats(cls, mean: Iterable[float], std: Iterable[float]) -> Normalize:
         """`Normalize.from_stats(*imagenet_stats)`, as in fastai."""
         return cls(mean, std)
 
-    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """mean, std (1, C, 1, 1) and scale = 1/std, shift = -mean/std (C,) on x's device and dtype.
+    def _stats(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """mean, std (1, C, 1, 1) and scale = 1/std, shift = -mean/std (C,) on `device` in `dtype`.
 
         Cached per (device, dtype): building them per batch would be a host->device copy each.
         """
-        key = (x.device, x.dtype)
+        key = (device, dtype)
         if key not in self._cache:
-            mean, std = torch.tensor([self.mean, self.std], dtype=x.dtype, device=x.device).unbind(dim=0)
+            mean, std = torch.tensor([self.mean, self.std], dtype=dtype, device=device).unbind(dim=0)
             self._cache[key] = (mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), 1 / std, -mean / std)
         return self._cache[key]
 
+    def _row_stats(self, device: torch.device, dtype: torch.dtype, width: int, pixels: bool) -> tuple[Tensor, Tensor]:
+        """scale and shift tiled over one NHWC image row, (W * C,) each; /255 folded in for uint8."""
+        key = (device, dtype, width, pixels)
+        if key not in self._cache:
+            _, _, scale, shift = self._stats(device, dtype)
+            scale = scale / 255 if pixels else scale
+            self._cache[key] = (scale.repeat(width), shift.repeat(width))
+        return self._cache[key]
+
     def __call__(self, x: Tensor) -> Tensor:
-        mean, std, scale, shift = self._stats(x)
+        """(x - mean) / std; a uint8 batch is read as pixel / 255, in the same pass."""
+        pixels = x.dtype == torch.uint8
+        dtype = torch.get_default_dtype() if pixels else x.dtype
         if x.ndim == 4 and x.is_contiguous(memory_format=_CL) and x.shape[1] > 1:
-            # Broadcasting over C is the innermost dim in channels_last: slow. One fused
-            # multiply-add over the NHWC view is ~2x faster and keeps channels_last.
-            return torch.addcmul(shift, x.permute(0, 2, 3, 1), scale).permute(0, 3, 1, 2)
-        return (x - mean) / std
+            return self._channels_last(x, dtype, pixels)
+        mean, std, _, _ = self._stats(x.device, dtype)
+        return ((x.to(dtype) / 255 if pixels else x) - mean) / std
+
+    def _channels_last(self, x: Tensor, dtype: torch.dtype, pixels: bool) -> Tensor:
+        """One multiply-add over NHWC memory, with the statistics tiled along each image row.
+
+        In NHWC memory C is the innermost dim: broadcasting (C,) runs a 3-element inner loop
+        that does not vectorize (measured ~10x slower than a (W * C,) row broadcast).
+        """
+        b, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(b * h, w * c)  # a view of the same memory
+        scale, shift = self._row_stats(x.device, dtype, w, pixels)
+        if pixels:  # the one conversion copy, then the multiply-add in place
+            y = rows.to(dtype)
+            torch.addcmul(shift, y, scale, out=y)
+        else:
+            y = torch.addcmul(shift, rows, scale)
+        return y.view(b, h, w, c).permute(0, 3, 1, 2)  # (B, C, H, W), channels_last
 
     def decode(self, x: Tensor) -> Tensor:
         """Undo normalization: x * std + mean."""
-        mean, std, _, _ = self._stats(x)
+        mean, std, _, _ = self._stats(x.device, x.dtype)
         return torch.addcmul(mean, x, std)
 
     def as_dict(self) -> dict[str, list[float]]:

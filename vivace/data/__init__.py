@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..augment import TrainAugment, ValidResize
+from ..augment import TrainAugment, ValidResize, to_unit
 from ..normalize import Normalize, compute_stats, imagenet_stats
 from .cache import ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
@@ -20,9 +20,13 @@ STATS_SAMPLE = 1024  # training images used to compute normalization statistics
 
 
 class Pipeline:
-    """A loader's per-batch transform: resize (train: augment) to `size`, then normalize."""
+    """A loader's per-batch transform: resize (train: augment) to `size`, then normalize.
 
-    def __init__(self, resize: Callable[[Tensor], Tensor], normalize: Normalize | None):
+    `resize` is a TrainAugment or ValidResize: its `pixels` may stay uint8, and Normalize turns
+    uint8 into normalized floats in one pass (the batch is converted to float only once).
+    """
+
+    def __init__(self, resize: TrainAugment | ValidResize, normalize: Normalize | None):
         self.resize, self.normalize = resize, normalize
 
     @property
@@ -34,8 +38,8 @@ class Pipeline:
         self.resize.size = px
 
     def __call__(self, x: Tensor) -> Tensor:
-        x = self.resize(x)  # (B, 3, size, size) float in [0, 1]
-        return self.normalize(x) if self.normalize is not None else x
+        x = self.resize.pixels(x)  # (B, 3, size, size): uint8, or float in [0, 1]
+        return self.normalize(x) if self.normalize is not None else to_unit(x)
 
 
 @dataclass
@@ -79,7 +83,8 @@ class DataLoaders:
             gen.set_state(state["augment_rng"])
 
 
-def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128, presize: int = 160,
+def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128,
+                     valid_size: int | None = None, presize: int = 160,
                      bs: int = 64, valid_bs: int = 128, augment: dict[str, Any] | None = None,
                      normalize: bool = True, stats: str | tuple = "imagenet", seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
@@ -89,6 +94,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
 
     Args:
         data: a dataset name, a folder, or a Source; None = the embedded Imagenette subset.
+        valid_size: the validation crop side; None = size (larger tests the training crops'
+            apparent object size, FixRes).
         augment: keyword arguments for TrainAugment (min_scale, max_rotate, ...).
         stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
     """
@@ -106,7 +113,7 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
     train.set_batch_size(min(bs, max(len(train_idx) // world_size, 1)))  # tiny data: >= one batch
     norm = _make_normalize(normalize, stats, cache, train_idx, size, device)
     train.transform = Pipeline(TrainAugment(size, seed=seed, **(augment or {})), norm)
-    valid.transform = Pipeline(ValidResize(size), norm)
+    valid.transform = Pipeline(ValidResize(valid_size or size), norm)
     return DataLoaders(train, valid, source.vocab, norm, source, cache)
 
 

@@ -1,0 +1,37 @@
+"""Process-wide speed settings a run applies once, before any heavy work: threads and the C allocator."""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+import torch
+
+# glibc's mallopt() parameter numbers (<malloc.h>).
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+M_MMAP_MAX = -4
+TOP_PAD_BYTES = 256 << 20  # grow the heap in 256 MiB steps: fewer brk() calls
+NEVER_TRIM_BYTES = 2**31 - 1  # mallopt takes an int: 2 GiB of free heap top before giving any back
+
+
+def set_threads(threads: int) -> None:
+    """Use every core for intra-op work unless told otherwise."""
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of unmapping it; False where libc isn't glibc.
+
+    Each CPU training step frees and reallocates the same activation buffers, tens of MB each.
+    glibc serves blocks that large with fresh mmap()s and unmaps them on free, so every step
+    page-faults and zeroes them again (xresnet18: ~13 % of the process's CPU time in the kernel).
+    With mmap and trimming off the heap keeps them: 3-4x fewer page faults, training measured
+    1.14-1.21x faster for xresnet18 and 1.04x for xresnet50 (bench/allocator.py). The cost: the
+    process holds on to its peak memory until it exits.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM_BYTES), (M_TOP_PAD, TOP_PAD_BYTES))
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
