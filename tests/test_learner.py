@@ -167,3 +167,21 @@ def test_ema_update_rule():
     ema.after_batch(learn)
     ema.after_batch(learn)
     assert ema.ema.weight.item() == pytest.approx(1 - 0.75 ** 2)  # 0 -> 0.25 -> 0.4375
+
+
+@pytest.mark.parametrize("valid_every, validated", [(0, [False, False, True]), (2, [False, True, True])])
+def test_valid_every_skips_validation_but_never_the_last_epoch(tiny_dls, tmp_path, valid_every, validated):
+    import math
+    from vivace.callbacks import EarlyStopping
+    from vivace.checkpoint import CheckpointSaver
+    learn = Learner(tiny_dls, tiny_model(), cbs=[CheckpointSaver(tmp_path, "accuracy"), EarlyStopping(patience=1)])
+    learn.valid_every = valid_every
+    calls = []
+    learn.validate = lambda dl=None: calls.append(learn.epoch) or {"valid_loss": 1.0, "accuracy": 0.5}
+    learn.fit(3, 1e-3)
+    assert calls == [e for e, v in enumerate(validated) if v]
+    rows = learn.recorder.rows
+    assert len(rows) == 3  # a row (train loss, time) every epoch
+    assert [not math.isnan(r["valid_loss"]) for r in rows] == validated
+    assert learn.last_metrics == {"valid_loss": 1.0, "accuracy": 0.5}
+    assert (tmp_path / "best.safetensors").is_file()  # best tracks only validated epochs

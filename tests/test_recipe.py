@@ -11,8 +11,9 @@ def test_defaults_validate():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_trains(name, tiny_folder, tmp_path):
     """Each preset's options (optimizer, schedule, activation, mixing, resizing) run end to end."""
-    recipe = make_recipe(name, data=str(tiny_folder), size=32, presize=32, epochs=2, bs=8, valid_bs=12,
-                         workers=1, out=str(tmp_path / name))
+    recipe = make_recipe(name, data=str(tiny_folder), size=32, presize=40, epochs=2, bs=8, valid_bs=12,
+                         workers=1, out=str(tmp_path / name),
+                         valid_size=40 if PRESETS[name].get("valid_size") else 0)
     assert recipe.preset == name
     summary = train(recipe)
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["epochs"] == 2
@@ -24,8 +25,18 @@ def test_every_preset_trains(name, tiny_folder, tmp_path):
     ("label_smoothing", 1.0, "label_smoothing=1.0 must be in [0.0, 1.0)"),
     ("mixup", -0.1, "mixup=-0.1 must be >= 0"),
     ("stats", "mine", "stats='mine' is not one of"),
+    ("valid_size", 200, "valid_size=200 must be in [0, presize=160]"),
 ])
 def test_validation_names_field_value_and_allowed(field, value, message):
     with pytest.raises(ValueError) as err:
         make_recipe(**{field: value})
     assert message in str(err.value)
+
+
+def test_valid_size_sets_the_validation_crop_only(tiny_folder):
+    from vivace.train import build_dataloaders
+    dls = build_dataloaders(make_recipe(data=str(tiny_folder), size=16, presize=24, valid_size=24, workers=1))
+    x, _ = next(iter(dls.valid))
+    assert x.shape[-2:] == (24, 24) and dls.one_batch()[0].shape[-2:] == (16, 16)
+    default = build_dataloaders(make_recipe(data=str(tiny_folder), size=16, presize=24, workers=1))
+    assert default.valid.size == 16

@@ -7,6 +7,7 @@ transform_batch, after_batch), after_validate, after_epoch; finally after_fit.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -95,7 +96,7 @@ def _fmt(key: str, value: float) -> str:
         return str(int(value))
     if key == "time":
         return f"{int(value) // 60:02d}:{int(value) % 60:02d}"
-    return f"{value:.6f}"
+    return "" if math.isnan(value) else f"{value:.6f}"  # NaN: an epoch that skipped validation
 
 
 class ProgressBar(Callback):
@@ -149,6 +150,8 @@ class EarlyStopping(Callback):
         self.best, self.wait = None, 0
 
     def after_epoch(self, learn: Learner) -> None:
+        if math.isnan(learn.last_metrics[self.monitor]):  # this epoch skipped validation
+            return
         value = self.sign * learn.last_metrics[self.monitor]
         if self.best is None or value > self.best + self.min_delta:
             self.best, self.wait = value, 0

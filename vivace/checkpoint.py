@@ -6,6 +6,7 @@ leaves either the previous checkpoint or the new one, never half of each. Nothin
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -150,7 +151,7 @@ class CheckpointSaver(Callback):
             return
         self._save(learn, "last", learn.epoch + 1, 0)
         value = learn.last_metrics.get(self.monitor, learn.last_metrics.get("valid_loss"))
-        if value is not None and (self.best is None or self.sign * value > self.sign * self.best):
+        if value is not None and not math.isnan(value) and (self.best is None or self.sign * value > self.sign * self.best):
             self.best = value
             self._save(learn, "best", learn.epoch + 1, 0)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -66,6 +67,7 @@ class Learner:
         self.epoch, self.iter, self.iter_start, self.lr, self.n_epochs = 0, 0, 0, 0.0, 1
         self.last_metrics: dict[str, float] = {}
         self.stop_requested, self.failure = False, None
+        self.valid_every = 1  # epochs between validations (the last epoch always validates)
 
     # -- the book's handles -------------------------------------------------------------
     @property
@@ -127,12 +129,21 @@ class Learner:
             if self.stop_requested:
                 break
             if validate:
-                self.last_metrics = self.validate()
+                self.last_metrics = self.validate() if self._validates_now() else self._skipped_metrics()
                 self._emit("after_validate")
             self._emit("after_epoch")
             if self.stop_requested:
                 break
         self._emit("after_fit")
+
+    def _validates_now(self) -> bool:
+        """Validate after every `valid_every`-th epoch and always after the last (0: the last only)."""
+        last = self.epoch + 1 == self.n_epochs
+        return last or (self.valid_every > 0 and (self.epoch + 1) % self.valid_every == 0)
+
+    def _skipped_metrics(self) -> dict[str, float]:
+        """NaN for each validation figure of an epoch that skipped validation (a blank in the table)."""
+        return {name: math.nan for name in ["valid_loss", *self.metric_names]}
 
     def _train_epoch(self, start_batch: int) -> None:
         self.model.train()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from dataclasses import replace
@@ -23,16 +22,12 @@ from .mixing import CutMix, Mixup, MixupOrCutMix
 from .models import create_model
 from .recipe import Recipe
 from .records import RunLogger, write_json
+from .runtime import reuse_freed_memory, set_threads
 from .schedule import SizeSchedule
 
 
 class TrainingFailed(RuntimeError):
     """A run stopped on an error it reported (a NaN loss, say)."""
-
-
-def set_threads(threads: int) -> None:
-    """Use every core for intra-op work unless told otherwise."""
-    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
 
 
 def top5_accuracy(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -50,10 +45,10 @@ def build_dataloaders(recipe: Recipe, world: World = World()) -> DataLoaders:
                    max_zoom=recipe.max_zoom, max_warp=recipe.max_warp, max_lighting=recipe.max_lighting)
     if not world.is_main:
         distributed.barrier()
-    dls = make_dataloaders(recipe.data or None, size=recipe.size, presize=recipe.presize,
-                           bs=max(recipe.bs // world.world_size, 1), valid_bs=recipe.valid_bs,
-                           augment=augment, normalize=recipe.normalize, stats=recipe.stats,
-                           seed=recipe.seed, device=world.device, rank=world.rank,
+    dls = make_dataloaders(recipe.data or None, size=recipe.size, valid_size=recipe.valid_size or None,
+                           presize=recipe.presize, bs=max(recipe.bs // world.world_size, 1),
+                           valid_bs=recipe.valid_bs, augment=augment, normalize=recipe.normalize,
+                           stats=recipe.stats, seed=recipe.seed, device=world.device, rank=world.rank,
                            world_size=world.world_size, workers=recipe.workers or None,
                            progress=world.is_main)
     if world.is_main:
@@ -85,9 +80,11 @@ def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, extra_cbs: list[C
     loss = LabelSmoothingCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else CrossEntropy()
     cbs = technique_callbacks(recipe)
     cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every), RunLogger(out), *(extra_cbs or [])]
-    return Learner(dls, model, loss, metrics=[accuracy, top5_accuracy, nll, calibration_error], cbs=cbs,
-                   opt_func=recipe.opt, wd=recipe.wd, channels_last=recipe.channels_last, amp=recipe.amp,
-                   compile=recipe.compile, sync_bn=recipe.sync_bn)
+    learn = Learner(dls, model, loss, metrics=[accuracy, top5_accuracy, nll, calibration_error], cbs=cbs,
+                    opt_func=recipe.opt, wd=recipe.wd, channels_last=recipe.channels_last, amp=recipe.amp,
+                    compile=recipe.compile, sync_bn=recipe.sync_bn)
+    learn.valid_every = recipe.valid_every
+    return learn
 
 
 def fit(learn: Learner, recipe: Recipe) -> None:
@@ -101,6 +98,8 @@ def fit(learn: Learner, recipe: Recipe) -> None:
 def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> dict[str, Any]:
     """One seeded run into `out`; returns the summary written to summary.json."""
     set_threads(recipe.threads)
+    if recipe.reuse_memory:
+        reuse_freed_memory()
     world = distributed.init_distributed()
     dls = build_dataloaders(recipe, world)  # first: a bad --data leaves no empty run directory
     if world.is_main:  # only rank 0 writes anything
