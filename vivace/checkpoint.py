@@ -151,7 +151,8 @@ class CheckpointSaver(Callback):
             return
         self._save(learn, "last", learn.epoch + 1, 0)
         value = learn.last_metrics.get(self.monitor, learn.last_metrics.get("valid_loss"))
-        if value is not None and not math.isnan(value) and (self.best is None or self.sign * value > self.sign * self.best):
+        validated = value is not None and not math.isnan(value)  # NaN: the epoch skipped validation
+        if validated and (self.best is None or self.sign * value > self.sign * self.best):
             self.best = value
             self._save(learn, "best", learn.epoch + 1, 0)
 

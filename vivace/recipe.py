@@ -126,7 +126,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 pct_start=0.72, lr=8e-3, label_smoothing=0.1, mixup=0.4),
     # The fastest measured way towards 85 %: half-width xresnet18, sizes 64->128, tested at 160
     # (FixRes: random crops make objects look larger in training), validated once at the end.
-    # Measured 82.6 % in 10.4 min with per-epoch validation (docs/BENCHMARKS.md); 85 % not yet.
+    # Measured 82.6 % in 8.8 min on 2 CPU cores (docs/BENCHMARKS.md); 85 % not yet.
     "imagenette-speedrun": dict(data="imagenette", arch="xresnet18", widen=0.5, size=128, presize=160,
                                 valid_size=160, valid_every=0, epochs=12, bs=128, lr=5e-3,
                                 label_smoothing=0.1, progressive=0.5, max_rotate=0.0, max_zoom=1.0,
