@@ -25,9 +25,9 @@ SPEEDRUN = "imagenette-speedrun"
 SPEEDRUN_TARGET = 0.85
 
 
-def trained_runs(preset: str, runs: int, data: str, out: Path, overrides: dict) -> list[Path]:
+def trained_runs(preset: str, runs: int, data: str, out: Path) -> list[Path]:
     """Train `runs` seeds of the preset into out/run<i>; returns the run directories."""
-    recipe = make_recipe(preset, data=data, **overrides)
+    recipe = make_recipe(preset, data=data)
     dirs = [out / f"run{i}" for i in range(runs)]
     for i, run_dir in enumerate(dirs):
         train(replace(recipe, seed=recipe.seed + i, out=str(run_dir)))
@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--record", action="store_true", help="write the figures to docs/benchmarks.json")
     args = p.parse_args()
     print(machine())
-    dirs = args.from_runs or trained_runs(args.preset, args.runs, args.data, args.out / args.preset, {})
+    dirs = args.from_runs or trained_runs(args.preset, args.runs, args.data, args.out / args.preset)
     runs = [read_run(d) for d in dirs]
     for r in runs:
         print(f"{r['dir']}: {r['preset']} seed {r['seed']}: accuracy {r['accuracy']:.4f} "

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from .learner import Learner
 from .recipe import Recipe, make_recipe
 from .records import write_json
-from .runtime import reuse_freed_memory, set_threads
+from .runtime import configure_process
 from .train import TrainingFailed, build_dataloaders, build_learner, fit
 from .tta import prob_metrics, tta
 
@@ -189,9 +189,7 @@ def chapter7(out: Path, runs: int = 1, steps: Sequence[Step] = CHAPTER7, **recip
     base = make_recipe(**{**DEFAULTS, **recipe_fields})  # validated before any heavy work
     if any(s.progressive for s in steps) and base.epochs < 2:
         raise ValueError(f"epochs={base.epochs}: progressive resizing needs >= 2 (half at half size, half at full)")
-    set_threads(base.threads)
-    if base.reuse_memory:
-        reuse_freed_memory()
+    configure_process(base.threads, base.reuse_memory)
     # RunLogger plots after every fit: import matplotlib now, so that its first import (a second
     # or so) is not counted in the baseline's time.
     import matplotlib.figure  # noqa: F401

@@ -35,3 +35,10 @@ def reuse_freed_memory() -> bool:
     libc = ctypes.CDLL(None)
     settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM_BYTES), (M_TOP_PAD, TOP_PAD_BYTES))
     return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+def configure_process(threads: int, reuse_memory: bool) -> None:
+    """The settings a training run applies once at start (Recipe.threads, Recipe.reuse_memory)."""
+    set_threads(threads)
+    if reuse_memory:
+        reuse_freed_memory()

@@ -22,7 +22,7 @@ from .mixing import CutMix, Mixup, MixupOrCutMix
 from .models import create_model
 from .recipe import Recipe
 from .records import RunLogger, write_json
-from .runtime import reuse_freed_memory, set_threads
+from .runtime import configure_process, set_threads
 from .schedule import SizeSchedule
 
 
@@ -97,9 +97,7 @@ def fit(learn: Learner, recipe: Recipe) -> None:
 
 def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> dict[str, Any]:
     """One seeded run into `out`; returns the summary written to summary.json."""
-    set_threads(recipe.threads)
-    if recipe.reuse_memory:
-        reuse_freed_memory()
+    configure_process(recipe.threads, recipe.reuse_memory)
     world = distributed.init_distributed()
     dls = build_dataloaders(recipe, world)  # first: a bad --data leaves no empty run directory
     if world.is_main:  # only rank 0 writes anything
