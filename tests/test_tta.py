@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vivace.augment import TrainAugment
+from vivace.augment import TrainAugment, ValidResize
 from vivace.learner import Learner
 from vivace.tta import (combine_tta, five_crop_tta, five_crop_views, flip_tta, flip_views, predict_probs,
                         prob_metrics, tta, tta_probs, tta_views, view_probs)
@@ -26,9 +26,10 @@ class Fn(nn.Module):
 class RawLoader:
     """A loader stub: one uint8 batch, as `BatchLoader.iter_raw` yields it."""
 
-    def __init__(self, x, y, size):
+    def __init__(self, x, y, size, crop=1.0):
         self.x, self.y, self.size = x, y, size
         self.cache = SimpleNamespace(presize=x.shape[-1])
+        self.transform = SimpleNamespace(resize=ValidResize(size, crop))
 
     def iter_raw(self):
         yield self.x, self.y

@@ -46,7 +46,8 @@ def bundle_info(learn: Any, tta: str = "none") -> dict[str, Any]:
     norm = learn.dls.normalize
     return {"arch": "xresnet", "config": config, "vocab": [str(v) for v in learn.dls.vocab],
             "normalize": norm.as_dict() if norm is not None else None,
-            "size": int(learn.dls.valid.size), "presize": int(learn.dls.cache.presize), "tta": tta}
+            "size": int(learn.dls.valid.size), "crop": float(learn.dls.valid.transform.resize.crop),
+            "presize": int(learn.dls.cache.presize), "tta": tta}
 
 
 def export_learner(learn: Any, path: str | Path, tta: str = "none") -> Path:
@@ -120,6 +121,7 @@ def load(path: str | Path, device: str | torch.device | None = None) -> Predicto
         norm = info["normalize"]
         return Predictor(build_model(info, tensors), info["vocab"],
                          Normalize(norm["mean"], norm["std"]) if norm is not None else None,
-                         size=info["size"], presize=info["presize"], tta=info["tta"], device=device)
+                         size=info["size"], presize=info["presize"], tta=info["tta"], device=device,
+                         crop=info.get("crop", 1.0))  # bundles before valid_crop resized it all
     except KeyError as err:
         raise ValueError(f"{path}: bundle info lacks the field {err}") from err

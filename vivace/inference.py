@@ -79,12 +79,14 @@ class Predictor:
     Args:
         normalize: the training statistics (None if the model was trained unnormalized).
         size: the validation crop side, px; presize: the cached centre-square side, px.
+        crop: the central fraction of the square that is resized to `size` (as in validation).
         tta: default test-time augmentation, 'none' or 'flip' (average with the mirror image).
         device: None = CUDA if available, else CPU.
     """
 
     def __init__(self, model: nn.Module, vocab: Sequence[str], normalize: Normalize | None, size: int,
-                 presize: int, tta: str = "none", device: str | torch.device | None = None):
+                 presize: int, tta: str = "none", device: str | torch.device | None = None,
+                 crop: float = 1.0):
         if tta not in TTA_MODES:
             raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
         if presize < size:
@@ -95,7 +97,7 @@ class Predictor:
         # channels_last as in training: the same conv kernels, so the same numbers.
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.vocab, self.normalize = list(vocab), normalize
-        self.resize, self.presize, self.tta = ValidResize(size), presize, tta
+        self.resize, self.presize, self.tta = ValidResize(size, crop), presize, tta
 
     @property
     def size(self) -> int:

@@ -84,7 +84,7 @@ class DataLoaders:
 
 
 def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128,
-                     valid_size: int | None = None, presize: int = 160,
+                     valid_size: int | None = None, valid_crop: float = 1.0, presize: int = 160,
                      bs: int = 64, valid_bs: int = 128, augment: dict[str, Any] | None = None,
                      normalize: bool = True, stats: str | tuple = "imagenet", seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
@@ -96,6 +96,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
         data: a dataset name, a folder, or a Source; None = the embedded Imagenette subset.
         valid_size: the validation crop side; None = size (larger tests the training crops'
             apparent object size, FixRes).
+        valid_crop: the central fraction of the cached square that validation resizes (timm's
+            crop_pct); 1 = all of it.
         augment: keyword arguments for TrainAugment (min_scale, max_rotate, ...).
         stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
     """
@@ -113,7 +115,7 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
     train.set_batch_size(min(bs, max(len(train_idx) // world_size, 1)))  # tiny data: >= one batch
     norm = _make_normalize(normalize, stats, cache, train_idx, size, device)
     train.transform = Pipeline(TrainAugment(size, seed=seed, **(augment or {})), norm)
-    valid.transform = Pipeline(ValidResize(valid_size or size), norm)
+    valid.transform = Pipeline(ValidResize(valid_size or size, valid_crop), norm)
     return DataLoaders(train, valid, source.vocab, norm, source, cache)
 
 
