@@ -1,11 +1,12 @@
-"""The allocator lever: training images/s with glibc's defaults vs `reuse_freed_memory`, side by side.
+"""The allocator lever: images/s with glibc's defaults vs `reuse_freed_memory`, side by side.
 
     .venv/bin/python bench/allocator.py [--archs xresnet18 xresnet50] [--rounds 2] [--batches 6]
+    .venv/bin/python bench/allocator.py --step eval    # evaluation: forward passes, batch 128
 
 mallopt settings are process-wide and cannot be undone, so each measurement is a fresh child
 process: default, reuse, default, reuse... (interleaved, so drift hits both alike). Each child
-times the model-only training step of bench/train.py and reports its page faults and its
-user/kernel CPU seconds.
+times the model-only training step of bench/train.py (or the evaluation forward pass) and
+reports its page faults and its user/kernel CPU seconds.
 """
 from __future__ import annotations
 
@@ -17,23 +18,27 @@ import subprocess
 import sys
 
 from common import machine, record
-from train import ceiling
+from train import ceiling, eval_ceiling
 from vivace.runtime import reuse_freed_memory
 
 N_OUT = 10
 
 
-def child(arch: str, reuse: bool, batches: int) -> None:
+def child(arch: str, reuse: bool, batches: int, step: str) -> None:
     """One measurement in this process; prints a JSON line."""
     applied = reuse_freed_memory() if reuse else False
-    rate = ceiling(arch, 64, 128, N_OUT, batches)
+    if step == "train":
+        rate = ceiling(arch, 64, 128, N_OUT, batches)
+    else:
+        rate = eval_ceiling(arch, 128, 128, N_OUT, batches)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"rate": rate, "applied": applied, "minflt": usage.ru_minflt,
                       "user_s": usage.ru_utime, "sys_s": usage.ru_stime}))
 
 
-def measure(arch: str, reuse: bool, batches: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", arch, "--batches", str(batches)] + (["--reuse"] if reuse else [])
+def measure(arch: str, reuse: bool, batches: int, step: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", arch, "--batches", str(batches), "--step", step]
+    cmd += ["--reuse"] if reuse else []
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -43,27 +48,31 @@ def main() -> None:
     p.add_argument("--archs", nargs="+", default=["xresnet18", "xresnet50"])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batches", type=int, default=6, help="timed batches per measurement")
+    p.add_argument("--step", choices=("train", "eval"), default="train",
+                   help="train: a training step at batch 64; eval: a forward pass at batch 128")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--record", action="store_true", help="write the ratio to docs/benchmarks.json")
     args = p.parse_args()
     if args.child:
-        return child(args.child, args.reuse, args.batches)
+        return child(args.child, args.reuse, args.batches, args.step)
     print(machine())
     ratios = {}
     for arch in args.archs:
         runs = {False: [], True: []}
         for _ in range(args.rounds):
             for reuse in (False, True):
-                r = measure(arch, reuse, args.batches)
+                r = measure(arch, reuse, args.batches, args.step)
                 runs[reuse].append(r["rate"])
                 print(f"{arch} {'reuse  ' if reuse else 'default'}: {r['rate']:6.1f} img/s, "
                       f"{r['minflt']:>9,} page faults, cpu user {r['user_s']:.1f} s / kernel {r['sys_s']:.1f} s"
                       + ("" if r["applied"] or not reuse else "  (mallopt unavailable: not glibc)"))
         ratios[arch] = statistics.mean(runs[True]) / statistics.mean(runs[False])
-        print(f"{arch}: reuse_freed_memory is {ratios[arch]:.2f}x glibc's default (mean of {args.rounds})")
+        print(f"{arch} {args.step}: reuse_freed_memory is {ratios[arch]:.2f}x glibc's default "
+              f"(mean of {args.rounds})")
     if args.record:
-        record(allocator_speedup={k: round(v, 3) for k, v in ratios.items()})
+        key = "allocator_speedup" if args.step == "train" else "allocator_speedup_eval"
+        record(**{key: {k: round(v, 3) for k, v in ratios.items()}})
 
 
 if __name__ == "__main__":

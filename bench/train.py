@@ -49,11 +49,12 @@ def end_to_end(arch: str, dls, batches: int) -> float:
     return images_per_s(clock.times, dls.train.batch_size)
 
 
-def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_last: bool = True) -> float:
-    """The same training step on one random batch already in memory."""
+def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_last: bool = True,
+            **model_kwargs) -> float:
+    """The same training step on one random batch already in memory (model_kwargs: act, ...)."""
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(arch, n_out=n_out).to(memory_format=layout).train()
+    model = create_model(arch, n_out=n_out, **model_kwargs).to(memory_format=layout).train()
     opt = make_optimizer(model, "sgd", lr=1e-3)
     x = torch.randn(bs, 3, size, size).contiguous(memory_format=layout)
     y = torch.randint(0, n_out, (bs,))
@@ -67,6 +68,31 @@ def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_la
     return images_per_s(times, bs)
 
 
+def eval_ceiling(arch: str, bs: int, size: int, n_out: int, batches: int) -> float:
+    """Evaluation's forward pass (eval mode, no autograd) on one random batch in memory."""
+    torch.manual_seed(0)
+    model = create_model(arch, n_out=n_out).to(memory_format=torch.channels_last).eval()
+    x = torch.randn(bs, 3, size, size).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.no_grad():
+        for _ in range(batches + WARMUP + 1):
+            model(x)
+            times.append(time.perf_counter())
+    return images_per_s(times, bs)
+
+
+BLOCK_VARIANTS = (("relu", dict(act="relu")), ("mish", dict(act="mish")),
+                  ("mish + self-attention", dict(act="mish", self_attention=True)), ("relu again", dict(act="relu")))
+
+
+def compare_blocks(arch: str, bs: int, size: int, n_out: int, batches: int) -> None:
+    """What Mish and self-attention cost per training step, each against ReLU (timed before and after)."""
+    rates = {name: ceiling(arch, bs, size, n_out, batches, **kw) for name, kw in BLOCK_VARIANTS}
+    relu = (rates["relu"] + rates["relu again"]) / 2
+    for name, rate in rates.items():
+        print(f"{arch} {name:<22} ceiling {rate:6.1f} img/s = {rate / relu:.2f}x ReLU's")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -76,6 +102,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--compare-layout", action="store_true",
                         help="also time the ceiling without channels_last (the default's evidence)")
+    parser.add_argument("--compare-blocks", action="store_true",
+                        help="also time the ceiling with Mish, and Mish + self-attention (the 5-epoch preset's model)")
     parser.add_argument("--no-reuse-memory", action="store_true",
                         help="keep glibc's allocator defaults (vivace train reuses freed memory)")
     args = parser.parse_args()
@@ -97,6 +125,8 @@ def main() -> None:
         if args.compare_layout:
             nchw = ceiling(arch, args.bs, args.size, len(dls.vocab), args.batches, channels_last=False)
             print(f"{arch}: ceiling without channels_last {nchw:6.1f} img/s: channels_last is {top / nchw:.2f}x")
+        if args.compare_blocks:
+            compare_blocks(arch, args.bs, args.size, len(dls.vocab), args.batches)
     if "xresnet50" in fractions:
         record(matmul_peak_gflops=round(peak, 1), matmul_peak_fraction=round(fractions["xresnet50"], 3))
 

@@ -259,3 +259,11 @@ def test_rotation_matrix_angle_bounded():
     m = affine_matrices(torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 500), 0.0, 10.0, 1.0, 1.0, g)
     angle = torch.atan2(m[:, 1, 0], m[:, 0, 0]) * 180 / math.pi
     assert angle.abs().max() <= 10.0 + 1e-4 and angle.abs().max() > 5.0
+
+
+def test_valid_resize_crops_the_centre_before_resizing():
+    x = quadrant_image(8)
+    torch.testing.assert_close(ValidResize(4, crop=0.5)(x), x[..., 2:6, 2:6].float() / 255)
+    assert ValidResize(8, crop=0.875).pixels(x).shape == (1, 3, 8, 8)  # 7 px centre, upsampled
+    with pytest.raises(ValueError, match="crop"):
+        ValidResize(4, crop=0.0)

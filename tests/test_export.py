@@ -38,6 +38,20 @@ def test_round_trip_predicts_exactly_like_the_learner(learn, bundle):
     assert [p.index for p in preds] == logits.argmax(-1).tolist()
 
 
+def test_round_trip_keeps_the_validation_centre_crop(learn, tmp_path):
+    resize = learn.dls.valid.transform.resize
+    full_logits, _ = learn.get_preds()
+    resize.crop = 0.75
+    try:
+        logits, _ = learn.get_preds()
+        predictor = load(export_learner(learn, tmp_path / "crop.vivace"), device="cpu")
+    finally:
+        resize.crop = 1.0
+    assert not torch.allclose(logits, full_logits)  # the crop matters on these images
+    probs = torch.stack([p.probs for p in predictor.predict(learn.dls.source.valid_files)])
+    assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)
+
+
 def test_bundle_carries_preprocessing(learn, bundle):
     predictor = load(bundle, device="cpu")
     assert predictor.vocab == learn.dls.vocab == ["blue", "green", "red"]

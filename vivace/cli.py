@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from .distributed import rank
 from .recipe import PRESETS, Recipe, make_recipe
+from .runtime import reuse_freed_memory
 
 FIELD_HELP_SOURCE = Path(__file__).with_name("recipe.py")
 DEFAULT_PRESET = "quick"
@@ -166,6 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import expand_items, write_predictions_csv
     if args.topk < 1:
         raise ValueError(f"--topk {args.topk} must be >= 1")
+    reuse_freed_memory()  # as `vivace train` does: evaluation measured 2x faster (runtime.py)
     predictor = load(args.bundle, device=args.device)
     named, found = [], []  # images named on the command line; images found in folders
     for arg in args.images:

@@ -22,7 +22,7 @@ from .mixing import CutMix, Mixup, MixupOrCutMix
 from .models import create_model
 from .recipe import Recipe
 from .records import RunLogger, write_json
-from .runtime import configure_process, set_threads
+from .runtime import configure_process
 from .schedule import SizeSchedule
 
 
@@ -156,7 +156,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", **overrides: Any) -> Learn
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the --out of a `vivace train` run")
     recipe = Recipe(**{**json.loads(config.read_text()), **overrides, "resume": False})
     recipe.validate()
-    set_threads(recipe.threads)
+    configure_process(recipe.threads, recipe.reuse_memory)  # the run's speed settings (2x for evaluation)
     learn = build_learner(recipe, build_dataloaders(recipe), run_dir)
     state = load_checkpoint(run_dir / f"{checkpoint}.safetensors", learn.device)
     learn.model.load_state_dict(state.get("eval_model", state["model"]))  # EMA runs: the average

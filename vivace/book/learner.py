@@ -15,6 +15,7 @@ from vivace.inference import Predictor
 from vivace.losses import CrossEntropy
 from vivace.lr_finder import LRFindResult
 from vivace.mixing import Mixup
+from vivace.runtime import reuse_freed_memory
 
 FASTAI_WD = 0.01  # fastai's Adam default: true (decoupled) weight decay, none on BatchNorm and biases
 
@@ -34,6 +35,7 @@ class Learner(learner.Learner):
                  metrics: Callable | Sequence[Callable] | None = None, wd: float = FASTAI_WD, **kwargs: Any):
         super().__init__(dls, model, loss_func=loss_func if loss_func is not None else CrossEntropyLossFlat(),
                          metrics=metrics, cbs=cbs, opt_func=opt_func, wd=wd, **kwargs)
+        reuse_freed_memory()  # the book's sessions get `vivace train`'s allocator setting (runtime.py)
 
     @property
     def n_classes(self) -> int:
