@@ -167,7 +167,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import expand_items, write_predictions_csv
     if args.topk < 1:
         raise ValueError(f"--topk {args.topk} must be >= 1")
-    reuse_freed_memory()  # as `vivace train` does: evaluation measured 2x faster (runtime.py)
+    reuse_freed_memory()  # as `vivace train` does: evaluation measured 1.7-2.3x faster (runtime.py)
     predictor = load(args.bundle, device=args.device)
     named, found = [], []  # images named on the command line; images found in folders
     for arg in args.images:
