@@ -46,9 +46,9 @@ def build_dataloaders(recipe: Recipe, world: World = World()) -> DataLoaders:
     if not world.is_main:
         distributed.barrier()
     dls = make_dataloaders(recipe.data or None, size=recipe.size, valid_size=recipe.valid_size or None,
-                           valid_crop=recipe.valid_crop,
-                           presize=recipe.presize, bs=max(recipe.bs // world.world_size, 1),
-                           valid_bs=recipe.valid_bs, augment=augment, normalize=recipe.normalize,
+                           valid_crop=recipe.valid_crop, presize=recipe.presize,
+                           bs=max(recipe.bs // world.world_size, 1), valid_bs=recipe.valid_bs,
+                           augment=augment, normalize=recipe.normalize,
                            stats=recipe.stats, seed=recipe.seed, device=world.device, rank=world.rank,
                            world_size=world.world_size, workers=recipe.workers or None,
                            progress=world.is_main)
