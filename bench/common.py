@@ -5,6 +5,8 @@ import json
 import multiprocessing
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -100,3 +102,20 @@ def check_no_workers(after: str) -> None:
     alive = multiprocessing.active_children()
     if alive:
         raise RuntimeError(f"{len(alive)} data-loader processes still alive after {after}: {alive}")
+
+
+def interleaved_children(script: str, argv: list[str], sides: tuple[str, ...], rounds: int) -> dict[str, list[dict]]:
+    """Measure each side in a fresh process `script *argv --child SIDE` (its last stdout line is JSON).
+
+    Order: sides, reversed, sides, ... so that drift over the run hits every side alike; and
+    process-wide settings (mallopt, thread pools, a warm heap) never carry from one side to the next.
+    """
+    results: dict[str, list[dict]] = {side: [] for side in sides}
+    for i in range(rounds):
+        for side in sides if i % 2 == 0 else sides[::-1]:
+            out = subprocess.run([sys.executable, script, *argv, "--child", side], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"the {side} measurement failed:\n{out.stderr[-4000:]}")
+            results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"  round {i + 1}, {side}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in results[side][-1].items()))
+    return results

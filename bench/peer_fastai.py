@@ -1,4 +1,4 @@
-"""vivace vs fastai 2.8.12, side by side in one process: training and TTA images/s (issue #8).
+"""vivace vs fastai 2.8.12, side by side on one machine: training and TTA images/s (issue #8).
 
     bash bench/peers_setup.sh    # once: .venv-peers with torch 2.14.1, fastai, timm and vivace
     .venv-peers/bin/python bench/peer_fastai.py [--arch xresnet50] [--batches 10] [--record]
@@ -22,13 +22,19 @@ forward, backward and the optimizer step. vivace's presize cache is built (once,
 before any clock starts; its build time is printed. TTA images/s = images / seconds of one
 `learn.tta(n=4)` call over the same `--tta-images` validation files on `--tta-arch` (xresnet18,
 the issue's figure), after a one-batch warm-up call; fastai's per-pass worker startup is part of
-its `tta`, so it is counted. `--record` writes fastai_ratio_train (xresnet50 only) and
+its `tta`, so it is counted. Each side runs in a fresh process, `--rounds` times, interleaved
+(fastai, vivace, vivace, fastai, ...): fastai under glibc's allocator defaults, vivace under the
+same (`vivace-glibc`) and with the process settings `vivace train` applies (`vivace`:
+`vivace.runtime.configure_process`, reuse of freed memory); the ratios of means of the last are
+recorded. `--record` writes fastai_ratio_train (xresnet50 only) and
 fastai_ratio_tta (vivace / fastai) into docs/benchmarks.json; `--min-ratio` makes it a check.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import statistics
 import sys
 import time
 import warnings
@@ -50,10 +56,12 @@ from fastai.vision.all import accuracy as fastai_accuracy  # noqa: E402
 from fastai.vision.models import xresnet as fastai_xresnet  # noqa: E402
 
 import vivace  # noqa: E402
-from common import DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, machine, record  # noqa: E402
+from common import (DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, interleaved_children,  # noqa: E402
+                    machine, record)
 from vivace.data import BatchLoader, make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
+from vivace.runtime import configure_process  # noqa: E402
 
 WARMUP = 3  # untimed batches: worker startup, allocator and thread pools warming up
 PRESIZE = 160  # px: the chapter's Resize(160) item transform = vivace's presize cache
@@ -150,6 +158,33 @@ def vivace_tta(dls, n_images: int, arch: str, opt: str, bs: int) -> float:
     return n_images / timed(lambda: learn.tta(dl=subset_loader(dls, n_images, bs), n=4))
 
 
+# fastai under glibc's allocator defaults; vivace under the same, and with the process settings
+# `vivace train` applies (vivace.runtime.configure_process). Each in its own process.
+SIDES = ("fastai", "vivace-glibc", "vivace")
+
+
+def child(side: str, args) -> None:
+    """One side's training (and TTA) images/s, printed as a JSON line."""
+    if side == "vivace":
+        configure_process(threads=0, reuse_memory=True)
+    v_dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
+                             augment=dict(min_scale=MIN_SCALE), progress=False)
+    n_tta = min(args.tta_images, len(v_dls.valid.indices))
+    if side == "fastai":
+        f_dls = fastai_dls(args.data, args.bs, args.size)
+        rates = {"train": fastai_train(f_dls, args.arch, args.opt, args.batches)}
+        check_no_workers("fastai training")
+        if n_tta:
+            files = [(v_dls.source.train_files + v_dls.source.valid_files)[i] for i in v_dls.valid.indices[:n_tta]]
+            rates["tta"] = fastai_tta(f_dls, files, args.tta_arch, args.opt, args.bs)
+            check_no_workers("fastai TTA")
+    else:
+        rates = {"train": vivace_train(v_dls, args.arch, args.opt, args.batches)}
+        if n_tta:
+            rates["tta"] = vivace_tta(v_dls, n_tta, args.tta_arch, args.opt, args.bs)
+    print(json.dumps(rates))
+
+
 def vivace_tta_missing() -> str | None:
     """Why vivace's TTA cannot run (it is written separately, in vivace/tta.py), or None."""
     if not hasattr(Learner, "tta"):
@@ -162,7 +197,7 @@ def vivace_tta_missing() -> str | None:
 
 
 def ratio_line(name: str, peer: float, ours: float) -> str:
-    return f"{name:<28} fastai {peer:7.1f} img/s   vivace {ours:7.1f} img/s   vivace/fastai {ours / peer:5.2f}x"
+    return f"{name:<52} fastai {peer:7.1f} img/s   vivace {ours:7.1f} img/s   vivace/fastai {ours / peer:5.2f}x"
 
 
 def main() -> int:
@@ -177,11 +212,16 @@ def main() -> int:
     parser.add_argument("--tta-images", type=int, default=256, help="validation images for TTA; 0 skips TTA")
     parser.add_argument("--record", action="store_true", help="write the ratios into docs/benchmarks.json")
     parser.add_argument("--min-ratio", type=float, default=None, help="exit 1 if any vivace/fastai ratio is below")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements of each side, interleaved")
+    parser.add_argument("--child", choices=SIDES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child, args)
+        return 0
     if not (args.data / "train").is_dir() or not (args.data / "val").is_dir():
         parser.error(f"--data {args.data} needs train/ and val/ folders (GrandparentSplitter)")
-    if args.batches < 1 or args.bs < 1 or args.size % 32 or args.tta_images < 0:
-        parser.error("need --batches >= 1, --bs >= 1, --size a multiple of 32, --tta-images >= 0")
+    if args.batches < 1 or args.bs < 1 or args.size % 32 or args.tta_images < 0 or args.rounds < 1:
+        parser.error("need --batches >= 1, --bs >= 1, --size a multiple of 32, --tta-images >= 0, --rounds >= 1")
     if args.record and args.arch != RECORDED_ARCH:
         parser.error(f"--record stores the {RECORDED_ARCH} training figure: drop --arch or --record")
 
@@ -191,27 +231,20 @@ def main() -> int:
     v_dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
                              augment=dict(min_scale=MIN_SCALE), progress=False)
     print(f"vivace data setup {time.perf_counter() - start:.1f} s (builds the presize cache on first use)")
-    f_dls = fastai_dls(args.data, args.bs, args.size)
+    tta_failure = vivace_tta_missing() if args.tta_images else None
     print(f"{len(v_dls.train.indices)} training images; {args.batches} timed batches after {WARMUP} warm-up; "
-          f"bs {args.bs}, {args.size} px, opt {args.opt}, device {v_dls.device}")
+          f"bs {args.bs}, {args.size} px, opt {args.opt}, device {v_dls.device}; "
+          f"{args.rounds} rounds of {', '.join(SIDES)}, each in a fresh process")
 
-    f_train = fastai_train(f_dls, args.arch, args.opt, args.batches)
-    check_no_workers("fastai training")
-    v_train = vivace_train(v_dls, args.arch, args.opt, args.batches)
-    print(ratio_line(f"train {args.arch}", f_train, v_train))
-    ratios = {"fastai_ratio_train": v_train / f_train}
-
-    tta_failure = None
-    if args.tta_images:
-        n = min(args.tta_images, len(v_dls.valid.indices))
-        files = [(v_dls.source.train_files + v_dls.source.valid_files)[i] for i in v_dls.valid.indices[:n]]
-        tta_failure = vivace_tta_missing()
-        if tta_failure is None:
-            f_tta = fastai_tta(f_dls, files, args.tta_arch, args.opt, args.bs)
-            check_no_workers("fastai TTA")
-            v_tta = vivace_tta(v_dls, n, args.tta_arch, args.opt, args.bs)
-            print(ratio_line(f"TTA n=4 {args.tta_arch} {n} images", f_tta, v_tta))
-            ratios["fastai_ratio_tta"] = v_tta / f_tta
+    argv = sys.argv[1:] + (["--tta-images", "0"] if tta_failure else [])
+    results = interleaved_children(__file__, argv, SIDES, args.rounds)
+    mean = {side: {step: statistics.mean(r[step] for r in rs) for step in rs[0]} for side, rs in results.items()}
+    n_tta = min(args.tta_images, len(v_dls.valid.indices))
+    names = {"train": f"train {args.arch}", "tta": f"TTA n=4 {args.tta_arch} {n_tta} images"}
+    for step, peer in mean["fastai"].items():
+        print(ratio_line(names[step] + ", glibc defaults", peer, mean["vivace-glibc"][step]))
+        print(ratio_line(names[step] + ", vivace train's", peer, mean["vivace"][step]))
+    ratios = {f"fastai_ratio_{step}": mean["vivace"][step] / peer for step, peer in mean["fastai"].items()}
 
     if args.record:
         record(**{k: round(v, 3) for k, v in ratios.items()})

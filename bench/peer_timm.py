@@ -1,4 +1,4 @@
-"""vivace vs timm 1.0.31's training loop, side by side in one process: training images/s (issue #8).
+"""vivace vs timm 1.0.31's training loop, side by side on one machine: training images/s (issue #8).
 
     bash bench/peers_setup.sh    # once: .venv-peers with torch 2.14.1, fastai, timm and vivace
     .venv-peers/bin/python bench/peer_timm.py [--arch xresnet50] [--batches 10] [--record]
@@ -18,12 +18,17 @@ channels_last, cross-entropy, Nesterov SGD with decay off BatchNorm and biases:
 Images/s are timed over `--batches` batches after WARMUP untimed ones, so they leave out warm-up
 and data-loader startup but include decoding or cache reads, augmentation, forward, backward and
 the optimizer step. vivace's presize cache is built (once, on first use) before any clock starts;
-its build time is printed. `--record` writes timm_ratio_train (vivace / timm, xresnet50 only)
+its build time is printed. Each side runs in a fresh process, `--rounds` times, interleaved
+(timm, vivace, vivace, timm, ...): timm under glibc's allocator defaults, vivace under the same
+(`vivace-glibc`) and with the process settings `vivace train` applies (`vivace`: reuse of freed
+memory); the ratio of means of the last is recorded. `--record` writes timm_ratio_train (vivace / timm, xresnet50 only)
 into docs/benchmarks.json; `--min-ratio` makes it a check.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import time
 import warnings
@@ -40,10 +45,12 @@ from timm.data import create_dataset, create_loader  # noqa: E402
 from timm.optim import create_optimizer_v2  # noqa: E402
 
 import vivace  # noqa: E402
-from common import DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, machine, record  # noqa: E402
+from common import (DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, interleaved_children,  # noqa: E402
+                    machine, record)
 from vivace.data import make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
+from vivace.runtime import configure_process  # noqa: E402
 
 WARMUP = 3  # untimed batches: worker startup, allocator and thread pools warming up
 PRESIZE = 160  # px: vivace's presize cache (timm reads the JPEGs themselves)
@@ -97,6 +104,26 @@ def vivace_train(dls, arch: str, batches: int) -> float:
     return watch.images_per_s(dls.train.batch_size)
 
 
+# timm under glibc's allocator defaults; vivace under the same, and with the process settings
+# `vivace train` applies (vivace.runtime.configure_process). Each in its own process.
+SIDES = ("timm", "vivace-glibc", "vivace")
+
+
+def child(side: str, args) -> None:
+    """One side's training images/s, printed as a JSON line."""
+    if side == "vivace":
+        configure_process(threads=0, reuse_memory=True)
+    dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
+                           augment=dict(min_scale=MIN_SCALE), progress=False)
+    if side == "timm":
+        rate = timm_train(timm_loader(args.data, args.bs, args.size, dls.device), args.arch, args.batches,
+                          dls.device, dls.c)
+        check_no_workers("timm training")
+    else:
+        rate = vivace_train(dls, args.arch, args.batches)
+    print(json.dumps({"train": rate}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train/ and val/")
@@ -106,11 +133,16 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128, help="training crop, px")
     parser.add_argument("--record", action="store_true", help="write the ratio into docs/benchmarks.json")
     parser.add_argument("--min-ratio", type=float, default=None, help="exit 1 if vivace/timm is below")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements of each side, interleaved")
+    parser.add_argument("--child", choices=SIDES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child(args.child, args)
+        return 0
     if not (args.data / "train").is_dir():
         parser.error(f"--data {args.data} needs a train/ folder")
-    if args.batches < 1 or args.bs < 1 or args.size % 32:
-        parser.error("need --batches >= 1, --bs >= 1 and --size a multiple of 32")
+    if args.batches < 1 or args.bs < 1 or args.size % 32 or args.rounds < 1:
+        parser.error("need --batches >= 1, --bs >= 1, --size a multiple of 32 and --rounds >= 1")
     if args.record and args.arch != RECORDED_ARCH:
         parser.error(f"--record stores the {RECORDED_ARCH} figure: drop --arch or --record")
 
@@ -120,16 +152,15 @@ def main() -> int:
     dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
                            augment=dict(min_scale=MIN_SCALE), progress=False)
     print(f"vivace data setup {time.perf_counter() - start:.1f} s (builds the presize cache on first use)")
-    loader = timm_loader(args.data, args.bs, args.size, dls.device)
-    print(f"{len(loader.dataset)} training images; {args.batches} timed batches after {WARMUP} warm-up; "
-          f"bs {args.bs}, {args.size} px, device {dls.device}")
-
-    timm_rate = timm_train(loader, args.arch, args.batches, dls.device, dls.c)
-    check_no_workers("timm training")
-    ours = vivace_train(dls, args.arch, args.batches)
-    ratio = ours / timm_rate
-    print(f"train {args.arch} vs timm {TIMM_ARCH[args.arch]}: timm {timm_rate:7.1f} img/s   "
-          f"vivace {ours:7.1f} img/s   vivace/timm {ratio:5.2f}x")
+    print(f"{len(dls.train.indices)} training images; {args.batches} timed batches after {WARMUP} warm-up; "
+          f"bs {args.bs}, {args.size} px, device {dls.device}; "
+          f"{args.rounds} rounds of {', '.join(SIDES)}, each in a fresh process")
+    results = interleaved_children(__file__, sys.argv[1:], SIDES, args.rounds)
+    mean = {side: statistics.mean(r["train"] for r in rs) for side, rs in results.items()}
+    for side, name in (("vivace-glibc", "glibc defaults"), ("vivace", "vivace train's")):
+        print(f"train {args.arch} vs timm {TIMM_ARCH[args.arch]}, {name}: timm {mean['timm']:7.1f} img/s   "
+              f"vivace {mean[side]:7.1f} img/s   vivace/timm {mean[side] / mean['timm']:5.2f}x")
+    ratio = mean["vivace"] / mean["timm"]
 
     if args.record:
         record(timm_ratio_train=round(ratio, 3))

@@ -50,12 +50,12 @@ def end_to_end(arch: str, dls, batches: int) -> float:
 
 
 def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_last: bool = True,
-            **model_kwargs) -> float:
+            opt_name: str = "sgd", **model_kwargs) -> float:
     """The same training step on one random batch already in memory (model_kwargs: act, ...)."""
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(arch, n_out=n_out, **model_kwargs).to(memory_format=layout).train()
-    opt = make_optimizer(model, "sgd", lr=1e-3)
+    opt = make_optimizer(model, opt_name, lr=1e-3)
     x = torch.randn(bs, 3, size, size).contiguous(memory_format=layout)
     y = torch.randint(0, n_out, (bs,))
     times = []

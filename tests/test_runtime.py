@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from vivace.runtime import set_threads
+from vivace.runtime import configure_process, set_threads
 
 CHILD = """
 import resource, sys, torch
@@ -31,6 +31,17 @@ def test_set_threads_all_cores_by_default():
         assert torch.get_num_threads() >= 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_configure_process_turns_on_cudnn_benchmark_only_with_cuda(monkeypatch):
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    configure_process(threads, reuse_memory=False)
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    configure_process(threads, reuse_memory=False)
+    assert torch.backends.cudnn.benchmark is True
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

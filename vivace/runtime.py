@@ -43,3 +43,8 @@ def configure_process(threads: int, reuse_memory: bool) -> None:
     set_threads(threads)
     if reuse_memory:
         reuse_freed_memory()
+    if torch.cuda.is_available():
+        # Input sizes change only between progressive-resizing stages, so cuDNN's per-shape
+        # algorithm search runs a few times per run and then picks the fastest kernels (timm and
+        # fastai's training scripts do the same). Not measured here: no GPU was lent.
+        torch.backends.cudnn.benchmark = True
