@@ -23,10 +23,11 @@ before any clock starts; its build time is printed. TTA images/s = images / seco
 `learn.tta(n=4)` call over the same `--tta-images` validation files on `--tta-arch` (xresnet18,
 the issue's figure), after a one-batch warm-up call; fastai's per-pass worker startup is part of
 its `tta`, so it is counted. Each side runs in a fresh process, `--rounds` times, interleaved
-(fastai, vivace, vivace, fastai, ...): fastai under glibc's allocator defaults, vivace under the
-same (`vivace-glibc`) and with the process settings `vivace train` applies (`vivace`:
-`vivace.runtime.configure_process`, reuse of freed memory); the ratios of means of the last are
-recorded. `--record` writes fastai_ratio_train (xresnet50 only) and
+(fastai, vivace-glibc, vivace, then in reverse, ...): fastai under glibc's allocator defaults,
+vivace under the same (`vivace-glibc`) and with the process settings `vivace train` applies
+(`vivace`: `vivace.runtime.configure_process`, reuse of freed memory); the ratios of means of the
+last are recorded.
+`--record` writes fastai_ratio_train (xresnet50 only) and
 fastai_ratio_tta (vivace / fastai) into docs/benchmarks.json; `--min-ratio` makes it a check.
 """
 from __future__ import annotations

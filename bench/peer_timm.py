@@ -18,10 +18,11 @@ channels_last, cross-entropy, Nesterov SGD with decay off BatchNorm and biases:
 Images/s are timed over `--batches` batches after WARMUP untimed ones, so they leave out warm-up
 and data-loader startup but include decoding or cache reads, augmentation, forward, backward and
 the optimizer step. vivace's presize cache is built (once, on first use) before any clock starts;
-its build time is printed. Each side runs in a fresh process, `--rounds` times, interleaved
-(timm, vivace, vivace, timm, ...): timm under glibc's allocator defaults, vivace under the same
-(`vivace-glibc`) and with the process settings `vivace train` applies (`vivace`: reuse of freed
-memory); the ratio of means of the last is recorded. `--record` writes timm_ratio_train (vivace / timm, xresnet50 only)
+its build time is printed. Each side runs in a fresh process, `--rounds` times, interleaved (timm,
+vivace-glibc, vivace, then in reverse, ...): timm under glibc's allocator defaults, vivace under
+the same (`vivace-glibc`) and with the process settings `vivace train` applies (`vivace`: reuse of
+freed memory); the ratio of means of the last is recorded.
+`--record` writes timm_ratio_train (vivace / timm, xresnet50 only)
 into docs/benchmarks.json; `--min-ratio` makes it a check.
 """
 from __future__ import annotations
