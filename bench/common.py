@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from vivace.callbacks import Callback
+from vivace.data import DataLoaders, make_dataloaders
+from vivace.runtime import configure_process
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "imagenette2-224"
@@ -119,3 +121,11 @@ def interleaved_children(script: str, argv: list[str], sides: tuple[str, ...], r
             results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"  round {i + 1}, {side}: " + ", ".join(f"{k} {v:.1f} img/s" for k, v in results[side][-1].items()))
     return results
+
+
+def side_dataloaders(side: str, data: Path, size: int, bs: int, presize: int, min_scale: float) -> DataLoaders:
+    """A peer script's child starts here: `vivace train`'s process settings on the "vivace" side
+    only, then vivace's loaders (every side uses them: image counts, the device, TTA's files)."""
+    if side == "vivace":
+        configure_process(threads=0, reuse_memory=True)
+    return make_dataloaders(data, size=size, presize=presize, bs=bs, augment=dict(min_scale=min_scale), progress=False)

@@ -58,11 +58,10 @@ from fastai.vision.models import xresnet as fastai_xresnet  # noqa: E402
 
 import vivace  # noqa: E402
 from common import (DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, interleaved_children,  # noqa: E402
-                    machine, record)
+                    machine, record, side_dataloaders)
 from vivace.data import BatchLoader, make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
-from vivace.runtime import configure_process  # noqa: E402
 
 WARMUP = 3  # untimed batches: worker startup, allocator and thread pools warming up
 PRESIZE = 160  # px: the chapter's Resize(160) item transform = vivace's presize cache
@@ -166,10 +165,7 @@ SIDES = ("fastai", "vivace-glibc", "vivace")
 
 def child(side: str, args) -> None:
     """One side's training (and TTA) images/s, printed as a JSON line."""
-    if side == "vivace":
-        configure_process(threads=0, reuse_memory=True)
-    v_dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
-                             augment=dict(min_scale=MIN_SCALE), progress=False)
+    v_dls = side_dataloaders(side, args.data, args.size, args.bs, PRESIZE, MIN_SCALE)
     n_tta = min(args.tta_images, len(v_dls.valid.indices))
     if side == "fastai":
         f_dls = fastai_dls(args.data, args.bs, args.size)

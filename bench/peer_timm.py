@@ -47,11 +47,10 @@ from timm.optim import create_optimizer_v2  # noqa: E402
 
 import vivace  # noqa: E402
 from common import (DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, interleaved_children,  # noqa: E402
-                    machine, record)
+                    machine, record, side_dataloaders)
 from vivace.data import make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
-from vivace.runtime import configure_process  # noqa: E402
 
 WARMUP = 3  # untimed batches: worker startup, allocator and thread pools warming up
 PRESIZE = 160  # px: vivace's presize cache (timm reads the JPEGs themselves)
@@ -112,10 +111,7 @@ SIDES = ("timm", "vivace-glibc", "vivace")
 
 def child(side: str, args) -> None:
     """One side's training images/s, printed as a JSON line."""
-    if side == "vivace":
-        configure_process(threads=0, reuse_memory=True)
-    dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
-                           augment=dict(min_scale=MIN_SCALE), progress=False)
+    dls = side_dataloaders(side, args.data, args.size, args.bs, PRESIZE, MIN_SCALE)
     if side == "timm":
         rate = timm_train(timm_loader(args.data, args.bs, args.size, dls.device), args.arch, args.batches,
                           dls.device, dls.c)
