@@ -72,8 +72,8 @@ def main() -> None:
                       f"{r['minflt']:>9,} page faults, cpu user {r['user_s']:.1f} s / kernel {r['sys_s']:.1f} s"
                       + ("" if r["applied"] or not reuse else "  (mallopt unavailable: not glibc)"))
         ratios[arch] = statistics.mean(runs[True]) / statistics.mean(runs[False])
-        print(f"{arch} {args.step} ({args.opt if args.step == 'train' else 'no optimizer'}): reuse_freed_memory is {ratios[arch]:.2f}x glibc's default "
-              f"(mean of {args.rounds})")
+        step = f"{args.step} ({args.opt if args.step == 'train' else 'no optimizer'})"
+        print(f"{arch} {step}: reuse_freed_memory is {ratios[arch]:.2f}x glibc's default (mean of {args.rounds})")
     if args.record:
         key = "allocator_speedup" if args.step == "train" else "allocator_speedup_eval"
         record(**{key: {k: round(v, 3) for k, v in ratios.items()}})
