@@ -41,3 +41,11 @@ def test_valid_size_sets_the_validation_crop_only(tiny_folder):
     assert x.shape[-2:] == (24, 24) and dls.one_batch()[0].shape[-2:] == (16, 16)
     default = build_dataloaders(make_recipe(data=str(tiny_folder), size=16, presize=24, workers=1))
     assert default.valid.size == 16
+
+
+def test_trivial_augment_reaches_the_training_transform_only(tiny_folder):
+    from vivace.train import build_dataloaders
+    dls = build_dataloaders(make_recipe(data=str(tiny_folder), size=16, presize=24, workers=1, trivial_augment=True))
+    assert dls.train.transform.resize.trivial
+    assert not hasattr(dls.valid.transform.resize, "trivial")
+    assert not build_dataloaders(make_recipe(data=str(tiny_folder), size=16, presize=24, workers=1)).train.transform.resize.trivial

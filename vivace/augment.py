@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .trivial_augment import trivial_augment
+
 _CL = torch.channels_last
 
 
@@ -199,12 +201,16 @@ def _check_batch(x: Tensor) -> None:
 
 
 class TrainAugment:
-    """fastai `aug_transforms` + `RandomResizedCrop` on a uint8 batch, as one resample per image."""
+    """fastai `aug_transforms` + `RandomResizedCrop` on a uint8 batch, as one resample per image.
+
+    `trivial=True` adds TrivialAugment-Wide after the crop (one random operation per image, see
+    `vivace.trivial_augment`), before lighting.
+    """
 
     def __init__(self, size: int, min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  flip: bool = True, max_rotate: float = 10.0, max_zoom: float = 1.1,
                  max_warp: float = 0.2, p_affine: float = 0.75, max_lighting: float = 0.2,
-                 p_lighting: float = 0.75, seed: int | None = None):
+                 p_lighting: float = 0.75, trivial: bool = False, seed: int | None = None):
         _check_size(size)
         _check_range("min_scale", min_scale, 1e-3, 1.0)
         _check_range("ratio[0]", ratio[0], 1e-3, ratio[1])
@@ -218,6 +224,7 @@ class TrainAugment:
         self.scale, self.ratio = (min_scale, 1.0), (float(ratio[0]), float(ratio[1]))
         self.max_rotate, self.max_zoom, self.max_warp = max_rotate, max_zoom, max_warp
         self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
+        self.trivial = trivial
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -243,6 +250,8 @@ class TrainAugment:
             y = self._two_stage(x, boxes, signs, geo)
         else:  # on the GPU grid_sample is cheap: crop, flip, rotate, zoom and warp in one resample
             y = resample(x, crop_matrices(boxes, signs) @ geo, self.size)
+        if self.trivial:
+            y = trivial_augment(to_unit(y), g)
         if self.max_lighting > 0 and self.p_lighting > 0:
             y = lighting(to_unit(y), self.max_lighting, self.p_lighting, g)
         return y.contiguous(memory_format=_CL)  # one relayout at the end, for channels_last convs

@@ -45,6 +45,7 @@ class Recipe:
     max_zoom: float = 1.1
     max_warp: float = 0.2
     max_lighting: float = 0.2
+    trivial_augment: bool = False # TrivialAugment-Wide: one random op of random strength per image
     progressive: float = 0.0      # progressive resizing start fraction of size; 0 = off
     progressive_end: float = 0.75 # fraction of training after which the size stays final
     ema: float = 0.0              # EMA decay of weights for evaluation; 0 = off
