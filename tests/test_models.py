@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vivace.models import (MODELS, BlurPool2d, Mish, ResBlock, SimpleSelfAttention, XResNet,
+from vivace.models import (MODELS, BlurPool2d, Mish, ResBlock, SimpleSelfAttention, SqueezeExcite, XResNet,
                            act_layer, count_macs, count_params, create_model, xresnet18, xresnet50)
 
 # Computed from the design; the n_out=1000 counts equal fastai's documented xresnet counts
@@ -18,6 +18,8 @@ PARAMS = {
     "xresnet50": {1000: 25_576_264, 10: 23_547_754},
     "xresnet101": {1000: 44_568_392, 10: 42_539_882},
     "xresnet152": {1000: 60_212_040, 10: 58_183_530},
+    # fastai 2.8.12's xse_resnext50(n_out=10) has 25,550,618 parameters, state_dict shapes equal
+    "xse_resnext50": {1000: 27_579_128, 10: 25_550_618},
 }
 
 
@@ -40,7 +42,7 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> None:
 
 
 def test_registry_names_and_unknown_name():
-    assert list(MODELS) == ["xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152"]
+    assert list(MODELS) == ["xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152", "xse_resnext50"]
     with pytest.raises(ValueError, match="xresnet18"):
         create_model("resnet9000")
 
@@ -217,3 +219,27 @@ def test_slice_is_a_plain_sequential_keeping_names():
     assert list(body.state_dict())[0] == "0.0.weight"
     assert body(torch.randn(2, 3, 32, 32)).shape == (2, 512, 1, 1)
     assert isinstance(model[-1], nn.Linear)
+
+
+def test_xse_resnext50_is_grouped_with_squeeze_excite_in_every_block():
+    model = create_model("xse_resnext50", n_out=10)
+    bs = blocks(model)
+    assert len(bs) == 16 and all(isinstance(b.convpath[-1], SqueezeExcite) for b in bs)
+    grouped = [b.convpath[1][0] for b in bs]  # each bottleneck's 3x3 conv
+    assert all(c.groups == 32 and c.kernel_size == (3, 3) for c in grouped)
+    first_of_stage = [grouped[i] for i in (0, 3, 7, 13)]  # stages of 3, 4, 6, 3 blocks
+    assert [c.in_channels for c in first_of_stage] == [128, 256, 512, 1024]  # 32 groups x 4 per 64
+    se = bs[0].convpath[-1]
+    assert (se.reduce.in_channels, se.reduce.out_channels) == (256, 16)  # 256 / 16, rounded to 8
+    rebuilt = XResNet(**model.config)  # export rebuilds models from their config
+    assert count_params(rebuilt) == count_params(model)
+
+
+def test_squeeze_excite_gates_channels_between_zero_and_one():
+    se = SqueezeExcite(16, reduction=4)
+    x = torch.rand(2, 16, 5, 5) + 0.1
+    y = se(x)
+    ratio = y / x
+    assert y.shape == x.shape
+    assert torch.allclose(ratio, ratio[..., :1, :1].expand_as(ratio), atol=1e-6)  # one gate per channel
+    assert (ratio > 0).all() and (ratio < 1).all()

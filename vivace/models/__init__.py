@@ -4,10 +4,10 @@ from typing import Any, Callable
 
 from torch import nn
 
-from vivace.models.layers import (BlurPool2d, ConvLayer, Mish, SimpleSelfAttention,
+from vivace.models.layers import (BlurPool2d, ConvLayer, Mish, SimpleSelfAttention, SqueezeExcite,
                                   act_layer)
 from vivace.models.xresnet import (ResBlock, XResNet, count_macs, count_params, init_cnn,
-                                   xresnet18, xresnet34, xresnet50, xresnet101, xresnet152)
+                                   xresnet18, xresnet34, xresnet50, xresnet101, xresnet152, xse_resnext50)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "xresnet18": xresnet18,
@@ -15,6 +15,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "xresnet50": xresnet50,
     "xresnet101": xresnet101,
     "xresnet152": xresnet152,
+    "xse_resnext50": xse_resnext50,
 }
 
 
@@ -27,6 +28,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 __all__ = [
     "MODELS", "create_model", "XResNet", "ResBlock", "init_cnn", "count_macs", "count_params",
-    "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152",
-    "ConvLayer", "Mish", "SimpleSelfAttention", "BlurPool2d", "act_layer",
+    "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152", "xse_resnext50",
+    "ConvLayer", "Mish", "SimpleSelfAttention", "SqueezeExcite", "BlurPool2d", "act_layer",
 ]

@@ -37,6 +37,28 @@ def act_layer(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): scale each channel by a gate computed from the
+    globally pooled features, as fastai's SEModule (hidden width ch / reduction, rounded to 8)."""
+
+    def __init__(self, channels: int, reduction: int = 16, act: Activation = "relu"):
+        super().__init__()
+        hidden = _round_to_8(channels / reduction)
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.act = act_layer(act)
+        self.expand = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = self.expand(self.act(self.reduce(F.adaptive_avg_pool2d(x, 1))))
+        return x * gate.sigmoid()
+
+
+def _round_to_8(v: float) -> int:
+    """Nearest multiple of 8, at least 8 and not below 90 % of v (timm/fastai `make_divisible`)."""
+    rounded = max(8, int(v + 4) // 8 * 8)
+    return rounded + 8 if rounded < 0.9 * v else rounded
+
+
 class BlurPool2d(nn.Module):
     """Anti-aliased downsampling: a fixed 3x3 binomial blur applied with a stride (Zhang 2019)."""
 
@@ -66,9 +88,10 @@ class ConvLayer(nn.Sequential):
     """
 
     def __init__(self, ni: int, nf: int, ks: int = 3, stride: int = 1,
-                 act: Activation | None = "relu", zero_bn: bool = False, blur: bool = False):
+                 act: Activation | None = "relu", zero_bn: bool = False, blur: bool = False,
+                 groups: int = 1):
         blur = blur and stride > 1
-        conv = nn.Conv2d(ni, nf, ks, stride=1 if blur else stride, padding=ks // 2, bias=False)
+        conv = nn.Conv2d(ni, nf, ks, stride=1 if blur else stride, padding=ks // 2, bias=False, groups=groups)
         bn = nn.BatchNorm2d(nf)
         # gamma = 0 on the last BN of a residual branch: each block starts as the identity.
         nn.init.constant_(bn.weight, 0.0 if zero_bn else 1.0)

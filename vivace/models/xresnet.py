@@ -11,26 +11,34 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vivace.models.layers import Activation, BlurPool2d, ConvLayer, SimpleSelfAttention, act_layer
+from vivace.models.layers import (Activation, BlurPool2d, ConvLayer, SimpleSelfAttention, SqueezeExcite,
+                                  act_layer)
 
 STEM_WIDTHS = (32, 32, 64)
 STAGE_WIDTHS = (64, 128, 256, 512)  # before `widen` and the bottleneck expansion
 
 
 class ResBlock(nn.Module):
-    """Residual block act(convpath(x) + idpath(x)) with a ResNet-D shortcut."""
+    """Residual block act(convpath(x) + idpath(x)) with a ResNet-D shortcut.
+
+    groups > 1 makes the 3x3 convolutions grouped, ResNeXt-style, `base_width` channels per
+    group (per 64 of the stage width); reduction > 0 adds squeeze-and-excitation to the branch.
+    """
 
     def __init__(self, expansion: int, ni: int, nf: int, stride: int = 1,
-                 act: Activation = "relu", sa: bool = False, blur: bool = False):
+                 act: Activation = "relu", sa: bool = False, blur: bool = False,
+                 groups: int = 1, base_width: int = 64, reduction: int = 0):
         super().__init__()
-        nh, ni, nf = nf, ni * expansion, nf * expansion
+        nh, ni, nf = nf * base_width // 64 * groups, ni * expansion, nf * expansion
         if expansion == 1:
-            convpath = [ConvLayer(ni, nh, 3, stride, act, blur=blur),
-                        ConvLayer(nh, nf, 3, act=None, zero_bn=True)]
+            convpath = [ConvLayer(ni, nh, 3, stride, act, blur=blur, groups=groups),
+                        ConvLayer(nh, nf, 3, act=None, zero_bn=True, groups=groups)]
         else:
             convpath = [ConvLayer(ni, nh, 1, act=act),
-                        ConvLayer(nh, nh, 3, stride, act, blur=blur),
+                        ConvLayer(nh, nh, 3, stride, act, blur=blur, groups=groups),
                         ConvLayer(nh, nf, 1, act=None, zero_bn=True)]
+        if reduction:
+            convpath.append(SqueezeExcite(nf, reduction, act))
         if sa:
             convpath.append(SimpleSelfAttention(nf))
         self.convpath = nn.Sequential(*convpath)
@@ -74,17 +82,23 @@ class XResNet(nn.Sequential):
         blur_pool: anti-aliased downsampling (strided conv -> conv + BlurPool2d, max-pool ->
             stride-1 max-pool + BlurPool2d); adds no parameters.
         widen: multiplies the stage widths 64/128/256/512 (the stem stays 32/32/64, as fastai).
+        groups, base_width: grouped 3x3 convolutions (ResNeXt: 32 groups of width 4).
+        reduction: squeeze-and-excitation in every block with this reduction (0 = none).
     """
 
     def __init__(self, expansion: int, layers: list[int], n_out: int = 1000, c_in: int = 3,
                  act: Activation = "relu", self_attention: bool = False,
-                 blur_pool: bool = False, p_dropout: float = 0.0, widen: float = 1.0):
+                 blur_pool: bool = False, p_dropout: float = 0.0, widen: float = 1.0,
+                 groups: int = 1, base_width: int = 64, reduction: int = 0):
         _check("n_out", n_out >= 1, n_out, "an int >= 1")
         _check("c_in", c_in >= 1, c_in, "an int >= 1")
         _check("p_dropout", 0.0 <= p_dropout < 1.0, p_dropout, "a float in [0, 1)")
         _check("widen", int(STAGE_WIDTHS[0] * widen) >= 1, widen, "a float >= 1/64")
         _check("expansion", expansion in (1, 4), expansion, "1 or 4")
         _check("layers", len(layers) == 4 and min(layers) >= 1, layers, "4 block counts >= 1")
+        _check("groups", groups >= 1, groups, "an int >= 1")
+        _check("base_width", base_width >= 1, base_width, "an int >= 1")
+        _check("reduction", reduction >= 0, reduction, "an int >= 0")
         sizes = (c_in, *STEM_WIDTHS)
         stem = [ConvLayer(sizes[i], sizes[i + 1], 3, stride=2 if i == 0 else 1, act=act,
                           blur=blur_pool) for i in range(3)]
@@ -96,9 +110,9 @@ class XResNet(nn.Sequential):
             pool = nn.MaxPool2d(3, stride=2, padding=1)
         # ResBlock multiplies widths by `expansion`: 64 // expansion makes stage 1's input 64.
         widths = [STEM_WIDTHS[-1] // expansion] + [int(w * widen) for w in STAGE_WIDTHS]
-        stages = [self._make_stage(expansion, widths[i], widths[i + 1], n_blocks,
-                                   stride=1 if i == 0 else 2, act=act,
-                                   sa=self_attention and i == 0, blur=blur_pool)
+        block = dict(act=act, blur=blur_pool, groups=groups, base_width=base_width, reduction=reduction)
+        stages = [self._make_stage(expansion, widths[i], widths[i + 1], n_blocks, stride=1 if i == 0 else 2,
+                                   sa=self_attention and i == 0, **block)
                   for i, n_blocks in enumerate(layers)]
         head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p_dropout),
                 nn.Linear(widths[-1] * expansion, n_out)]
@@ -106,7 +120,7 @@ class XResNet(nn.Sequential):
         # The constructor arguments as plain data: `XResNet(**model.config)` rebuilds it (export).
         self.config = dict(expansion=expansion, layers=list(layers), n_out=n_out, c_in=c_in, act=act,
                            self_attention=self_attention, blur_pool=blur_pool, p_dropout=p_dropout,
-                           widen=widen)
+                           widen=widen, groups=groups, base_width=base_width, reduction=reduction)
         init_cnn(self)
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
@@ -117,12 +131,12 @@ class XResNet(nn.Sequential):
         return super().__getitem__(idx)
 
     @staticmethod
-    def _make_stage(expansion: int, ni: int, nf: int, n_blocks: int, stride: int,
-                    act: Activation, sa: bool, blur: bool) -> nn.Sequential:
+    def _make_stage(expansion: int, ni: int, nf: int, n_blocks: int, stride: int, sa: bool,
+                    **block: Any) -> nn.Sequential:
         # Only the first block changes width and resolution; self-attention goes in the last.
         return nn.Sequential(*[
             ResBlock(expansion, ni if i == 0 else nf, nf, stride=stride if i == 0 else 1,
-                     act=act, sa=sa and i == n_blocks - 1, blur=blur)
+                     sa=sa and i == n_blocks - 1, **block)
             for i in range(n_blocks)])
 
 
@@ -149,6 +163,12 @@ def xresnet101(**kwargs: Any) -> XResNet:
 def xresnet152(**kwargs: Any) -> XResNet:
     """xresnet152: Bottlenecks [3, 8, 36, 3]; kwargs go to `XResNet`."""
     return XResNet(4, [3, 8, 36, 3], **kwargs)
+
+
+def xse_resnext50(**kwargs: Any) -> XResNet:
+    """xse_resnext50: SE-ResNeXt-50 32x4d on the xresnet stem and shortcuts (fastai's leaderboard
+    model of Jan 2020); kwargs go to `XResNet`."""
+    return XResNet(4, [3, 4, 6, 3], **{"groups": 32, "base_width": 4, "reduction": 16, **kwargs})
 
 
 def count_params(model: nn.Module) -> int:
