@@ -123,6 +123,14 @@ def test_schedule_reaches_optimizer(tiny_dls):
     assert max(lrs) <= 1.0 and lrs[-1] < 0.1
 
 
+@pytest.mark.parametrize("opt,key", [("ranger", "betas"), ("sgd", "momentum"), ("adamw", "betas")])
+def test_mom_reaches_the_optimizer_and_flat_cos_keeps_it(tiny_dls, opt, key):
+    learn = Learner(tiny_dls, tiny_model(), opt_func=opt, mom=0.95, cbs=[StopAfter(2)])
+    learn.fit_flat_cos(1, 1e-3)
+    value = learn.opt.param_groups[0][key]
+    assert (value[0] if key == "betas" else value) == pytest.approx(0.95)
+
+
 def test_lr_find_suggests_and_restores(tiny_dls, tmp_path):
     model = tiny_model()
     learn = Learner(tiny_dls, model)

@@ -27,6 +27,7 @@ def test_every_preset_trains(name, tiny_folder, tmp_path):
     ("stats", "mine", "stats='mine' is not one of"),
     ("valid_size", 200, "valid_size=200 must be in [0, presize=160]"),
     ("valid_crop", 0.0, "valid_crop=0.0 must be in (0.0, 1.0]"),
+    ("mom", 1.0, "mom=1.0 must be in [0.0, 1.0)"),
 ])
 def test_validation_names_field_value_and_allowed(field, value, message):
     with pytest.raises(ValueError) as err:
@@ -49,3 +50,9 @@ def test_trivial_augment_reaches_the_training_transform_only(tiny_folder):
     assert dls.train.transform.resize.trivial
     assert not hasattr(dls.valid.transform.resize, "trivial")
     assert not build_dataloaders(make_recipe(data=str(tiny_folder), size=16, presize=24, workers=1)).train.transform.resize.trivial
+
+
+def test_recipe_mom_reaches_the_learner(tiny_folder, tmp_path):
+    from vivace.train import build_dataloaders, build_learner
+    recipe = make_recipe(data=str(tiny_folder), size=16, presize=24, workers=1, opt="ranger", mom=0.95)
+    assert build_learner(recipe, build_dataloaders(recipe), tmp_path).mom == 0.95

@@ -33,13 +33,15 @@ class Learner:
     Args:
         dls: a DataLoaders (train and valid loaders, vocab) from `vivace.data`.
         opt_func: an optimizer name ('sgd', 'adamw', 'ranger') or a function(model, lr) -> optimizer.
+        mom: a named optimizer's momentum (SGD) or beta1 (AdamW, Ranger), where the schedule does
+            not set it: `fit_one_cycle` cycles it, `fit_flat_cos` keeps it.
         amp: 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16' or 'off'.
     """
 
     def __init__(self, dls, model: nn.Module, loss_func: nn.Module | Callable | None = None,
                  metrics: Metric | Sequence[Metric] | None = accuracy,
                  cbs: Callback | type | Iterable[Callback | type] | None = None,
-                 opt_func: str | Callable = "sgd", wd: float = 5e-5, channels_last: bool = True,
+                 opt_func: str | Callable = "sgd", wd: float = 5e-5, mom: float = 0.9, channels_last: bool = True,
                  amp: str = "auto", compile: bool = False, sync_bn: bool = False):
         self.dls, self.device = dls, dls.device
         self.model = model.to(self.device)
@@ -55,7 +57,7 @@ class Learner:
             self.train_model = torch.compile(self.train_model)
         self.loss_func = loss_func if loss_func is not None else CrossEntropy()
         self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, Sequence) else [metrics]
-        self.opt_func, self.wd, self.opt = opt_func, wd, None
+        self.opt_func, self.wd, self.mom, self.opt = opt_func, wd, mom, None
         self.amp_dtype = autocast_dtype(self.device, amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.is_main = distributed.rank() == 0
@@ -181,7 +183,7 @@ class Learner:
     def _make_opt(self):
         if callable(self.opt_func):
             return self.opt_func(self.model, 1e-3)
-        return make_optimizer(self.model, self.opt_func, weight_decay=self.wd)
+        return make_optimizer(self.model, self.opt_func, weight_decay=self.wd, momentum=self.mom)
 
     def _emit(self, event: str) -> None:
         for cb in sorted(self.cbs, key=lambda c: c.order):

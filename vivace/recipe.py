@@ -32,6 +32,7 @@ class Recipe:
     lr: float = 3e-3              # peak learning rate for the global batch
     opt: str = "adamw"            # adamw, sgd (Nesterov) or ranger (RAdam + lookahead)
     wd: float = 0.01              # weight decay (decoupled for adamw/ranger), not on BatchNorm or biases
+    mom: float = 0.9              # momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)
     schedule: str = "one_cycle"   # one_cycle or flat_cos
     pct_start: float = 0.25       # fraction of training spent warming up (one_cycle) or flat (flat_cos)
     label_smoothing: float = 0.0  # epsilon of label smoothing
@@ -87,6 +88,7 @@ class Recipe:
         _in_range("pct_start", self.pct_start, 0.0, 1.0)
         _in_range("progressive", self.progressive, 0.0, 1.0)
         _in_range("ema", self.ema, 0.0, 1.0, high_open=True)
+        _in_range("mom", self.mom, 0.0, 1.0, high_open=True)
         for name in ("mixup", "cutmix", "wd", "checkpoint_every", "widen", "valid_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
