@@ -106,16 +106,20 @@ def check_no_workers(after: str) -> None:
         raise RuntimeError(f"{len(alive)} data-loader processes still alive after {after}: {alive}")
 
 
-def interleaved_children(script: str, argv: list[str], sides: tuple[str, ...], rounds: int) -> dict[str, list[dict]]:
+def interleaved_children(script: str, argv: list[str], sides: tuple[str, ...], rounds: int,
+                         envs: dict[str, dict[str, str]] | None = None) -> dict[str, list[dict]]:
     """Measure each side in a fresh process `script *argv --child SIDE` (its last stdout line is JSON).
 
     Order: sides, reversed, sides, ... so that drift over the run hits every side alike; and
     process-wide settings (mallopt, thread pools, a warm heap) never carry from one side to the next.
+    `envs` adds environment variables to a side's process (read at startup, e.g. by OpenMP).
     """
     results: dict[str, list[dict]] = {side: [] for side in sides}
     for i in range(rounds):
         for side in sides if i % 2 == 0 else sides[::-1]:
-            out = subprocess.run([sys.executable, script, *argv, "--child", side], capture_output=True, text=True)
+            env = {**os.environ, **(envs or {}).get(side, {})}
+            out = subprocess.run([sys.executable, script, *argv, "--child", side], capture_output=True, text=True,
+                                 env=env)
             if out.returncode != 0:
                 raise SystemExit(f"the {side} measurement failed:\n{out.stderr[-4000:]}")
             results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
