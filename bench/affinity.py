@@ -21,8 +21,9 @@ import argparse
 import json
 import statistics
 import sys
+from pathlib import Path
 
-from common import DEFAULT_DATA, interleaved_children, machine
+from common import DEFAULT_DATA, interleaved_children, machine, side_dataloaders
 
 SETTINGS = {
     "default": {},
@@ -35,17 +36,14 @@ SETTINGS = {
 def child(args) -> None:
     """One end-to-end measurement in this process; prints a JSON line."""
     from train import end_to_end
-    from vivace.data import make_dataloaders
-    from vivace.runtime import configure_process
 
-    configure_process(threads=0, reuse_memory=True)  # as `vivace train`
-    dls = make_dataloaders(args.data, size=128, presize=160, bs=64, progress=False)
+    dls = side_dataloaders("vivace", args.data, size=128, bs=64, presize=160, min_scale=0.35)  # as `vivace train`
     print(json.dumps({"train": end_to_end(args.arch, dls, args.batches)}))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--arch", default="xresnet50")
     p.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
     p.add_argument("--rounds", type=int, default=2)
@@ -55,7 +53,7 @@ def main() -> int:
         child(args)
         return 0
     print(f"{machine()}; {args.arch}, 128 px, batch 64, end to end, {args.batches} timed batches")
-    argv = ["--data", args.data, "--arch", args.arch, "--batches", str(args.batches)]
+    argv = ["--data", str(args.data), "--arch", args.arch, "--batches", str(args.batches)]
     results = interleaved_children(__file__, argv, tuple(SETTINGS), args.rounds, envs=SETTINGS)
     base = statistics.mean(r["train"] for r in results["default"])
     for name, runs in results.items():
