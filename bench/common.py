@@ -52,12 +52,17 @@ def matmul_peak_gflops(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> 
     return best
 
 
-def record(**values) -> None:
-    """Merge values into docs/benchmarks.json (written by the scripts, never by hand)."""
+def record(stamp: bool = True, **values) -> None:
+    """Merge values into docs/benchmarks.json (written by the scripts, never by hand).
+
+    `stamp` sets the file's machine and date to this one's; a figure from another machine (the
+    GPU check) carries its own inside its value instead.
+    """
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data.update(values)
-    data["machine"] = cpu_name()
-    data["date"] = time.strftime("%Y-%m-%d")
+    if stamp:
+        data["machine"] = cpu_name()
+        data["date"] = time.strftime("%Y-%m-%d")
     RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

@@ -10,12 +10,10 @@ Training FLOPs are counted as 3x the forward multiply-adds x 2 (forward + backwa
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from common import DEFAULT_DATA, machine, matmul_peak_gflops, record
-from vivace.callbacks import Callback, StopAfter
+from common import DEFAULT_DATA, Stopwatch, VivaceClock, machine, matmul_peak_gflops, record
 from vivace.data import make_dataloaders
 from vivace.learner import Learner
 from vivace.models import count_macs, create_model
@@ -25,47 +23,35 @@ from vivace.runtime import reuse_freed_memory
 WARMUP = 2  # batches not timed: allocator and thread pools warming up
 
 
-class BatchClock(Callback):
-    """Timestamps every training batch."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def after_batch(self, learn) -> None:
-        self.times.append(time.perf_counter())
-
-
-def images_per_s(times: list[float], bs: int) -> float:
-    return bs * (len(times) - 1 - WARMUP) / (times[-1] - times[WARMUP])
-
-
 def end_to_end(arch: str, dls, batches: int) -> float:
-    """vivace's own loop on real cached data with augmentation."""
+    """vivace's own loop on real cached data with augmentation (its defaults for the device)."""
     torch.manual_seed(0)
-    clock = BatchClock()
-    learn = Learner(dls, create_model(arch, n_out=len(dls.vocab)), cbs=[clock, StopAfter(batches + WARMUP + 1)])
+    watch = Stopwatch(WARMUP + 1, batches, dls.device)
+    learn = Learner(dls, create_model(arch, n_out=len(dls.vocab)), cbs=[VivaceClock(watch)])
     learn.recorder.print_table = False
     learn.fit_one_cycle(1, 1e-3)
-    return images_per_s(clock.times, dls.train.batch_size)
+    return watch.images_per_s(dls.train.batch_size)
 
 
 def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_last: bool = True,
-            opt_name: str = "sgd", **model_kwargs) -> float:
+            opt_name: str = "sgd", device: torch.device = torch.device("cpu"),
+            amp_dtype: torch.dtype | None = None, **model_kwargs) -> float:
     """The same training step on one random batch already in memory (model_kwargs: act, ...)."""
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(arch, n_out=n_out, **model_kwargs).to(memory_format=layout).train()
+    model = create_model(arch, n_out=n_out, **model_kwargs).to(device, memory_format=layout).train()
     opt = make_optimizer(model, opt_name, lr=1e-3)
-    x = torch.randn(bs, 3, size, size).contiguous(memory_format=layout)
-    y = torch.randint(0, n_out, (bs,))
-    times = []
-    for _ in range(batches + WARMUP + 1):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=layout)
+    y = torch.randint(0, n_out, (bs,), device=device)
+    watch, done = Stopwatch(WARMUP + 1, batches, device), False
+    while not done:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        times.append(time.perf_counter())
-    return images_per_s(times, bs)
+        done = watch.tick()
+    return watch.images_per_s(bs)
 
 
 def eval_ceiling(arch: str, bs: int, size: int, n_out: int, batches: int) -> float:
@@ -73,12 +59,12 @@ def eval_ceiling(arch: str, bs: int, size: int, n_out: int, batches: int) -> flo
     torch.manual_seed(0)
     model = create_model(arch, n_out=n_out).to(memory_format=torch.channels_last).eval()
     x = torch.randn(bs, 3, size, size).contiguous(memory_format=torch.channels_last)
-    times = []
+    watch, done = Stopwatch(WARMUP + 1, batches, x.device), False
     with torch.no_grad():
-        for _ in range(batches + WARMUP + 1):
+        while not done:
             model(x)
-            times.append(time.perf_counter())
-    return images_per_s(times, bs)
+            done = watch.tick()
+    return watch.images_per_s(bs)
 
 
 BLOCK_VARIANTS = (("relu", dict(act="relu")), ("mish", dict(act="mish")),
