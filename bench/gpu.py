@@ -44,12 +44,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dls = make_dataloaders(repeated_source((args.batches + WARMUP + 1) * args.bs), size=args.size,
+                           presize=160, bs=args.bs, progress=False)
+    device = dls.device  # the loaders' choice is the Learner's: CUDA where there is one
     amp_dtype = autocast_dtype(device, "auto")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "no CUDA: CPU, fp32"
     print(f"{machine()}; {name}; autocast {amp_dtype}")
-    dls = make_dataloaders(repeated_source((args.batches + WARMUP + 1) * args.bs), size=args.size,
-                           presize=160, bs=args.bs, progress=False)
     step = ceiling(args.arch, args.bs, args.size, len(dls.vocab), args.batches, device=device, amp_dtype=amp_dtype)
     e2e = end_to_end(args.arch, dls, args.batches)
     print(f"{args.arch} {args.size} px, batch {args.bs}: model step {step:.1f} img/s, "
