@@ -26,7 +26,7 @@ from train import WARMUP, ceiling, end_to_end
 from vivace.data import make_dataloaders
 from vivace.data.datasets import embedded_path
 from vivace.data.sources import Source, make_source
-from vivace.learner import autocast_dtype
+from vivace.runtime import autocast_dtype
 
 
 def repeated_source(n_images: int) -> Source:

@@ -86,6 +86,20 @@ def test_learner_trains_and_reports(tiny_dls, capsys):
     assert 0 <= rows[-1]["accuracy"] <= 1
 
 
+def test_bf16_autocast_trains_on_cpu_with_fp32_weights(tiny_dls):
+    learn = Learner(tiny_dls, tiny_model(), amp="bf16")
+    assert learn.amp_dtype is torch.bfloat16
+    with learn.autocast():
+        x, _ = next(iter(tiny_dls.train))
+        assert learn.model(x).dtype == torch.bfloat16  # the convolutions really ran in bf16
+    learn.fit_one_cycle(4, 5e-2)
+    rows = learn.recorder.rows
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert all(p.dtype == torch.float32 for p in learn.model.parameters())  # master weights stay fp32
+    preds, _ = learn.get_preds()
+    assert preds.dtype == torch.float32 and torch.isfinite(preds).all()
+
+
 def test_same_seed_same_losses(tiny_dls, tiny_folder):
     from vivace.data import make_dataloaders
 

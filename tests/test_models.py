@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vivace.models import (MODELS, BlurPool2d, Mish, ResBlock, SimpleSelfAttention, SqueezeExcite, XResNet,
+from vivace.models import (MODELS, BlurPool2d, Conv2d, Mish, ResBlock, SimpleSelfAttention, SqueezeExcite, XResNet,
                            act_layer, count_macs, count_params, create_model, xresnet18, xresnet50)
 
 # Computed from the design; the n_out=1000 counts equal fastai's documented xresnet counts
@@ -243,3 +243,23 @@ def test_squeeze_excite_gates_channels_between_zero_and_one():
     assert y.shape == x.shape
     assert torch.allclose(ratio, ratio[..., :1, :1].expand_as(ratio), atol=1e-6)  # one gate per channel
     assert (ratio > 0).all() and (ratio < 1).all()
+
+
+def test_conv2d_takes_the_strided_1x1_case_out_of_bf16_autocast():
+    """oneDNN's bf16 weight gradient of a strided conv on a 1x1 input is mostly non-finite (AMX)."""
+    torch.manual_seed(0)
+    conv = Conv2d(16, 8, 3, stride=2, padding=1, bias=False)
+    reference = nn.Conv2d(16, 8, 3, stride=2, padding=1, bias=False)
+    reference.load_state_dict(conv.state_dict())  # same parameters and keys as nn.Conv2d
+    for _ in range(20):
+        x = torch.randn(4, 16, 1, 1).contiguous(memory_format=torch.channels_last)
+        g = torch.randn(4, 8, 1, 1)
+        conv.weight.grad = reference.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        assert y.dtype == torch.float32
+        y.backward(g)
+        reference(x).backward(g)
+        torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # any larger input stays in bf16
+        assert conv(torch.randn(4, 16, 2, 2)).dtype == torch.bfloat16

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from vivace import runtime
 from vivace.runtime import configure_process, set_threads
 
 CHILD = """
@@ -55,3 +56,28 @@ def test_reuse_freed_memory_stops_refaulting_large_blocks():
     assert applied == "None" and count > 200_000
     applied, count = faults("reuse")
     assert applied == "True" and count < 20_000  # the freed block is reused from the heap
+
+
+@pytest.mark.parametrize("fast_bf16, expected", [(True, torch.bfloat16), (False, None)])
+def test_auto_amp_on_cpu_is_bf16_only_with_amx(monkeypatch, fast_bf16, expected):
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast_bf16)
+    cpu = torch.device("cpu")
+    assert runtime.autocast_dtype(cpu, "auto") is expected
+    assert runtime.autocast_dtype(cpu, "bf16") is torch.bfloat16  # asked for: always
+    assert runtime.autocast_dtype(cpu, "fp16") is None  # fp16 autocast (and its scaler) is CUDA-only
+    assert runtime.autocast_dtype(cpu, "off") is None
+
+
+def test_cpu_has_fast_bf16_follows_torchs_amx_check(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert runtime.cpu_has_fast_bf16() is False
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a torch without the check: fp32
+    assert runtime.cpu_has_fast_bf16() is False
+
+
+def test_autocast_context_is_a_no_op_for_fp32():
+    x = torch.ones(2, 2)
+    with runtime.autocast(torch.device("cpu"), None):
+        assert (x @ x).dtype == torch.float32
+    with runtime.autocast(torch.device("cpu"), torch.bfloat16):
+        assert (x @ x).dtype == torch.bfloat16

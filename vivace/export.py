@@ -114,14 +114,15 @@ def build_model(info: dict[str, Any], tensors: dict[str, Tensor]) -> nn.Module:
     return model
 
 
-def load(path: str | Path, device: str | torch.device | None = None) -> Predictor:
-    """Load a bundle as a ready-to-use Predictor (device None: CUDA if available, else CPU)."""
+def load(path: str | Path, device: str | torch.device | None = None, amp: str = "auto") -> Predictor:
+    """Load a bundle as a ready-to-use Predictor (device None: CUDA if available, else CPU; amp as
+    in training, see `vivace.runtime.autocast_dtype`)."""
     info, tensors = read_bundle(path)
     try:
         norm = info["normalize"]
         return Predictor(build_model(info, tensors), info["vocab"],
                          Normalize(norm["mean"], norm["std"]) if norm is not None else None,
                          size=info["size"], presize=info["presize"], tta=info["tta"], device=device,
-                         crop=info.get("crop", 1.0))  # bundles before valid_crop resized it all
+                         crop=info.get("crop", 1.0), amp=amp)  # bundles before valid_crop resized it all
     except KeyError as err:
         raise ValueError(f"{path}: bundle info lacks the field {err}") from err

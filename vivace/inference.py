@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .augment import ValidResize, to_unit
 from .normalize import Normalize
+from .runtime import autocast, autocast_dtype
 from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
 from .data.sources import find_images
 
@@ -82,11 +83,13 @@ class Predictor:
         crop: the central fraction of the square that is resized to `size` (as in validation).
         tta: default test-time augmentation, 'none' or 'flip' (average with the mirror image).
         device: None = CUDA if available, else CPU.
+        amp: mixed precision as in training ('auto': bf16 on CUDA and AMX CPUs); see
+            `vivace.runtime.autocast_dtype`. With the Learner's setting, predictions equal its get_preds.
     """
 
     def __init__(self, model: nn.Module, vocab: Sequence[str], normalize: Normalize | None, size: int,
                  presize: int, tta: str = "none", device: str | torch.device | None = None,
-                 crop: float = 1.0):
+                 crop: float = 1.0, amp: str = "auto"):
         if tta not in TTA_MODES:
             raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
         if presize < size:
@@ -98,6 +101,7 @@ class Predictor:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.vocab, self.normalize = list(vocab), normalize
         self.resize, self.presize, self.tta = ValidResize(size, crop), presize, tta
+        self.amp_dtype = autocast_dtype(self.device, amp)
 
     @property
     def size(self) -> int:
@@ -160,9 +164,10 @@ class Predictor:
         x = pixels.to(self.device).permute(0, 3, 1, 2)  # (B, 3, P, P), channels_last strides
         x = self.resize.pixels(x)  # the validation transform exactly (data.Pipeline's steps)
         x = self.normalize(x) if self.normalize is not None else to_unit(x)
-        p = F.softmax(self.model(x).float(), dim=-1)
-        if tta == "flip":  # the cheapest TTA: average with the mirror image (training flips too)
-            p = (p + F.softmax(self.model(x.flip(-1)).float(), dim=-1)) / 2
+        with autocast(self.device, self.amp_dtype):
+            p = F.softmax(self.model(x).float(), dim=-1)
+            if tta == "flip":  # the cheapest TTA: average with the mirror image (training flips too)
+                p = (p + F.softmax(self.model(x.flip(-1)).float(), dim=-1)) / 2
         return p
 
     def __repr__(self) -> str:

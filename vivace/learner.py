@@ -1,7 +1,6 @@
 """The Learner: data + model + loss + optimizer, and the one training loop they run in."""
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Iterable, Sequence
 
@@ -14,17 +13,9 @@ from .callbacks import Callback, NaNGuard, ProgressBar, Recorder
 from .losses import CrossEntropy
 from .metrics import accuracy
 from .optim import make_optimizer, set_hyper
+from . import runtime
 
 Metric = Callable[[Tensor, Tensor], Tensor]
-
-
-def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """Mixed precision dtype: bf16 (or fp16) on CUDA; never on CPU, where bf16 is 10-100x slower."""
-    if amp == "off" or device.type != "cuda":
-        return None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
 
 
 class Learner:
@@ -35,7 +26,8 @@ class Learner:
         opt_func: an optimizer name ('sgd', 'adamw', 'ranger') or a function(model, lr) -> optimizer.
         mom: a named optimizer's momentum (SGD) or beta1 (AdamW, Ranger), where the schedule does
             not set it: `fit_one_cycle` cycles it, `fit_flat_cos` keeps it.
-        amp: 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16' or 'off'.
+        amp: 'auto' (bf16 on CUDA and on CPUs with AMX, else fp32), 'bf16', 'fp16' or 'off':
+            see `vivace.runtime.autocast_dtype`. Training and evaluation both run under it.
     """
 
     def __init__(self, dls, model: nn.Module, loss_func: nn.Module | Callable | None = None,
@@ -58,7 +50,7 @@ class Learner:
         self.loss_func = loss_func if loss_func is not None else CrossEntropy()
         self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, Sequence) else [metrics]
         self.opt_func, self.wd, self.mom, self.opt = opt_func, wd, mom, None
-        self.amp_dtype = autocast_dtype(self.device, amp)
+        self.amp_dtype = runtime.autocast_dtype(self.device, amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.is_main = distributed.rank() == 0
         self.recorder = Recorder()
@@ -207,9 +199,7 @@ class Learner:
 
     def autocast(self):
         """Autocast context for the configured mixed precision, or a no-op."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return runtime.autocast(self.device, self.amp_dtype)
 
     # -- evaluation ----------------------------------------------------------------------
     @torch.no_grad()

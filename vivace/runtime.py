@@ -1,6 +1,7 @@
 """Process-wide speed settings a run applies once, before any heavy work: threads and the C allocator."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -36,6 +37,40 @@ def reuse_freed_memory() -> bool:
     libc = ctypes.CDLL(None)
     settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM_BYTES), (M_TOP_PAD, TOP_PAD_BYTES))
     return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware matrix units (Intel AMX) and the OS enabled them."""
+    # torch's own check (cpuinfo flags plus the kernel's permission to use the AMX tiles); a private
+    # name, hence the guard: an older or newer torch without it falls back to fp32.
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype for `amp` ('auto', 'bf16', 'fp16', 'off') on `device`; None = fp32.
+
+    'auto' is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with AMX, where oneDNN's
+    bf16 convolutions trained xresnet50 2.3x and xresnet18 2.5x faster than fp32 (Xeon, 2 cores,
+    docs/BENCHMARKS.md); elsewhere on a CPU fp32, since bf16 without AMX measured 10-100x slower.
+    fp16 is CUDA-only (its gradient scaler); on a CPU it means fp32.
+    """
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+            return torch.float16
+        return torch.bfloat16
+    if amp == "bf16" or (amp == "auto" and device.type == "cpu" and cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """An autocast context for `dtype` on `device`, or a no-op for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def configure_process(threads: int, reuse_memory: bool) -> None:

@@ -80,6 +80,22 @@ class BlurPool2d(nn.Module):
         return f"{self.channels}, stride={self.stride}"
 
 
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d, in fp32 where oneDNN's bf16 kernel fails: a strided conv of a 1x1 input on a CPU.
+
+    Under CPU bf16 autocast (torch 2.13, AMX) that case gives non-finite weight gradients in most
+    steps (tests/test_models.py); it arises in the last stage of images under 32 px. Its output
+    is one pixel, so the fp32 detour costs nothing measurable. Same parameters and state_dict keys.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and self.stride != (1, 1) and x.shape[-2:] == (1, 1)
+                and torch.is_autocast_enabled("cpu")):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class ConvLayer(nn.Sequential):
     """Conv (no bias) -> BatchNorm -> optional activation -> optional blur-pool.
 
@@ -91,7 +107,7 @@ class ConvLayer(nn.Sequential):
                  act: Activation | None = "relu", zero_bn: bool = False, blur: bool = False,
                  groups: int = 1):
         blur = blur and stride > 1
-        conv = nn.Conv2d(ni, nf, ks, stride=1 if blur else stride, padding=ks // 2, bias=False, groups=groups)
+        conv = Conv2d(ni, nf, ks, stride=1 if blur else stride, padding=ks // 2, bias=False, groups=groups)
         bn = nn.BatchNorm2d(nf)
         # gamma = 0 on the last BN of a residual branch: each block starts as the identity.
         nn.init.constant_(bn.weight, 0.0 if zero_bn else 1.0)
