@@ -4,10 +4,12 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vivace.models import (MODELS, BlurPool2d, Conv2d, Mish, ResBlock, SimpleSelfAttention, SqueezeExcite, XResNet,
-                           act_layer, count_macs, count_params, create_model, xresnet18, xresnet50)
+                           act_layer, count_macs, count_params, create_model, layers, xresnet18, xresnet50)
+from vivace.models.layers import mish_by_sigmoid
 
 # Computed from the design; the n_out=1000 counts equal fastai's documented xresnet counts
 # (docs.fast.ai/vision.models.xresnet.html, as quoted in n2cholas/jax-resnet tests) and
@@ -263,3 +265,31 @@ def test_conv2d_takes_the_strided_1x1_case_out_of_bf16_autocast():
         torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # any larger input stays in bf16
         assert conv(torch.randn(4, 16, 2, 2)).dtype == torch.bfloat16
+
+
+def test_mish_by_sigmoid_is_mish_everywhere():
+    x = torch.cat([torch.linspace(-30, 30, 10001, dtype=torch.float64), torch.tensor([-1e4, 1e4], dtype=torch.float64)])
+    torch.testing.assert_close(mish_by_sigmoid(x), F.mish(x), rtol=1e-12, atol=1e-12)
+
+
+def test_mish_module_matches_f_mish_forward_and_backward():
+    torch.manual_seed(0)
+    x = (torch.randn(2, 8, 5, 7) * 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref = x.detach().clone().requires_grad_()
+    g = torch.randn(2, 8, 5, 7)
+    y = Mish()(x)  # the fused kernel where a C++ compiler exists (it does in CI)
+    y.backward(g)
+    F.mish(ref).backward(g)
+    torch.testing.assert_close(y, F.mish(ref))
+    torch.testing.assert_close(x.grad, ref.grad)
+
+
+def test_mish_without_a_compiler_is_f_mish(monkeypatch):
+    monkeypatch.setattr(layers.shutil, "which", lambda name: None)
+    layers.fused_mish.cache_clear()
+    try:
+        assert layers.fused_mish() is None
+        x = torch.randn(3, 4)
+        assert torch.equal(Mish()(x), F.mish(x))
+    finally:
+        layers.fused_mish.cache_clear()  # the next caller finds the compiler again

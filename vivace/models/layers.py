@@ -1,5 +1,8 @@
 """Building blocks for xresnet: conv-BN-act, activations, simple self-attention, blur pooling."""
 
+import functools
+import os
+import shutil
 from typing import Callable, Literal
 
 import torch
@@ -10,11 +13,35 @@ from torch.nn.utils.parametrizations import spectral_norm
 Activation = Literal["relu", "mish", "silu"]
 
 
+def mish_by_sigmoid(x: Tensor) -> Tensor:
+    """Mish as x * (1 - u^2) / (1 + u^2), u = sigmoid(-x): equal to x * tanh(softplus(x)), with one
+    exponential instead of three transcendentals, and finite at both ends (u stays in [0, 1])."""
+    u2 = torch.sigmoid(-x).square()
+    return x * (1 - u2) / (1 + u2)
+
+
+@functools.cache
+def fused_mish() -> Callable[[Tensor], Tensor] | None:
+    """`mish_by_sigmoid` compiled into one C++ loop (forward and backward), or None without a compiler.
+
+    PyTorch's own CPU kernel for F.mish is slow: 79-85 ms forward + backward on a 64x256x32x32
+    tensor against 18-21 ms for ReLU; this takes 29-32 ms (2-core Xeon, fp32 and bf16). Compiled
+    lazily, once per process (a few seconds; dynamic shapes, so progressive resizing does not
+    recompile); Inductor builds it with the system's C++ compiler, so without one F.mish stays.
+    """
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        return None
+    return torch.compile(mish_by_sigmoid, dynamic=True)
+
+
 class Mish(nn.Module):
-    """Mish activation, x * tanh(softplus(x)) (Misra 2019)."""
+    """Mish activation, x * tanh(softplus(x)) (Misra 2019); on a CPU, `fused_mish`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.mish(x)
+        if torch.compiler.is_compiling():  # inside a compiled model (--compile): Inductor fuses it there
+            return mish_by_sigmoid(x)
+        fused = fused_mish() if x.device.type == "cpu" else None
+        return fused(x) if fused is not None else F.mish(x)
 
 
 def _relu() -> nn.Module:
