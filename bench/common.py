@@ -39,11 +39,12 @@ def machine() -> str:
     return f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def matmul_peak_gflops(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
-    """Best fp32 matmul GFLOP/s over a few square (n x n) products of each size."""
+def matmul_peak_gflops(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5,
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Best matmul GFLOP/s in `dtype` (CPU) over a few square (n x n) products of each size."""
     best = 0.0
     for n in sizes:  # 2048 alone measured below what xresnet50's convolutions reach here
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         torch.mm(a, b)
         for _ in range(reps):
             start = time.perf_counter()
@@ -132,9 +133,14 @@ def interleaved_children(script: str, argv: list[str], sides: tuple[str, ...], r
     return results
 
 
+# The vivace sides of the peer scripts and their `amp`: as `vivace train` runs (bf16 autocast on
+# CPUs with AMX, vivace.runtime.autocast_dtype), and in fp32 like the peers' defaults.
+VIVACE_AMP = {"vivace": "auto", "vivace-fp32": "off"}
+
+
 def side_dataloaders(side: str, data: Path, size: int, bs: int, presize: int, min_scale: float) -> DataLoaders:
-    """A peer script's child starts here: `vivace train`'s process settings on the "vivace" side
+    """A peer script's child starts here: `vivace train`'s process settings on the vivace sides
     only, then vivace's loaders (every side uses them: image counts, the device, TTA's files)."""
-    if side == "vivace":
+    if side in VIVACE_AMP:
         configure_process(threads=0, reuse_memory=True)
     return make_dataloaders(data, size=size, presize=presize, bs=bs, augment=dict(min_scale=min_scale), progress=False)

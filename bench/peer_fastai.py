@@ -23,10 +23,11 @@ before any clock starts; its build time is printed. TTA images/s = images / seco
 `learn.tta(n=4)` call over the same `--tta-images` validation files on `--tta-arch` (xresnet18,
 the issue's figure), after a one-batch warm-up call; fastai's per-pass worker startup is part of
 its `tta`, so it is counted. Each side runs in a fresh process, `--rounds` times, interleaved
-(fastai, vivace-glibc, vivace, then in reverse, ...): fastai under glibc's allocator defaults,
-vivace under the same (`vivace-glibc`) and with the process settings `vivace train` applies
-(`vivace`: `vivace.runtime.configure_process`, reuse of freed memory); the ratios of means of the
-last are recorded.
+(fastai, vivace-fp32, vivace, then in reverse, ...): fastai as it runs by default (fp32 on a CPU:
+its `to_bf16()` autocasts CUDA only), vivace with the process settings `vivace train` applies
+(`vivace.runtime.configure_process`: reuse of freed memory) in fp32 (`vivace-fp32`, amp off)
+and as `vivace train` runs (`vivace`: amp auto, bf16 autocast on CPUs with AMX); the ratios of
+means of the last are recorded.
 `--record` writes fastai_ratio_train (xresnet50 only) and
 fastai_ratio_tta (vivace / fastai) into docs/benchmarks.json; `--min-ratio` makes it a check.
 """
@@ -57,8 +58,8 @@ from fastai.vision.all import accuracy as fastai_accuracy  # noqa: E402
 from fastai.vision.models import xresnet as fastai_xresnet  # noqa: E402
 
 import vivace  # noqa: E402
-from common import (DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, interleaved_children,  # noqa: E402
-                    machine, record, side_dataloaders)
+from common import (DEFAULT_DATA, VIVACE_AMP, Stopwatch, VivaceClock, check_no_workers,  # noqa: E402
+                    interleaved_children, machine, record, side_dataloaders)
 from vivace.data import BatchLoader, make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
@@ -107,8 +108,9 @@ def fastai_learner(dls, arch: str, opt: str) -> FastaiLearner:
     return learn
 
 
-def vivace_learner(dls, arch: str, opt: str, cbs=None) -> Learner:
-    learn = Learner(dls, create_model(arch, n_out=dls.c), cbs=cbs, opt_func="adamw" if opt == "adam" else "sgd")
+def vivace_learner(dls, arch: str, opt: str, amp: str, cbs=None) -> Learner:
+    learn = Learner(dls, create_model(arch, n_out=dls.c), cbs=cbs, opt_func="adamw" if opt == "adam" else "sgd",
+                    amp=amp)
     learn.recorder.print_table = False
     return learn
 
@@ -122,10 +124,10 @@ def fastai_train(dls, arch: str, opt: str, batches: int) -> float:
     return watch.images_per_s(dls.train.bs)
 
 
-def vivace_train(dls, arch: str, opt: str, batches: int) -> float:
+def vivace_train(dls, arch: str, opt: str, batches: int, amp: str) -> float:
     torch.manual_seed(0)
     watch = Stopwatch(WARMUP, batches, dls.device)
-    learn = vivace_learner(dls, arch, opt, cbs=[VivaceClock(watch)])
+    learn = vivace_learner(dls, arch, opt, amp, cbs=[VivaceClock(watch)])
     learn.fit_one_cycle(1, LR)
     return watch.images_per_s(dls.train.batch_size)
 
@@ -152,15 +154,15 @@ def fastai_tta(dls, files: list[Path], arch: str, opt: str, bs: int) -> float:
         return len(files) / timed(lambda: learn.tta(dl=dl, n=4))
 
 
-def vivace_tta(dls, n_images: int, arch: str, opt: str, bs: int) -> float:
-    learn = vivace_learner(dls, arch, opt)
+def vivace_tta(dls, n_images: int, arch: str, opt: str, bs: int, amp: str) -> float:
+    learn = vivace_learner(dls, arch, opt, amp)
     learn.tta(dl=subset_loader(dls, bs, bs), n=1)
     return n_images / timed(lambda: learn.tta(dl=subset_loader(dls, n_images, bs), n=4))
 
 
-# fastai under glibc's allocator defaults; vivace under the same, and with the process settings
-# `vivace train` applies (vivace.runtime.configure_process). Each in its own process.
-SIDES = ("fastai", "vivace-glibc", "vivace")
+# fastai as it runs by default; vivace with `vivace train`'s process settings, in fp32 and under its
+# default amp (common.VIVACE_AMP). Each in its own process.
+SIDES = ("fastai", "vivace-fp32", "vivace")
 
 
 def child(side: str, args) -> None:
@@ -176,9 +178,10 @@ def child(side: str, args) -> None:
             rates["tta"] = fastai_tta(f_dls, files, args.tta_arch, args.opt, args.bs)
             check_no_workers("fastai TTA")
     else:
-        rates = {"train": vivace_train(v_dls, args.arch, args.opt, args.batches)}
+        amp = VIVACE_AMP[side]
+        rates = {"train": vivace_train(v_dls, args.arch, args.opt, args.batches, amp)}
         if n_tta:
-            rates["tta"] = vivace_tta(v_dls, n_tta, args.tta_arch, args.opt, args.bs)
+            rates["tta"] = vivace_tta(v_dls, n_tta, args.tta_arch, args.opt, args.bs, amp)
     print(json.dumps(rates))
 
 
@@ -239,8 +242,8 @@ def main() -> int:
     n_tta = min(args.tta_images, len(v_dls.valid.indices))
     names = {"train": f"train {args.arch}", "tta": f"TTA n=4 {args.tta_arch} {n_tta} images"}
     for step, peer in mean["fastai"].items():
-        print(ratio_line(names[step] + ", glibc defaults", peer, mean["vivace-glibc"][step]))
-        print(ratio_line(names[step] + ", vivace train's", peer, mean["vivace"][step]))
+        print(ratio_line(names[step] + ", vivace in fp32", peer, mean["vivace-fp32"][step]))
+        print(ratio_line(names[step] + ", vivace as it trains", peer, mean["vivace"][step]))
     ratios = {f"fastai_ratio_{step}": mean["vivace"][step] / peer for step, peer in mean["fastai"].items()}
 
     if args.record:

@@ -11,7 +11,9 @@ channels_last, cross-entropy, Nesterov SGD with decay off BatchNorm and biases:
   train folder, `create_loader(is_training=True)` (its `create_transform`: RandomResizedCrop with
   scale (0.35, 1) like vivace, flip, timm's default colour jitter 0.4; PIL in 2 worker processes,
   then timm's prefetcher normalizes in the main process), `create_optimizer_v2(model, 'sgd')`,
-  and the plain loop: forward, loss, zero_grad, backward, step.
+  and the plain loop: forward, loss, zero_grad, backward, step. In fp32 (`timm`: its train.py's
+  default) and with forward and loss under bf16 autocast (`timm-bf16`: `--amp --amp-dtype
+  bfloat16`, which timm applies on a CPU too).
 - vivace: `make_dataloaders(size, presize=160, augment=dict(min_scale=0.35))` (crop, flip,
   rotate/zoom/warp, lighting from the uint8 presize cache) and its Learner's `fit_one_cycle`.
 
@@ -19,11 +21,12 @@ Images/s are timed over `--batches` batches after WARMUP untimed ones, so they l
 and data-loader startup but include decoding or cache reads, augmentation, forward, backward and
 the optimizer step. vivace's presize cache is built (once, on first use) before any clock starts;
 its build time is printed. Each side runs in a fresh process, `--rounds` times, interleaved (timm,
-vivace-glibc, vivace, then in reverse, ...): timm under glibc's allocator defaults, vivace under
-the same (`vivace-glibc`) and with the process settings `vivace train` applies (`vivace`: reuse of
-freed memory); the ratio of means of the last is recorded.
-`--record` writes timm_ratio_train (vivace / timm, xresnet50 only)
-into docs/benchmarks.json; `--min-ratio` makes it a check.
+timm-bf16, vivace-fp32, vivace, then in reverse, ...): timm under glibc's allocator defaults,
+vivace with the process settings `vivace train` applies (reuse of freed memory) in fp32
+(`vivace-fp32`, amp off) and as `vivace train` runs (`vivace`: amp auto, bf16 autocast on CPUs
+with AMX). `--record` writes timm_ratio_train (vivace / timm, each library's default: the ratio of
+means) and timm_ratio_train_bf16 (vivace / timm-bf16), xresnet50 only, into docs/benchmarks.json;
+`--min-ratio` makes the first a check.
 """
 from __future__ import annotations
 
@@ -46,8 +49,8 @@ from timm.data import create_dataset, create_loader  # noqa: E402
 from timm.optim import create_optimizer_v2  # noqa: E402
 
 import vivace  # noqa: E402
-from common import (DEFAULT_DATA, Stopwatch, VivaceClock, check_no_workers, interleaved_children,  # noqa: E402
-                    machine, record, side_dataloaders)
+from common import (DEFAULT_DATA, VIVACE_AMP, Stopwatch, VivaceClock, check_no_workers,  # noqa: E402
+                    interleaved_children, machine, record, side_dataloaders)
 from vivace.data import make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
@@ -75,8 +78,9 @@ def timm_loader(data: Path, bs: int, size: int, device: torch.device):
                          persistent_workers=False)
 
 
-def timm_train(loader, arch: str, batches: int, device: torch.device, n_out: int) -> float:
-    """timm's train_one_epoch, reduced to the work of one step."""
+def timm_train(loader, arch: str, batches: int, device: torch.device, n_out: int,
+               amp_dtype: torch.dtype | None) -> float:
+    """timm's train_one_epoch, reduced to the work of one step (forward and loss under autocast)."""
     torch.manual_seed(0)
     model = timm.create_model(TIMM_ARCH[arch], num_classes=n_out).to(device, memory_format=torch.channels_last)
     model.train()
@@ -85,7 +89,8 @@ def timm_train(loader, arch: str, batches: int, device: torch.device, n_out: int
     watch = Stopwatch(WARMUP, batches, device)
     for x, y in loader:  # x (B, 3, S, S) float, normalized by timm's prefetcher
         x = x.contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(model(x), y)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -94,30 +99,31 @@ def timm_train(loader, arch: str, batches: int, device: torch.device, n_out: int
     return watch.images_per_s(x.shape[0])
 
 
-def vivace_train(dls, arch: str, batches: int) -> float:
+def vivace_train(dls, arch: str, batches: int, amp: str) -> float:
     torch.manual_seed(0)
     watch = Stopwatch(WARMUP, batches, dls.device)
     learn = Learner(dls, create_model(arch, n_out=dls.c), cbs=[VivaceClock(watch)], opt_func="sgd",
-                    wd=WEIGHT_DECAY)
+                    wd=WEIGHT_DECAY, amp=amp)
     learn.recorder.print_table = False
     learn.fit_one_cycle(1, LR)
     return watch.images_per_s(dls.train.batch_size)
 
 
-# timm under glibc's allocator defaults; vivace under the same, and with the process settings
-# `vivace train` applies (vivace.runtime.configure_process). Each in its own process.
-SIDES = ("timm", "vivace-glibc", "vivace")
+# timm in fp32 and bf16 (its `--amp` autocast dtype); vivace with `vivace train`'s process settings,
+# in fp32 and under its default amp (common.VIVACE_AMP). Each in its own process.
+TIMM_AMP = {"timm": None, "timm-bf16": torch.bfloat16}
+SIDES = (*TIMM_AMP, *VIVACE_AMP)
 
 
 def child(side: str, args) -> None:
     """One side's training images/s, printed as a JSON line."""
     dls = side_dataloaders(side, args.data, args.size, args.bs, PRESIZE, MIN_SCALE)
-    if side == "timm":
+    if side in TIMM_AMP:
         rate = timm_train(timm_loader(args.data, args.bs, args.size, dls.device), args.arch, args.batches,
-                          dls.device, dls.c)
+                          dls.device, dls.c, TIMM_AMP[side])
         check_no_workers("timm training")
     else:
-        rate = vivace_train(dls, args.arch, args.batches)
+        rate = vivace_train(dls, args.arch, args.batches, VIVACE_AMP[side])
     print(json.dumps({"train": rate}))
 
 
@@ -154,14 +160,14 @@ def main() -> int:
           f"{args.rounds} rounds of {', '.join(SIDES)}, each in a fresh process")
     results = interleaved_children(__file__, sys.argv[1:], SIDES, args.rounds)
     mean = {side: statistics.mean(r["train"] for r in rs) for side, rs in results.items()}
-    for side, name in (("vivace-glibc", "glibc defaults"), ("vivace", "vivace train's")):
-        print(f"train {args.arch} vs timm {TIMM_ARCH[args.arch]}, {name}: timm {mean['timm']:7.1f} img/s   "
-              f"vivace {mean[side]:7.1f} img/s   vivace/timm {mean[side] / mean['timm']:5.2f}x")
+    for ours, peer in (("vivace-fp32", "timm"), ("vivace", "timm"), ("vivace", "timm-bf16")):
+        print(f"train {args.arch} vs {TIMM_ARCH[args.arch]}: {peer:<9} {mean[peer]:7.1f} img/s   "
+              f"{ours:<11} {mean[ours]:7.1f} img/s   ratio {mean[ours] / mean[peer]:5.2f}x")
     ratio = mean["vivace"] / mean["timm"]
 
     if args.record:
-        record(timm_ratio_train=round(ratio, 3))
-        print("recorded timm_ratio_train in docs/benchmarks.json")
+        record(timm_ratio_train=round(ratio, 3), timm_ratio_train_bf16=round(mean["vivace"] / mean["timm-bf16"], 3))
+        print("recorded timm_ratio_train, timm_ratio_train_bf16 in docs/benchmarks.json")
     if args.min_ratio is not None and ratio < args.min_ratio:
         print(f"FAIL: vivace/timm {ratio:.2f} is below --min-ratio {args.min_ratio}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
-"""The GPU check script, run where there is no GPU: it must measure, and record nothing.
+"""Benchmark scripts at toy sizes: they must measure, and record nothing unless asked.
 
-60 timed batches of 8 need more than the embedded dataset's 400 training images: its list repeats.
+The GPU check, run where there is no GPU: 60 timed batches of 8 need more than the embedded
+dataset's 400 training images, so its list repeats.
 """
 from __future__ import annotations
 
@@ -23,3 +24,16 @@ def test_gpu_check_measures_on_the_cpu_without_recording():
     assert rates is not None, out.stdout
     assert float(rates[1]) > 0 and float(rates[2]) > 0
     assert RESULTS.read_bytes() == before
+
+
+def test_train_bench_compares_precisions_without_recording():
+    before = RESULTS.read_bytes()
+    embedded = REPO / "vivace" / "data" / "embedded"
+    out = subprocess.run([sys.executable, "bench/train.py", "--data", str(embedded), "--archs", "xresnet18",
+                          "--bs", "4", "--size", "32", "--batches", "1", "--compare-amp"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"fp32 matmul peak: [\d.]+ GFLOP/s", out.stdout), out.stdout
+    ratio = re.search(r"ceiling fp32 [\d., ]+ img/s, bf16 autocast [\d., ]+ img/s: bf16 autocast is ([\d.]+)x", out.stdout)
+    assert ratio is not None and float(ratio[1]) > 0, out.stdout
+    assert RESULTS.read_bytes() == before  # xresnet50 figures only
