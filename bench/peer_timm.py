@@ -21,7 +21,7 @@ Images/s are timed over `--batches` batches after WARMUP untimed ones, so they l
 and data-loader startup but include decoding or cache reads, augmentation, forward, backward and
 the optimizer step. vivace's presize cache is built (once, on first use) before any clock starts;
 its build time is printed. Each side runs in a fresh process, `--rounds` times, interleaved (timm,
-timm-bf16, vivace-fp32, vivace, then in reverse, ...): timm under glibc's allocator defaults,
+timm-bf16, vivace, vivace-fp32, then in reverse, ...): timm under glibc's allocator defaults,
 vivace with the process settings `vivace train` applies (reuse of freed memory) in fp32
 (`vivace-fp32`, amp off) and as `vivace train` runs (`vivace`: amp auto, bf16 autocast on CPUs
 with AMX). `--record` writes timm_ratio_train (vivace / timm, each library's default: the ratio of

@@ -7,13 +7,12 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import distributed
+from . import distributed, runtime
 from . import schedule as sched
 from .callbacks import Callback, NaNGuard, ProgressBar, Recorder
 from .losses import CrossEntropy
 from .metrics import accuracy
 from .optim import make_optimizer, set_hyper
-from . import runtime
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
