@@ -51,7 +51,7 @@ def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
     """The autocast dtype for `amp` ('auto', 'bf16', 'fp16', 'off') on `device`; None = fp32.
 
     'auto' is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with AMX, where oneDNN's
-    bf16 convolutions trained xresnet50 2.3x and xresnet18 2.5x faster than fp32 (Xeon, 2 cores,
+    bf16 convolutions trained xresnet50 2.16x and xresnet18 2.37x faster than fp32 (Xeon, 2 cores,
     docs/BENCHMARKS.md); elsewhere on a CPU fp32, since bf16 without AMX measured 10-100x slower.
     fp16 is CUDA-only (its gradient scaler); on a CPU it means fp32.
     """
