@@ -19,7 +19,7 @@ from vivace.data import make_dataloaders
 from vivace.learner import Learner
 from vivace.models import count_macs, create_model
 from vivace.optim import make_optimizer
-from vivace.runtime import autocast_dtype, reuse_freed_memory
+from vivace.runtime import autocast, autocast_dtype, reuse_freed_memory
 
 WARMUP = 2  # batches not timed: allocator and thread pools warming up
 
@@ -51,7 +51,7 @@ def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_la
     y = torch.randint(0, n_out, (bs,), device=device)
     watch, done = Stopwatch(WARMUP + 1, batches, device), False
     while not done:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             loss = torch.nn.functional.cross_entropy(step_model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
