@@ -267,6 +267,25 @@ def test_conv2d_takes_the_strided_1x1_case_out_of_bf16_autocast():
         assert conv(torch.randn(4, 16, 2, 2)).dtype == torch.bfloat16
 
 
+def test_self_attention_runs_in_bf16_under_autocast_but_fp16_in_fp32():
+    torch.manual_seed(0)
+    sa = SimpleSelfAttention(16)
+    sa.gamma.data.fill_(1e-3)
+    x = torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = sa(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = sa(x.bfloat16())
+        assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+        # (x x^T) of activations ~100 reaches ~6e5, past fp16's 65504: inf, and 0 * inf = nan.
+        sa.gamma.data.zero_()
+        big = (x * 100).half()
+        with torch.autocast("cpu", dtype=torch.float16):
+            assert torch.isnan(sa.attend(big.flatten(2))).any()  # what fp16 would compute
+            torch.testing.assert_close(sa(big), big)  # gamma 0: exactly the input
+
+
 def test_mish_by_sigmoid_is_mish_everywhere():
     x = torch.cat([torch.linspace(-30, 30, 10001, dtype=torch.float64), torch.tensor([-1e4, 1e4], dtype=torch.float64)])
     torch.testing.assert_close(mish_by_sigmoid(x), F.mish(x), rtol=1e-12, atol=1e-12)

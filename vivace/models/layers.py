@@ -158,15 +158,29 @@ class SimpleSelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # fp16 would overflow: (x x^T) sums over all H*W positions, then over C channels
-        # (~1e5 at 224 px), and 0 * inf = nan even while gamma is 0. So compute in the
-        # parameters' dtype (fp32 under autocast); the three matmuls are small.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            flat = x.flatten(2).to(self.gamma.dtype)  # (B, C, N); a copy for channels_last
-            convx = self.conv(flat)  # (B, C, N)
-            xxt = torch.bmm(flat, flat.transpose(1, 2))  # (B, C, C)
-            o = self.gamma * torch.bmm(xxt, convx) + flat  # (B, C, N)
-        out = o.to(x.dtype).view(x.shape)
+        # (~1e5 at 224 px), and 0 * inf = nan even while gamma is 0. So fp16 computes in fp32.
+        # bf16 has fp32's range: it stays under autocast, where the three matmuls run at
+        # bf16 speed.
+        if _computes_in_fp16(x):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = self.attend(x.flatten(2).float()).to(x.dtype)
+        else:
+            out = self.attend(x.flatten(2))
+        out = out.view(x.shape)  # attend returns a new contiguous (B, C, N) tensor
         if x.is_contiguous(memory_format=torch.channels_last):
             # Hand the next conv the layout it got before, so it does not switch kernels.
             out = out.contiguous(memory_format=torch.channels_last)
         return out
+
+    def attend(self, flat: Tensor) -> Tensor:
+        """flat + gamma * (flat flat^T) conv(flat), on (B, C, N)."""
+        convx = self.conv(flat)
+        xxt = torch.bmm(flat, flat.transpose(1, 2))  # (B, C, C)
+        o = torch.bmm(xxt, convx)  # (B, C, N)
+        return self.gamma.to(o.dtype) * o + flat
+
+
+def _computes_in_fp16(x: Tensor) -> bool:
+    device = x.device.type
+    autocast_fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+    return x.dtype == torch.float16 or autocast_fp16
