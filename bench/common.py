@@ -53,18 +53,21 @@ def matmul_peak_gflops(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5,
     return best
 
 
-def record(stamp: bool = True, **values) -> None:
+def record(stamp: bool = True, path: Path = RESULTS, **values) -> None:
     """Merge values into docs/benchmarks.json (written by the scripts, never by hand).
 
-    `stamp` sets the file's machine and date to this one's; a figure from another machine (the
-    GPU check) carries its own inside its value instead.
+    `stamp` sets the file's machine and date to this one's and notes them per figure under
+    `measured_on`, because the figures come from different machines and days; a figure from
+    another machine (the GPU check) carries its own inside its value instead.
     """
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data = json.loads(path.read_text()) if path.exists() else {}
     data.update(values)
     if stamp:
         data["machine"] = cpu_name()
         data["date"] = time.strftime("%Y-%m-%d")
-    RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        measured_on = data.setdefault("measured_on", {})
+        measured_on.update({key: f"{data['machine']}, {data['date']}" for key in values})
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 class Stopwatch:

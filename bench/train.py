@@ -1,12 +1,13 @@
 """Training throughput: end-to-end (cache -> augment -> model -> optimizer) vs the model alone.
 
-    .venv/bin/python bench/train.py [--archs xresnet50 xresnet18] [--batches 8]
+    .venv/bin/python bench/train.py [--archs xresnet50 xresnet18] [--batches 8] [--record]
 
 For each model at 128 px, batch 64, channels_last, SGD: images/s of vivace's Learner loop on
 Imagenette from the presize cache with augmentation, the ceiling (the same steps on a random
 batch already in memory), and the achieved GFLOP/s against the measured matmul peak of the
 precision it trains in (`--amp auto`, as `vivace train`: bf16 autocast on CPUs with AMX, else
 fp32; `--amp off`: fp32). Training FLOPs are counted as 3x the forward multiply-adds x 2.
+`--record` writes xresnet50's fraction and the peak into docs/benchmarks.json.
 """
 from __future__ import annotations
 
@@ -77,9 +78,10 @@ BLOCK_VARIANTS = (("relu", dict(act="relu")), ("mish", dict(act="mish")),
                   ("mish + self-attention", dict(act="mish", self_attention=True)), ("relu again", dict(act="relu")))
 
 
-def compare_blocks(arch: str, bs: int, size: int, n_out: int, batches: int) -> None:
+def compare_blocks(arch: str, bs: int, size: int, n_out: int, batches: int,
+                   amp_dtype: torch.dtype | None = None) -> None:
     """What Mish and self-attention cost per training step, each against ReLU (timed before and after)."""
-    rates = {name: ceiling(arch, bs, size, n_out, batches, **kw) for name, kw in BLOCK_VARIANTS}
+    rates = {name: ceiling(arch, bs, size, n_out, batches, amp_dtype=amp_dtype, **kw) for name, kw in BLOCK_VARIANTS}
     relu = (rates["relu"] + rates["relu again"]) / 2
     for name, rate in rates.items():
         print(f"{arch} {name:<22} ceiling {rate:6.1f} img/s = {rate / relu:.2f}x ReLU's")
@@ -114,6 +116,8 @@ def main() -> None:
                         help="also time the ceiling torch.compile'd, alternating with eager (compile is slow)")
     parser.add_argument("--amp", default="auto", choices=["auto", "off"],
                         help="auto: as vivace train (bf16 autocast on CPUs with AMX); off: fp32")
+    parser.add_argument("--record", action="store_true",
+                        help="write xresnet50's matmul peak fraction into docs/benchmarks.json")
     parser.add_argument("--no-reuse-memory", action="store_true",
                         help="keep glibc's allocator defaults (vivace train reuses freed memory)")
     args = parser.parse_args()
@@ -141,14 +145,14 @@ def main() -> None:
             nchw = ceiling(arch, args.bs, args.size, len(dls.vocab), args.batches, channels_last=False)
             print(f"{arch}: ceiling without channels_last {nchw:6.1f} img/s: channels_last is {top / nchw:.2f}x")
         if args.compare_blocks:
-            compare_blocks(arch, args.bs, args.size, len(dls.vocab), args.batches)
+            compare_blocks(arch, args.bs, args.size, len(dls.vocab), args.batches, amp_dtype)
         if args.compare_amp:
             alternate(arch, args, len(dls.vocab), "fp32", "bf16 autocast", dict(amp_dtype=None),
                       dict(amp_dtype=torch.bfloat16))
         if args.compare_compile:
             alternate(arch, args, len(dls.vocab), "eager", "compiled", dict(amp_dtype=amp_dtype),
                       dict(amp_dtype=amp_dtype, compile=True))
-    if "xresnet50" in fractions:
+    if args.record and "xresnet50" in fractions:
         # The issue's figure is against the fp32 peak in fp32; a bf16 run is recorded beside it.
         suffix = "" if precision == "fp32" else "_bf16"
         record(**{f"matmul_peak_gflops{suffix}": round(peaks[precision], 1),

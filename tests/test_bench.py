@@ -5,6 +5,7 @@ dataset's 400 training images, so its list repeats.
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -37,3 +38,20 @@ def test_train_bench_compares_precisions_without_recording():
     ratio = re.search(r"ceiling fp32 [\d., ]+ img/s, bf16 autocast [\d., ]+ img/s: bf16 autocast is ([\d.]+)x", out.stdout)
     assert ratio is not None and float(ratio[1]) > 0, out.stdout
     assert RESULTS.read_bytes() == before  # xresnet50 figures only
+
+
+def test_record_notes_the_machine_and_date_of_each_figure(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    results = tmp_path / "benchmarks.json"
+    results.write_text('{"old_figure": 1.0}\n')
+    common.record(path=results, new_figure=2.0)
+    data = json.loads(results.read_text())
+    assert data["old_figure"] == 1.0 and data["new_figure"] == 2.0
+    assert data["machine"] == common.cpu_name()
+    assert data["measured_on"] == {"new_figure": f"{data['machine']}, {data['date']}"}
+    common.record(stamp=False, path=results, gpu={"device": "elsewhere"})
+    assert "gpu" not in json.loads(results.read_text())["measured_on"]  # it carries its own
