@@ -10,7 +10,8 @@ from vivace.callbacks import Callback
 from vivace.cli import main
 from vivace.experiments import CHAPTER7, Step, chapter7, fit_progressive, format_table, slug, summarize
 from vivace.recipe import make_recipe
-from vivace.train import build_dataloaders, build_learner
+from vivace.train import build_dataloaders, build_learner, load_run
+from vivace.tta import evaluate
 
 TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "2",
         "--bs", "4", "--workers", "1"]
@@ -51,6 +52,17 @@ def test_evaluate_a_run_with_every_tta(experiment, capsys):
     assert [line.split()[:2] for line in lines[1:]] == [["none", "16"], ["none", "24"], ["augment", "24"],
                                                         ["flip", "24"], ["five-crop", "24"]]
     assert main(["evaluate", str(out / "normalize" / "run0"), "--size", "99"]) == 2  # above the presize
+
+
+def test_evaluate_on_another_central_crop(experiment, capsys):
+    _, out, _ = experiment
+    run = out / "normalize" / "run0"
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--tta", "none", "--crop", "0.5"]) == 0
+    printed = float(capsys.readouterr().out.strip().splitlines()[1].split()[2])
+    learn = load_run(run, valid_crop=0.5)
+    assert printed == pytest.approx(evaluate(learn, "none")["accuracy"], abs=1e-4)  # printed to 4 places
+    assert main(["evaluate", str(run), "--crop", "1.5"]) == 2  # not a fraction
 
 
 def test_fit_progressive_trains_half_then_full_size(tiny_folder, tmp_path):

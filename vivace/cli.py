@@ -80,7 +80,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import load_run
     from .tta import TTA_KINDS, evaluate, format_evaluation
-    learn = load_run(Path(args.run))
+    overrides = {} if args.crop is None else {"valid_crop": args.crop}
+    learn = load_run(Path(args.run), **overrides)
     plan = [("none", None)]  # plain, at the size the run was trained at
     if args.size is not None:
         plan.append(("none", args.size))
@@ -125,6 +126,8 @@ def add_chapter_commands(sub) -> None:
     evaluate.add_argument("run", help="a run directory (the --out of `vivace train`)")
     evaluate.add_argument("--tta", default="all", choices=("none", "augment", "flip", "five-crop", "all"))
     evaluate.add_argument("--size", type=int, default=None, help="evaluate at this size, px (<= the run's presize)")
+    evaluate.add_argument("--crop", type=float, default=None,
+                          help="central fraction of the cached square to resize (default: the run's --valid-crop)")
     evaluate.set_defaults(func=cmd_evaluate)
     exp = sub.add_parser("experiments", help="the book chapter's techniques compared in one table")
     exp.add_argument("name", choices=("chapter7",))
