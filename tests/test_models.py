@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vivace.models import (MODELS, BlurPool2d, Conv2d, Mish, ResBlock, SimpleSelfAttention, SqueezeExcite, XResNet,
-                           act_layer, count_macs, count_params, create_model, layers, xresnet18, xresnet50)
+from vivace.models import (MODELS, BlurPool2d, Conv2d, MaxBlurPool2d, Mish, ResBlock, SimpleSelfAttention,
+                           SqueezeExcite, XResNet, act_layer, count_macs, count_params, create_model, layers,
+                           xresnet18, xresnet50)
 from vivace.models.layers import mish_by_sigmoid
 
 # Computed from the design; the n_out=1000 counts equal fastai's documented xresnet counts
@@ -141,6 +142,20 @@ def test_blur_pool_adds_no_params_and_no_strided_convs():
     assert blur(x).shape == plain(x).shape == (2, 1000)
     feats_plain, feats_blur = plain[:-4](x), blur[:-4](x)
     assert feats_plain.shape == feats_blur.shape  # same resolutions through the net
+
+
+def test_max_blur_pool_blurs_the_pools_only():
+    plain, maxblur = xresnet50(), xresnet50(max_blur_pool=True)
+    assert count_params(maxblur) == count_params(plain)
+    strided = [m.stride for m in maxblur.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    assert strided == [m.stride for m in plain.modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)]
+    # the stem's max-pool and the first block of stages 2-4 (their shortcuts' average pools)
+    assert sum(isinstance(m, MaxBlurPool2d) for m in maxblur.modules()) == 4
+    assert not any(isinstance(m, nn.AvgPool2d) for m in maxblur.modules())
+    for side in (48, 49):  # odd sides round up, as the ceil-mode average pool did
+        x = torch.randn(2, 3, side, side)
+        assert maxblur[:-4](x).shape == plain[:-4](x).shape
+    assert XResNet(**maxblur.config).config["max_blur_pool"] is True
 
 
 def test_blur_pool_layer():

@@ -22,7 +22,8 @@ class Recipe:
     widen: float = 1.0            # channel width multiplier (0.5 = half-width)
     act: str = "relu"             # activation: relu, mish or silu
     self_attention: bool = False  # fastai's simple self-attention in the model
-    blur_pool: bool = False       # anti-aliased (MaxBlurPool-style) downsampling
+    blur_pool: bool = False       # anti-aliased downsampling: strided convs and pools
+    max_blur_pool: bool = False   # only the pools anti-aliased (MaxBlurPool, as the leaderboard's)
     size: int = 128               # final training and validation crop size, px
     presize: int = 160            # side of the cached centre square, px (>= size)
     valid_size: int = 0           # validation (and export) crop side, px; 0 = size (FixRes: test a bit larger)

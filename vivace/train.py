@@ -78,7 +78,8 @@ def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, extra_cbs: list[C
     """Model, loss, metrics and callbacks for the recipe (plus any `extra_cbs` of the caller)."""
     torch.manual_seed(recipe.seed)  # same seed -> same initial weights
     model = create_model(recipe.arch, n_out=len(dls.vocab), widen=recipe.widen, act=recipe.act,
-                         self_attention=recipe.self_attention, blur_pool=recipe.blur_pool)
+                         self_attention=recipe.self_attention, blur_pool=recipe.blur_pool,
+                         max_blur_pool=recipe.max_blur_pool)
     loss = LabelSmoothingCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else CrossEntropy()
     cbs = technique_callbacks(recipe)
     cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every), RunLogger(out), *(extra_cbs or [])]

@@ -4,8 +4,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from vivace.models.layers import (BlurPool2d, Conv2d, ConvLayer, Mish, SimpleSelfAttention, SqueezeExcite,
-                                  act_layer)
+from vivace.models.layers import (BlurPool2d, Conv2d, ConvLayer, MaxBlurPool2d, Mish, SimpleSelfAttention,
+                                  SqueezeExcite, act_layer)
 from vivace.models.xresnet import (ResBlock, XResNet, count_macs, count_params, init_cnn,
                                    xresnet18, xresnet34, xresnet50, xresnet101, xresnet152, xse_resnext50)
 
@@ -29,5 +29,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 __all__ = [
     "MODELS", "create_model", "XResNet", "ResBlock", "init_cnn", "count_macs", "count_params",
     "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152", "xse_resnext50",
-    "Conv2d", "ConvLayer", "Mish", "SimpleSelfAttention", "SqueezeExcite", "BlurPool2d", "act_layer",
+    "Conv2d", "ConvLayer", "Mish", "SimpleSelfAttention", "SqueezeExcite", "BlurPool2d", "MaxBlurPool2d",
+    "act_layer",
 ]

@@ -107,6 +107,17 @@ class BlurPool2d(nn.Module):
         return f"{self.channels}, stride={self.stride}"
 
 
+class MaxBlurPool2d(nn.Sequential):
+    """A 3x3 max-pool at stride 1, then the blurred subsample (Zhang 2019's MaxBlurPool).
+
+    The output has ceil(H / stride) rows, as the max-pool and the ceil-mode average pool it
+    replaces.
+    """
+
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(channels, stride))
+
+
 class Conv2d(nn.Conv2d):
     """nn.Conv2d, in fp32 where oneDNN's bf16 kernel fails: a strided conv of a 1x1 input on a CPU.
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vivace.models.layers import (Activation, BlurPool2d, ConvLayer, SimpleSelfAttention, SqueezeExcite,
-                                  act_layer)
+from vivace.models.layers import (Activation, BlurPool2d, ConvLayer, MaxBlurPool2d, SimpleSelfAttention,
+                                  SqueezeExcite, act_layer)
 
 STEM_WIDTHS = (32, 32, 64)
 STAGE_WIDTHS = (64, 128, 256, 512)  # before `widen` and the bottleneck expansion
@@ -27,7 +27,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, expansion: int, ni: int, nf: int, stride: int = 1,
                  act: Activation = "relu", sa: bool = False, blur: bool = False,
-                 groups: int = 1, base_width: int = 64, reduction: int = 0):
+                 groups: int = 1, base_width: int = 64, reduction: int = 0, max_blur: bool = False):
         super().__init__()
         nh, ni, nf = nf * base_width // 64 * groups, ni * expansion, nf * expansion
         if expansion == 1:
@@ -42,11 +42,13 @@ class ResBlock(nn.Module):
         if sa:
             convpath.append(SimpleSelfAttention(nf))
         self.convpath = nn.Sequential(*convpath)
-        # ResNet-D: average-pool *before* the 1x1 conv, so the shortcut sees every pixel
-        # (a strided 1x1 conv would drop 3 of 4). An empty Sequential is the identity.
+        # ResNet-D: pool *before* the 1x1 conv, so the shortcut sees every pixel (a strided
+        # 1x1 conv would drop 3 of 4); `max_blur` pools as the leaderboard's MaxBlurPool
+        # entry (fastai's pool=MaxPool, each max-pool made MaxBlurPool). An empty
+        # Sequential is the identity.
         idpath: list[nn.Module] = []
         if stride != 1:
-            idpath.append(nn.AvgPool2d(stride, ceil_mode=True))
+            idpath.append(MaxBlurPool2d(ni, stride) if max_blur else nn.AvgPool2d(stride, ceil_mode=True))
         if ni != nf:
             idpath.append(ConvLayer(ni, nf, 1, act=None))
         self.idpath = nn.Sequential(*idpath)
@@ -80,7 +82,10 @@ class XResNet(nn.Sequential):
         layers: blocks per stage, e.g. [3, 4, 6, 3].
         self_attention: SimpleSelfAttention in the last block of the first stage (fastai `sa`).
         blur_pool: anti-aliased downsampling (strided conv -> conv + BlurPool2d, max-pool ->
-            stride-1 max-pool + BlurPool2d); adds no parameters.
+            MaxBlurPool2d); adds no parameters.
+        max_blur_pool: only the pools anti-aliased, as the Imagenette leaderboard's MaxBlurPool
+            entries: the stem's max-pool and the strided shortcuts' average pools become
+            MaxBlurPool2d; the strided convs stay strided, so it costs little.
         widen: multiplies the stage widths 64/128/256/512 (the stem stays 32/32/64, as fastai).
         groups, base_width: grouped 3x3 convolutions (ResNeXt: 32 groups of width 4).
         reduction: squeeze-and-excitation in every block with this reduction (0 = none).
@@ -89,7 +94,7 @@ class XResNet(nn.Sequential):
     def __init__(self, expansion: int, layers: list[int], n_out: int = 1000, c_in: int = 3,
                  act: Activation = "relu", self_attention: bool = False,
                  blur_pool: bool = False, p_dropout: float = 0.0, widen: float = 1.0,
-                 groups: int = 1, base_width: int = 64, reduction: int = 0):
+                 groups: int = 1, base_width: int = 64, reduction: int = 0, max_blur_pool: bool = False):
         _check("n_out", n_out >= 1, n_out, "an int >= 1")
         _check("c_in", c_in >= 1, c_in, "an int >= 1")
         _check("p_dropout", 0.0 <= p_dropout < 1.0, p_dropout, "a float in [0, 1)")
@@ -102,15 +107,14 @@ class XResNet(nn.Sequential):
         sizes = (c_in, *STEM_WIDTHS)
         stem = [ConvLayer(sizes[i], sizes[i + 1], 3, stride=2 if i == 0 else 1, act=act,
                           blur=blur_pool) for i in range(3)]
-        if blur_pool:
-            # MaxBlurPool: dense max, then a blurred subsample (same output size as below).
-            pool: nn.Module = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1),
-                                            BlurPool2d(STEM_WIDTHS[-1], stride=2))
+        if blur_pool or max_blur_pool:
+            pool: nn.Module = MaxBlurPool2d(STEM_WIDTHS[-1], stride=2)
         else:
             pool = nn.MaxPool2d(3, stride=2, padding=1)
         # ResBlock multiplies widths by `expansion`: 64 // expansion makes stage 1's input 64.
         widths = [STEM_WIDTHS[-1] // expansion] + [int(w * widen) for w in STAGE_WIDTHS]
-        block = dict(act=act, blur=blur_pool, groups=groups, base_width=base_width, reduction=reduction)
+        block = dict(act=act, blur=blur_pool, groups=groups, base_width=base_width, reduction=reduction,
+                     max_blur=max_blur_pool)
         stages = [self._make_stage(expansion, widths[i], widths[i + 1], n_blocks, stride=1 if i == 0 else 2,
                                    sa=self_attention and i == 0, **block)
                   for i, n_blocks in enumerate(layers)]
@@ -120,7 +124,8 @@ class XResNet(nn.Sequential):
         # The constructor arguments as plain data: `XResNet(**model.config)` rebuilds it (export).
         self.config = dict(expansion=expansion, layers=list(layers), n_out=n_out, c_in=c_in, act=act,
                            self_attention=self_attention, blur_pool=blur_pool, p_dropout=p_dropout,
-                           widen=widen, groups=groups, base_width=base_width, reduction=reduction)
+                           widen=widen, groups=groups, base_width=base_width, reduction=reduction,
+                           max_blur_pool=max_blur_pool)
         init_cnn(self)
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
