@@ -143,6 +143,7 @@ class Learner:
         self.training = True
         self.dls.train.set_epoch(self.epoch)
         self.iter_start = start_batch
+        self.n_batches = len(self.dls.train)  # read by callbacks in before_epoch; recounted below
         self._emit("before_epoch")  # may change size or batch size (progressive resizing)
         self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
         self.n_batches = len(self.dls.train)
