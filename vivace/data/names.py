@@ -17,7 +17,7 @@ IMAGENETTE_NAMES: dict[str, str] = {
     "n03417042": "garbage truck",
     "n03425413": "gas pump",
     "n03445777": "golf ball",
-    "n03888605": "parachute",
+    "n03888257": "parachute",
 }
 
 IMAGEWOOF_NAMES: dict[str, str] = {
