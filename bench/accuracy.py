@@ -1,9 +1,9 @@
 """Accuracy runs of a preset on Imagenette, and their record in docs/benchmarks.json.
 
-    .venv/bin/python bench/accuracy.py --preset imagenette-128-5ep --runs 2 --record
-    .venv/bin/python bench/accuracy.py --from-runs runs/a runs/b --record   # runs already trained
+    python -m bench accuracy --data PATH --preset imagenette-128-5ep --runs 2 --record
+    python -m bench accuracy --from-runs runs/a runs/b --record   # runs already trained
 
-Each run is `vivace train --preset NAME --seed 42+i` on ../shared/data/imagenette2-224. Printed
+Each run is `vivace train --preset NAME --seed 42+i` on the --data folder. Printed
 per run: accuracy, training seconds (training + per-epoch evaluation, after the cache is built)
 and minutes; then the mean. `--record` writes `<preset>_accuracy_mean` and `_runs` (and for the
 speedrun, `speedrun_minutes_to_85` (the mean minutes, if every run reached 85 %) and the
@@ -11,15 +11,19 @@ machine's fp32 matmul peak measured just after).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 from dataclasses import replace
 from pathlib import Path
 
-from common import DEFAULT_DATA, machine, matmul_peak_gflops, record
+import torch
+
 from vivace.recipe import make_recipe
+from vivace.runtime import autocast_dtype
 from vivace.train import train
+
+from .common import add_data_arg, data_folder, machine, make_parser, matmul_peak_gflops, record
 
 SPEEDRUN = "imagenette-speedrun"
 SPEEDRUN_TARGET = 0.85
@@ -56,7 +60,16 @@ def read_run(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"dir": str(run_dir), "preset": config["preset"], "seed": summary["seed"],
             "accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"],
-            "valid_size": config.get("valid_size") or config["size"]}
+            "valid_size": config.get("valid_size") or config["size"], "amp": config.get("amp", "auto")}
+
+
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def run_precision(runs: list[dict]) -> str:
+    """The precision the runs trained in, resolving their `amp` on this machine (where `record` says they ran)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return ", ".join(sorted({PRECISION_NAMES[autocast_dtype(device, r["amp"])] for r in runs}))
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -75,18 +88,20 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> None:
+    p = make_parser("accuracy", __doc__)
     p.add_argument("--preset", default="imagenette-128-5ep")
     p.add_argument("--runs", type=int, default=2)
-    p.add_argument("--data", default=str(DEFAULT_DATA))
+    add_data_arg(p)
     p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     p.add_argument("--from-runs", nargs="+", type=Path, default=None,
                    help="report (and record) runs already trained instead of training new ones")
     p.add_argument("--record", action="store_true", help="write the figures to docs/benchmarks.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.from_runs is None:
+        args.data = data_folder(p.prog, args.data)  # only training needs the data
     print(machine())
-    dirs = args.from_runs or trained_runs(args.preset, args.runs, args.data, args.out / args.preset)
+    dirs = args.from_runs or trained_runs(args.preset, args.runs, str(args.data), args.out / args.preset)
     runs = [read_run(d) for d in dirs]
     for r in runs:
         print(f"{r['dir']}: {r['preset']} seed {r['seed']}: accuracy {r['accuracy']:.4f} "
@@ -96,8 +111,8 @@ def main() -> None:
         figures["speedrun_matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
     print(json.dumps(figures))
     if args.record:
-        record(**figures)
+        record(precision=run_precision(runs), **figures)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,11 +1,11 @@
 """The thread-affinity lever: end-to-end training images/s under OpenMP placement settings.
 
-    .venv/bin/python bench/affinity.py [--arch xresnet50] [--rounds 2] [--batches 8]
+    python -m bench affinity --data PATH [--arch xresnet50] [--rounds 2] [--batches 8]
 
 PyTorch's CPU kernels run on OpenMP (libgomp), which reads its placement and waiting policy from
 the environment at startup, so each setting is measured in a fresh process, interleaved (see
 `common.interleaved_children`). Every child applies `vivace train`'s process settings and times
-vivace's Learner loop on the Imagenette cache with augmentation (bench/train.py's end to end):
+vivace's Learner loop on the Imagenette cache with augmentation (`python -m bench throughput`'s end to end):
 the loader thread shares the two cores with the OpenMP threads, which is where placement could
 matter.
 
@@ -21,9 +21,8 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
-from common import DEFAULT_DATA, interleaved_children, machine, side_dataloaders
+from .common import add_data_arg, data_folder, interleaved_children, machine, make_parser, side_dataloaders
 
 SETTINGS = {
     "default": {},
@@ -35,26 +34,27 @@ SETTINGS = {
 
 def child(args) -> None:
     """One end-to-end measurement in this process; prints a JSON line."""
-    from train import end_to_end
+    from .throughput import end_to_end
 
     dls = side_dataloaders("vivace", args.data, size=128, bs=64, presize=160, min_scale=0.35)  # as `vivace train`
     print(json.dumps({"train": end_to_end(args.arch, dls, args.batches)}))
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+def main(argv: list[str]) -> int:
+    p = make_parser("affinity", __doc__)
+    add_data_arg(p)
     p.add_argument("--arch", default="xresnet50")
     p.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--child", choices=tuple(SETTINGS), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.data = data_folder(p.prog, args.data)
     if args.child:
         child(args)
         return 0
     print(f"{machine()}; {args.arch}, 128 px, batch 64, end to end, {args.batches} timed batches")
     argv = ["--data", str(args.data), "--arch", args.arch, "--batches", str(args.batches)]
-    results = interleaved_children(__file__, argv, tuple(SETTINGS), args.rounds, envs=SETTINGS)
+    results = interleaved_children("affinity", argv, tuple(SETTINGS), args.rounds, envs=SETTINGS)
     base = statistics.mean(r["train"] for r in results["default"])
     for name, runs in results.items():
         rate = statistics.mean(r["train"] for r in runs)
@@ -64,4 +64,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,12 +1,12 @@
 """The allocator lever: images/s with glibc's defaults vs `reuse_freed_memory`, side by side.
 
-    .venv/bin/python bench/allocator.py [--archs xresnet18 xresnet50] [--rounds 2] [--batches 6]
-    .venv/bin/python bench/allocator.py --step eval    # evaluation: forward passes, batch 128
-    .venv/bin/python bench/allocator.py --opt adamw    # the training step with AdamW instead of SGD
+    python -m bench allocator [--archs xresnet18 xresnet50] [--rounds 2] [--batches 6]
+    python -m bench allocator --step eval    # evaluation: forward passes, batch 128
+    python -m bench allocator --opt adamw    # the training step with AdamW instead of SGD
 
 mallopt settings are process-wide and cannot be undone, so each measurement is a fresh child
 process: default, reuse, default, reuse... (interleaved, so drift hits both alike). Each child
-times the model-only training step of bench/train.py (or the evaluation forward pass) and
+times the model-only training step of `python -m bench throughput` (or the evaluation forward pass) and
 reports its page faults and its user/kernel CPU seconds.
 """
 from __future__ import annotations
@@ -18,9 +18,10 @@ import statistics
 import subprocess
 import sys
 
-from common import machine, record
-from train import ceiling, eval_ceiling
 from vivace.runtime import reuse_freed_memory
+
+from .common import bench_command, bench_env, machine, make_parser, record
+from .throughput import ceiling, eval_ceiling
 
 N_OUT = 10
 
@@ -38,14 +39,14 @@ def child(arch: str, reuse: bool, batches: int, step: str, opt: str) -> None:
 
 
 def measure(arch: str, reuse: bool, batches: int, step: str, opt: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", arch, "--batches", str(batches), "--step", step, "--opt", opt]
-    cmd += ["--reuse"] if reuse else []
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    argv = ["--child", arch, "--batches", str(batches), "--step", step, "--opt", opt] + (["--reuse"] if reuse else [])
+    out = subprocess.run(bench_command("allocator", argv), check=True, capture_output=True, text=True,
+                         env=bench_env()).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> None:
+    p = make_parser("allocator", __doc__)
     p.add_argument("--archs", nargs="+", default=["xresnet18", "xresnet50"])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batches", type=int, default=6, help="timed batches per measurement")
@@ -55,7 +56,7 @@ def main() -> None:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--record", action="store_true", help="write the ratio to docs/benchmarks.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.record and args.opt != "sgd":
         p.error("--record stores the SGD figures: drop --opt or --record")
     if args.child:
@@ -76,8 +77,8 @@ def main() -> None:
         print(f"{arch} {step}: reuse_freed_memory is {ratios[arch]:.2f}x glibc's default (mean of {args.rounds})")
     if args.record:
         key = "allocator_speedup" if args.step == "train" else "allocator_speedup_eval"
-        record(**{key: {k: round(v, 3) for k, v in ratios.items()}})
+        record(precision="fp32", **{key: {k: round(v, 3) for k, v in ratios.items()}})  # the step is fp32
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

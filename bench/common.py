@@ -1,6 +1,7 @@
-"""Shared by the benchmark scripts: machine facts, the matmul peak, and docs/benchmarks.json."""
+"""Shared by the benchmarks: options, machine facts, the matmul peak, and docs/benchmarks.json."""
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -17,8 +18,40 @@ from vivace.data import DataLoaders, make_dataloaders
 from vivace.runtime import configure_process
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "imagenette2-224"
 RESULTS = REPO / "docs" / "benchmarks.json"
+DATA_ENV = "VIVACE_BENCH_DATA"  # the data folder when --data is not given
+
+
+def make_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser, named as it is run (`python -m bench NAME`), described by its docstring."""
+    return argparse.ArgumentParser(prog=f"python -m bench {name}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_data_arg(parser: argparse.ArgumentParser) -> None:
+    """`--data PATH`, defaulting to $VIVACE_BENCH_DATA; `data_folder` checks that one was given."""
+    parser.add_argument("--data", type=Path, default=os.environ.get(DATA_ENV) or None,
+                        help=f"an ImageNet-style folder with train/ and val/ (default: ${DATA_ENV}); "
+                             "every figure so far is on imagenette2-224, Imagenette's 224 px squares")
+
+
+def data_folder(prog: str, data: Path | None) -> Path:
+    """The data folder from --data or the environment, or exit with one line saying how to give one."""
+    if data is None:
+        raise SystemExit(f"{prog}: error: no data folder: pass --data PATH or set {DATA_ENV} "
+                         f"(in this team's checkout: --data ../shared/data/imagenette2-224)")
+    return Path(data)
+
+
+def bench_command(name: str, argv: list[str]) -> list[str]:
+    """The command line that runs benchmark `name` in a fresh Python (children, workers)."""
+    return [sys.executable, "-m", "bench", name, *argv]
+
+
+def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH, so a child finds `bench` from any cwd."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, **(extra or {}), "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def cpu_name() -> str:
@@ -53,20 +86,27 @@ def matmul_peak_gflops(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5,
     return best
 
 
-def record(stamp: bool = True, path: Path = RESULTS, **values) -> None:
-    """Merge values into docs/benchmarks.json (written by the scripts, never by hand).
+def record(stamp: bool = True, path: Path = RESULTS, precision: str | None = None,
+           notes: dict[str, str] | None = None, **values) -> None:
+    """Merge values into docs/benchmarks.json (written by the benchmarks, never by hand).
 
     `stamp` sets the file's machine and date to this one's and notes them per figure under
-    `measured_on`, because the figures come from different machines and days; a figure from
-    another machine (the GPU check) carries its own inside its value instead.
+    `measured_on`, with the `precision` it was measured in (fp32, bf16, or a ratio's two), because
+    the figures come from different machines, days and precisions; a figure from another machine
+    (the GPU check) carries its own inside its value instead. `notes` say, per figure, what a
+    reader must know to read it (what a ratio compares); a figure recorded again drops its old note.
     """
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(values)
     if stamp:
         data["machine"] = cpu_name()
         data["date"] = time.strftime("%Y-%m-%d")
-        measured_on = data.setdefault("measured_on", {})
-        measured_on.update({key: f"{data['machine']}, {data['date']}" for key in values})
+        where = {"machine": data["machine"], "date": data["date"]}
+        where.update({"precision": precision} if precision else {})
+        data.setdefault("measured_on", {}).update({key: where for key in values})
+    old_notes = {k: v for k, v in data.get("notes", {}).items() if k not in values}
+    if old_notes or notes:
+        data["notes"] = {**old_notes, **(notes or {})}
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -115,9 +155,9 @@ def check_no_workers(after: str) -> None:
         raise RuntimeError(f"{len(alive)} data-loader processes still alive after {after}: {alive}")
 
 
-def interleaved_children(script: str, argv: list[str], sides: tuple[str, ...], rounds: int,
+def interleaved_children(name: str, argv: list[str], sides: tuple[str, ...], rounds: int,
                          envs: dict[str, dict[str, str]] | None = None) -> dict[str, list[dict]]:
-    """Measure each side in a fresh process `script *argv --child SIDE` (its last stdout line is JSON).
+    """Measure each side in a fresh `python -m bench NAME *argv --child SIDE` (its last stdout line is JSON).
 
     Order: sides, reversed, sides, ... so that drift over the run hits every side alike; and
     process-wide settings (mallopt, thread pools, a warm heap) never carry from one side to the next.
@@ -126,9 +166,8 @@ def interleaved_children(script: str, argv: list[str], sides: tuple[str, ...], r
     results: dict[str, list[dict]] = {side: [] for side in sides}
     for i in range(rounds):
         for side in sides if i % 2 == 0 else sides[::-1]:
-            env = {**os.environ, **(envs or {}).get(side, {})}
-            out = subprocess.run([sys.executable, script, *argv, "--child", side], capture_output=True, text=True,
-                                 env=env)
+            out = subprocess.run(bench_command(name, [*argv, "--child", side]), capture_output=True, text=True,
+                                 env=bench_env((envs or {}).get(side)))
             if out.returncode != 0:
                 raise SystemExit(f"the {side} measurement failed:\n{out.stderr[-4000:]}")
             results[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -136,13 +175,13 @@ def interleaved_children(script: str, argv: list[str], sides: tuple[str, ...], r
     return results
 
 
-# The vivace sides of the peer scripts and their `amp`: as `vivace train` runs (bf16 autocast on
+# The vivace sides of the peer benchmarks and their `amp`: as `vivace train` runs (bf16 autocast on
 # CPUs with AMX, vivace.runtime.autocast_dtype), and in fp32 like the peers' defaults.
 VIVACE_AMP = {"vivace": "auto", "vivace-fp32": "off"}
 
 
 def side_dataloaders(side: str, data: Path, size: int, bs: int, presize: int, min_scale: float) -> DataLoaders:
-    """A peer script's child starts here: `vivace train`'s process settings on the vivace sides
+    """A peer benchmark's child starts here: `vivace train`'s process settings on the vivace sides
     only, then vivace's loaders (every side uses them: image counts, the device, TTA's files)."""
     if side in VIVACE_AMP:
         configure_process(threads=0, reuse_memory=True)

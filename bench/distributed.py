@@ -1,6 +1,6 @@
 """Data-parallel throughput on this machine: 1 process vs N processes under torchrun.
 
-    .venv/bin/python bench/distributed.py [--nproc 2] [--arch xresnet18] [--batches 8]
+    python -m bench distributed --data PATH [--nproc 2] [--arch xresnet18] [--batches 8]
 
 Same global batch (64) and model; the 1-process run uses every core, each of the N processes
 gets cores/N threads. Prints images/s in total and per process, and the speedup.
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, machine
+from .common import add_data_arg, bench_command, bench_env, data_folder, machine, make_parser
 
 WARMUP = 2
 
@@ -36,7 +36,7 @@ def worker(args: argparse.Namespace) -> None:
             self.times.append(time.perf_counter())
 
     world = distributed.init_distributed()
-    recipe = make_recipe(data=args.data, arch=args.arch, size=128, presize=160, bs=args.bs, epochs=1,
+    recipe = make_recipe(data=str(args.data), arch=args.arch, size=128, presize=160, bs=args.bs, epochs=1,
                          threads=args.threads)
     import torch
     torch.set_num_threads(args.threads)
@@ -54,19 +54,18 @@ def worker(args: argparse.Namespace) -> None:
 def launch(nproc: int, args: argparse.Namespace) -> float:
     result = Path(tempfile.mkdtemp()) / "result.json"
     threads = max((os.cpu_count() or 1) // nproc, 1)
-    common = [__file__, "--worker", "--data", args.data, "--arch", args.arch, "--bs", str(args.bs),
-              "--batches", str(args.batches), "--threads", str(threads), "--result", str(result)]
-    if nproc == 1:
-        cmd = [sys.executable, *common]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *common]
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    worker_argv = ["--worker", "--data", str(args.data), "--arch", args.arch, "--bs", str(args.bs),
+                   "--batches", str(args.batches), "--threads", str(threads), "--result", str(result)]
+    cmd = bench_command("distributed", worker_argv)  # python -m bench distributed --worker ...
+    if nproc > 1:  # torchrun's -m runs the module `bench` in each process, with the same arguments
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *cmd[1:]]
+    subprocess.run(cmd, check=True, env=bench_env({"OMP_NUM_THREADS": str(threads)}))
     return json.loads(result.read_text())["images_per_s"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+def main(argv: list[str]) -> None:
+    parser = make_parser("distributed", __doc__)
+    add_data_arg(parser)
     parser.add_argument("--arch", default="xresnet18")
     parser.add_argument("--bs", type=int, default=64, help="global batch")
     parser.add_argument("--batches", type=int, default=8)
@@ -74,7 +73,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--result", default="")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.data = data_folder(parser.prog, args.data)
     if args.worker:
         return worker(args)
     print(machine())
@@ -87,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,6 +1,6 @@
 """The GPU check of issue #8: xresnet50 at 128 px, bf16 autocast, channels_last, images/s.
 
-    .venv/bin/python bench/gpu.py [--arch xresnet50] [--bs 64] [--batches 30]
+    python -m bench gpu [--arch xresnet50] [--bs 64] [--batches 30]
 
 Meant for a lent CUDA GPU and a few minutes. It times, after WARMUP untimed batches:
 - the model step alone (one random batch already on the GPU: forward under autocast, backward,
@@ -14,19 +14,20 @@ code on the CPU in fp32 and records nothing: that checks the script, not the mac
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
+import sys
 import time
 
 import torch
 
-from common import cpu_name, machine, record
-from train import WARMUP, ceiling, end_to_end
 from vivace.data import make_dataloaders
 from vivace.data.datasets import embedded_path
 from vivace.data.sources import Source, make_source
 from vivace.runtime import autocast_dtype
+
+from .common import cpu_name, machine, make_parser, record
+from .throughput import WARMUP, ceiling, end_to_end
 
 
 def repeated_source(n_images: int) -> Source:
@@ -37,13 +38,13 @@ def repeated_source(n_images: int) -> Source:
                                train_labels=source.train_labels * times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> None:
+    parser = make_parser("gpu", __doc__)
     parser.add_argument("--arch", default="xresnet50")
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dls = make_dataloaders(repeated_source((args.batches + WARMUP + 1) * args.bs), size=args.size,
                            presize=160, bs=args.bs, progress=False)
     device = dls.device  # the loaders' choice is the Learner's: CUDA where there is one
@@ -62,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

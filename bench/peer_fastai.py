@@ -1,7 +1,7 @@
 """vivace vs fastai 2.8.12, side by side on one machine: training and TTA images/s (issue #8).
 
-    bash bench/peers_setup.sh    # once: .venv-peers with torch 2.14.1, fastai, timm and vivace
-    .venv-peers/bin/python bench/peer_fastai.py [--arch xresnet50] [--batches 10] [--record]
+    bash scripts/peers_setup.sh    # once: .venv-peers with torch 2.14.1, fastai, timm and vivace
+    .venv-peers/bin/python -m bench peer_fastai --data PATH [--arch xresnet50] [--batches 10] [--record]
 
 Both sides run the same torch build, model (xresnet, 10 classes, channels_last), batch size,
 crop size and augmentation on the Imagenette train split:
@@ -29,7 +29,8 @@ its `to_bf16()` autocasts CUDA only), vivace with the process settings `vivace t
 and as `vivace train` runs (`vivace`: amp auto, bf16 autocast on CPUs with AMX); the ratios of
 means of the last are recorded.
 `--record` writes fastai_ratio_train (xresnet50 only) and
-fastai_ratio_tta (vivace / fastai) into docs/benchmarks.json; `--min-ratio` makes it a check.
+fastai_ratio_tta (vivace / fastai) into docs/benchmarks.json, each with a note of the two
+precisions and the ratio at equal precision (vivace-fp32 / fastai); `--min-ratio` makes it a check.
 """
 from __future__ import annotations
 
@@ -58,11 +59,13 @@ from fastai.vision.all import accuracy as fastai_accuracy  # noqa: E402
 from fastai.vision.models import xresnet as fastai_xresnet  # noqa: E402
 
 import vivace  # noqa: E402
-from common import (DEFAULT_DATA, VIVACE_AMP, Stopwatch, VivaceClock, check_no_workers,  # noqa: E402
-                    interleaved_children, machine, record, side_dataloaders)
 from vivace.data import BatchLoader, make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
+from vivace.runtime import autocast_dtype  # noqa: E402
+
+from .common import (VIVACE_AMP, Stopwatch, VivaceClock, add_data_arg, check_no_workers,  # noqa: E402
+                     data_folder, interleaved_children, machine, make_parser, record, side_dataloaders)
 
 WARMUP = 3  # untimed batches: worker startup, allocator and thread pools warming up
 PRESIZE = 160  # px: the chapter's Resize(160) item transform = vivace's presize cache
@@ -200,9 +203,9 @@ def ratio_line(name: str, peer: float, ours: float) -> str:
     return f"{name:<52} fastai {peer:7.1f} img/s   vivace {ours:7.1f} img/s   vivace/fastai {ours / peer:5.2f}x"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train/ and val/")
+def main(argv: list[str]) -> int:
+    parser = make_parser("peer_fastai", __doc__)
+    add_data_arg(parser)
     parser.add_argument("--arch", default="xresnet50", choices=["xresnet50", "xresnet18"], help="trained model")
     parser.add_argument("--batches", type=int, default=10, help="timed training batches per library")
     parser.add_argument("--bs", type=int, default=64)
@@ -214,7 +217,8 @@ def main() -> int:
     parser.add_argument("--min-ratio", type=float, default=None, help="exit 1 if any vivace/fastai ratio is below")
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each side, interleaved")
     parser.add_argument("--child", choices=SIDES, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.data = data_folder(parser.prog, args.data)
     if args.child:
         child(args.child, args)
         return 0
@@ -236,8 +240,8 @@ def main() -> int:
           f"bs {args.bs}, {args.size} px, opt {args.opt}, device {v_dls.device}; "
           f"{args.rounds} rounds of {', '.join(SIDES)}, each in a fresh process")
 
-    argv = sys.argv[1:] + (["--tta-images", "0"] if tta_failure else [])
-    results = interleaved_children(__file__, argv, SIDES, args.rounds)
+    child_argv = argv + (["--tta-images", "0"] if tta_failure else [])  # --data or its variable: inherited
+    results = interleaved_children("peer_fastai", child_argv, SIDES, args.rounds)
     mean = {side: {step: statistics.mean(r[step] for r in rs) for step in rs[0]} for side, rs in results.items()}
     n_tta = min(args.tta_images, len(v_dls.valid.indices))
     names = {"train": f"train {args.arch}", "tta": f"TTA n=4 {args.tta_arch} {n_tta} images"}
@@ -247,7 +251,13 @@ def main() -> int:
     ratios = {f"fastai_ratio_{step}": mean["vivace"][step] / peer for step, peer in mean["fastai"].items()}
 
     if args.record:
-        record(**{k: round(v, 3) for k, v in ratios.items()})
+        vivace_precision = "bf16" if autocast_dtype(v_dls.device, VIVACE_AMP["vivace"]) == torch.bfloat16 else "fp32"
+        notes = {f"fastai_ratio_{step}": f"vivace in {vivace_precision} (as vivace train runs here) / fastai in fp32 "
+                                         f"(its CPU default); at equal precision (fp32) "
+                                         f"{mean['vivace-fp32'][step] / peer:.2f}x"
+                 for step, peer in mean["fastai"].items()}
+        record(precision=f"vivace {vivace_precision} / fastai fp32", notes=notes,
+               **{k: round(v, 3) for k, v in ratios.items()})
         print(f"recorded {', '.join(ratios)} in docs/benchmarks.json")
     if tta_failure:
         print(f"error: {tta_failure}", file=sys.stderr)
@@ -261,4 +271,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

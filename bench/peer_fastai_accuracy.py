@@ -1,9 +1,9 @@
 """Accuracy parity: fastai's own Imagenette leaderboard recipe vs vivace's preset, same model and data.
 
-    .venv-peers/bin/python bench/peer_fastai_accuracy.py [--arch xresnet18 --widen 0.5] [--epochs 5]
+    .venv-peers/bin/python -m bench peer_fastai_accuracy --data PATH [--arch xresnet18 --widen 0.5] [--epochs 5]
 
 Answers one question about the 5-epoch preset's gap to the leaderboard (issue #8): does fastai's
-recipe, run here on `../shared/data/imagenette2-224` (224 px squares), reach more than vivace's?
+recipe, run here on the --data folder (so far imagenette2-224, 224 px squares), reach more than vivace's?
 
 - fastai 2.8.12: the leaderboard script's data (examples/train_imagenette.py `get_dbunch`:
   `RandomResizedCrop(size, min_scale=0.35)` + `FlipItem(0.5)` per item, `Normalize` per batch,
@@ -27,9 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, machine
+from .common import REPO, add_data_arg, bench_command, bench_env, data_folder, machine, make_parser
 
-ROOT = Path(__file__).resolve().parents[1]
 PRESET = "imagenette-128-5ep"
 VAL_XTRA = 0.14  # fastai RandomResizedCrop's val_xtra
 
@@ -87,16 +86,16 @@ def run_vivace(args) -> dict:
     return {"side": "vivace", "accuracy": round(summary["accuracy"], 4), "minutes": round(minutes, 1)}
 
 
-def run_fastai_child(args) -> dict:
+def run_fastai_child(args, argv: list[str]) -> dict:
     """fastai in a fresh process (its progress table stays on screen); the result comes back in a file."""
     result = args.runs / f"parity-fastai-{args.arch}-w{args.widen}-{args.act}-s{args.seed}.json"
-    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", str(result)], check=True)
+    subprocess.run(bench_command("peer_fastai_accuracy", [*argv, "--child", str(result)]), check=True, env=bench_env())
     return json.loads(result.read_text())
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+def main(argv: list[str]) -> int:
+    p = make_parser("peer_fastai_accuracy", __doc__)
+    add_data_arg(p)
     p.add_argument("--arch", default="xresnet18")
     p.add_argument("--widen", type=float, default=0.5)
     p.add_argument("--act", choices=("relu", "mish"), default="relu")
@@ -108,9 +107,10 @@ def main() -> int:
     p.add_argument("--pct-start", type=float, default=0.72)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--sides", nargs="+", choices=("fastai", "vivace"), default=["fastai", "vivace"])
-    p.add_argument("--runs", type=Path, default=ROOT / "runs", help="where vivace's run and fastai's result go")
+    p.add_argument("--runs", type=Path, default=REPO / "runs", help="where vivace's run and fastai's result go")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # run fastai, write its result here
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.data = data_folder(p.prog, args.data)
     if args.child:
         args.child.write_text(json.dumps(run_fastai(args)))
         return 0
@@ -120,7 +120,7 @@ def main() -> int:
           flush=True)
     results = []
     for side in args.sides:
-        results.append(run_fastai_child(args) if side == "fastai" else run_vivace(args))
+        results.append(run_fastai_child(args, argv) if side == "fastai" else run_vivace(args))
         print(json.dumps(results[-1]), flush=True)
     for r in results:
         print(f"{r['side']:<7} accuracy {r['accuracy']:.4f}   {r['minutes']:5.1f} min")
@@ -128,4 +128,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,7 +1,7 @@
 """vivace vs timm 1.0.31's training loop, side by side on one machine: training images/s (issue #8).
 
-    bash bench/peers_setup.sh    # once: .venv-peers with torch 2.14.1, fastai, timm and vivace
-    .venv-peers/bin/python bench/peer_timm.py [--arch xresnet50] [--batches 10] [--record]
+    bash scripts/peers_setup.sh    # once: .venv-peers with torch 2.14.1, fastai, timm and vivace
+    .venv-peers/bin/python -m bench peer_timm --data PATH [--arch xresnet50] [--batches 10] [--record]
 
 Both sides run the same torch build, batch size and crop size on the Imagenette train split,
 channels_last, cross-entropy, Nesterov SGD with decay off BatchNorm and biases:
@@ -25,8 +25,9 @@ timm-bf16, vivace, vivace-fp32, then in reverse, ...): timm under glibc's alloca
 vivace with the process settings `vivace train` applies (reuse of freed memory) in fp32
 (`vivace-fp32`, amp off) and as `vivace train` runs (`vivace`: amp auto, bf16 autocast on CPUs
 with AMX). `--record` writes timm_ratio_train (vivace / timm, each library's default: the ratio of
-means) and timm_ratio_train_bf16 (vivace / timm-bf16), xresnet50 only, into docs/benchmarks.json;
-`--min-ratio` makes the first a check.
+means) and timm_ratio_train_bf16 (vivace / timm-bf16), xresnet50 only, into docs/benchmarks.json,
+each with a note of the precisions and the ratio at equal precision; `--min-ratio` makes the
+first a check.
 """
 from __future__ import annotations
 
@@ -49,11 +50,13 @@ from timm.data import create_dataset, create_loader  # noqa: E402
 from timm.optim import create_optimizer_v2  # noqa: E402
 
 import vivace  # noqa: E402
-from common import (DEFAULT_DATA, VIVACE_AMP, Stopwatch, VivaceClock, check_no_workers,  # noqa: E402
-                    interleaved_children, machine, record, side_dataloaders)
 from vivace.data import make_dataloaders  # noqa: E402
 from vivace.learner import Learner  # noqa: E402
 from vivace.models import create_model  # noqa: E402
+from vivace.runtime import autocast_dtype  # noqa: E402
+
+from .common import (VIVACE_AMP, Stopwatch, VivaceClock, add_data_arg, check_no_workers,  # noqa: E402
+                     data_folder, interleaved_children, machine, make_parser, record, side_dataloaders)
 
 WARMUP = 3  # untimed batches: worker startup, allocator and thread pools warming up
 PRESIZE = 160  # px: vivace's presize cache (timm reads the JPEGs themselves)
@@ -127,9 +130,9 @@ def child(side: str, args) -> None:
     print(json.dumps({"train": rate}))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with train/ and val/")
+def main(argv: list[str]) -> int:
+    parser = make_parser("peer_timm", __doc__)
+    add_data_arg(parser)
     parser.add_argument("--arch", default="xresnet50", choices=sorted(TIMM_ARCH), help="vivace model")
     parser.add_argument("--batches", type=int, default=10, help="timed training batches per library")
     parser.add_argument("--bs", type=int, default=64)
@@ -138,7 +141,8 @@ def main() -> int:
     parser.add_argument("--min-ratio", type=float, default=None, help="exit 1 if vivace/timm is below")
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each side, interleaved")
     parser.add_argument("--child", choices=SIDES, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.data = data_folder(parser.prog, args.data)
     if args.child:
         child(args.child, args)
         return 0
@@ -158,7 +162,7 @@ def main() -> int:
     print(f"{len(dls.train.indices)} training images; {args.batches} timed batches after {WARMUP} warm-up; "
           f"bs {args.bs}, {args.size} px, device {dls.device}; "
           f"{args.rounds} rounds of {', '.join(SIDES)}, each in a fresh process")
-    results = interleaved_children(__file__, sys.argv[1:], SIDES, args.rounds)
+    results = interleaved_children("peer_timm", argv, SIDES, args.rounds)
     mean = {side: statistics.mean(r["train"] for r in rs) for side, rs in results.items()}
     for ours, peer in (("vivace-fp32", "timm"), ("vivace", "timm"), ("vivace", "timm-bf16")):
         print(f"train {args.arch} vs {TIMM_ARCH[args.arch]}: {peer:<9} {mean[peer]:7.1f} img/s   "
@@ -166,7 +170,11 @@ def main() -> int:
     ratio = mean["vivace"] / mean["timm"]
 
     if args.record:
-        record(timm_ratio_train=round(ratio, 3), timm_ratio_train_bf16=round(mean["vivace"] / mean["timm-bf16"], 3))
+        ours = "bf16" if autocast_dtype(dls.device, VIVACE_AMP["vivace"]) == torch.bfloat16 else "fp32"
+        note = (f"vivace in {ours} (as vivace train runs here) / timm in fp32 (its train.py's default); "
+                f"at equal precision (fp32) {mean['vivace-fp32'] / mean['timm']:.2f}x")
+        record(precision=f"vivace {ours} / timm fp32", notes={"timm_ratio_train": note}, timm_ratio_train=round(ratio, 3))
+        record(precision=f"vivace {ours} / timm bf16", timm_ratio_train_bf16=round(mean["vivace"] / mean["timm-bf16"], 3))
         print("recorded timm_ratio_train, timm_ratio_train_bf16 in docs/benchmarks.json")
     if args.min_ratio is not None and ratio < args.min_ratio:
         print(f"FAIL: vivace/timm {ratio:.2f} is below --min-ratio {args.min_ratio}", file=sys.stderr)
@@ -175,4 +183,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

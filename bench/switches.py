@@ -1,26 +1,27 @@
 """The speed switches not covered elsewhere: optimizer implementation, training and evaluation batch size.
 
-    .venv/bin/python bench/switches.py [--arch xresnet50] [--batches 4]
+    python -m bench switches [--arch xresnet50] [--batches 4]
 
 - optimizer step: ms per `opt.step()` over the model's parameters (random gradients) for SGD,
   AdamW and Ranger with PyTorch's per-tensor loop (`foreach=False`, its CPU default) and its
   multi-tensor kernels (`foreach=True`), and AdamW/SGD with `fused=True`;
-- training batch size: the model-only training step of bench/train.py at batch 32, 64, 128;
+- training batch size: the model-only training step of `python -m bench throughput` at batch 32, 64, 128;
 - evaluation batch size: the forward pass (no autograd) at batch 64, 128, 256.
 Each list is timed in order and then its first entry again, to show drift.
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import torch
 
-from common import machine
-from train import ceiling, eval_ceiling
 from vivace.models import create_model
 from vivace.optim import make_optimizer, param_groups
 from vivace.runtime import reuse_freed_memory
+
+from .common import machine, make_parser
+from .throughput import ceiling, eval_ceiling
 
 N_OUT = 10
 
@@ -52,13 +53,13 @@ def optimizer_variants() -> list[tuple[str, object]]:
     return variants
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str]) -> None:
+    p = make_parser("switches", __doc__)
     p.add_argument("--arch", default="xresnet50")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batches", type=int, default=4, help="timed batches per batch-size measurement")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per variant")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     reuse_freed_memory()  # as `vivace train` does
     print(machine())
     model = create_model(args.arch, n_out=N_OUT)
@@ -76,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

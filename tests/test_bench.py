@@ -1,4 +1,4 @@
-"""Benchmark scripts at toy sizes: they must measure, and record nothing unless asked.
+"""The benchmarks at toy sizes, through their runner: they must measure, and record nothing unless asked.
 
 The GPU check, run where there is no GPU: 60 timed batches of 8 need more than the embedded
 dataset's 400 training images, so its list repeats.
@@ -6,19 +6,57 @@ dataset's 400 training images, so its list repeats.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from bench import common
+from bench.__main__ import BENCHMARKS
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "benchmarks.json"
+NOT_BENCHMARKS = {"__init__", "__main__", "common"}  # the package, the runner, the shared helpers
+
+
+def run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m bench ARGS` from the repository root, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=common.bench_env(env) if env is None else env)
+
+
+def test_the_runner_lists_every_benchmark_module_with_its_description():
+    out = run_bench("--help")
+    assert out.returncode == 0, out.stderr
+    modules = {p.stem for p in (REPO / "bench").glob("*.py")} - NOT_BENCHMARKS
+    assert set(BENCHMARKS.values()) == modules  # a new bench/*.py must be added to the runner's list
+    for name, module in BENCHMARKS.items():
+        source = (REPO / "bench" / f"{module}.py").read_text()
+        first_line = re.search(r'^"""(.+)$', source, re.M)[1]
+        assert f"  {name}" in out.stdout and first_line in out.stdout, name
+
+
+def test_a_data_benchmark_without_data_exits_with_one_line_saying_how_to_give_it():
+    env = {k: v for k, v in common.bench_env().items() if k != common.DATA_ENV}
+    out = run_bench("throughput", env=env)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("python -m bench throughput: error:")
+    assert "--data PATH" in lines[0] and common.DATA_ENV in lines[0]
+
+
+def test_an_unknown_benchmark_is_named_in_the_error():
+    out = run_bench("no-such-benchmark")
+    assert out.returncode == 2
+    assert "no-such-benchmark" in out.stderr and "throughput" in out.stderr
 
 
 def test_gpu_check_measures_on_the_cpu_without_recording():
     before = RESULTS.read_bytes()
-    out = subprocess.run([sys.executable, "bench/gpu.py", "--arch", "xresnet18", "--bs", "8", "--size", "32",
-                          "--batches", "60"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = run_bench("gpu", "--arch", "xresnet18", "--bs", "8", "--size", "32", "--batches", "60")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "no CUDA" in out.stdout
     rates = re.search(r"model step ([\d.]+) img/s, end to end ([\d.]+) img/s", out.stdout)
@@ -27,12 +65,11 @@ def test_gpu_check_measures_on_the_cpu_without_recording():
     assert RESULTS.read_bytes() == before
 
 
-def test_train_bench_compares_precisions_without_recording():
+def test_throughput_compares_precisions_without_recording_and_reads_data_from_the_environment():
     before = RESULTS.read_bytes()
     embedded = REPO / "vivace" / "data" / "embedded"
-    out = subprocess.run([sys.executable, "bench/train.py", "--data", str(embedded), "--archs", "xresnet18",
-                          "--bs", "4", "--size", "32", "--batches", "1", "--compare-amp"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = run_bench("throughput", "--archs", "xresnet18", "--bs", "4", "--size", "32", "--batches", "1",
+                    "--compare-amp", env=common.bench_env({common.DATA_ENV: str(embedded)}))
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(r"fp32 matmul peak: [\d.]+ GFLOP/s", out.stdout), out.stdout
     ratio = re.search(r"ceiling fp32 [\d., ]+ img/s, bf16 autocast [\d., ]+ img/s: bf16 autocast is ([\d.]+)x", out.stdout)
@@ -40,18 +77,26 @@ def test_train_bench_compares_precisions_without_recording():
     assert RESULTS.read_bytes() == before  # xresnet50 figures only
 
 
-def test_record_notes_the_machine_and_date_of_each_figure(tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import common
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+def test_record_notes_the_machine_date_and_precision_of_each_figure(tmp_path):
     results = tmp_path / "benchmarks.json"
-    results.write_text('{"old_figure": 1.0}\n')
-    common.record(path=results, new_figure=2.0)
+    results.write_text('{"old_figure": 1.0, "notes": {"old_figure": "kept", "new_figure": "stale"}}\n')
+    common.record(path=results, precision="bf16", new_figure=2.0)
     data = json.loads(results.read_text())
     assert data["old_figure"] == 1.0 and data["new_figure"] == 2.0
     assert data["machine"] == common.cpu_name()
-    assert data["measured_on"] == {"new_figure": f"{data['machine']}, {data['date']}"}
+    assert data["measured_on"] == {"new_figure": {"machine": data["machine"], "date": data["date"], "precision": "bf16"}}
+    assert data["notes"] == {"old_figure": "kept"}  # a figure measured again drops its old note
+    common.record(path=results, notes={"ratio": "a / b"}, ratio=1.5)
+    data = json.loads(results.read_text())
+    assert "precision" not in data["measured_on"]["ratio"] and data["notes"]["ratio"] == "a / b"
     common.record(stamp=False, path=results, gpu={"device": "elsewhere"})
     assert "gpu" not in json.loads(results.read_text())["measured_on"]  # it carries its own
+
+
+def test_the_data_folder_comes_from_the_flag_or_the_environment(monkeypatch):
+    parser = common.make_parser("example", "An example.")
+    monkeypatch.setenv(common.DATA_ENV, "/from/env")
+    common.add_data_arg(parser)
+    assert parser.parse_args([]).data == Path("/from/env")
+    assert parser.parse_args(["--data", "/from/flag"]).data == Path("/from/flag")
+    assert common.data_folder("example", Path("/x")) == Path("/x")

@@ -1,6 +1,6 @@
 """Regenerate vivace/data/embedded/: a small, deterministic Imagenette sample shipped in the package.
 
-    python bench/make_embedded.py --src /work/shared/data/imagenette2-224
+    python scripts/make_embedded.py --src ../shared/data/imagenette2-224
 
 Takes the first N train and M val images of each class (sorted by file name), resizes them to
 `--size` px squares with Lanczos, saves JPEG quality 85 under the original names, writes the
@@ -65,7 +65,7 @@ A tiny slice of [Imagenette](https://github.com/fastai/imagenette) (Jeremy Howar
 - Counts: {counts['train']} train + {counts['val']} val images, 10 classes
   ({counts['train'] // 10} train and {counts['val'] // 10} val per class).
 - Images: {size}x{size} px, Lanczos resize, JPEG quality {JPEG_QUALITY}.
-- Regenerate with `python bench/make_embedded.py --src /path/to/{src.name}`.
+- Regenerate with `python scripts/make_embedded.py --src /path/to/{src.name}`.
 
 Folders are ImageNet WordNet ids, as in Imagenette:
 
@@ -87,7 +87,7 @@ def folder_bytes(folder: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", type=Path, default=Path("/work/shared/data/imagenette2-224"))
+    parser.add_argument("--src", type=Path, required=True, help="Imagenette's folder, e.g. imagenette2-224")
     parser.add_argument("--dst", type=Path, default=REPO / "vivace" / "data" / "embedded")
     parser.add_argument("--train-per-class", type=int, default=40)
     parser.add_argument("--val-per-class", type=int, default=10)

@@ -1,6 +1,6 @@
 """Data pipeline benchmark: presize cache + batch augmentation vs a per-image Pillow DataLoader.
 
-    .venv/bin/python bench/data.py --limit 3000 --n-batches 30
+    python -m bench pipeline --data PATH --limit 3000 --n-batches 30
 
 Prints images/s for
   (a) building the presize cache of the train split (fresh temporary cache directory),
@@ -31,13 +31,12 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from vivace.data.cache import build_cache
+from vivace.data.loader import BatchLoader
+from vivace.data.sources import find_images
+from vivace.runtime import reuse_freed_memory
 
-from vivace.data.cache import build_cache  # noqa: E402
-from vivace.data.loader import BatchLoader  # noqa: E402
-from vivace.data.sources import find_images  # noqa: E402
-from vivace.runtime import reuse_freed_memory  # noqa: E402
+from .common import add_data_arg, data_folder, make_parser
 
 WARMUP_BATCHES = 3  # not timed: thread/worker start-up, first-touch of pages, allocator warm-up
 RRC_SCALE = (0.35, 1.0)  # fastai's min_scale, same as TrainAugment's default
@@ -46,10 +45,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared/data/imagenette2-224",
-                   help="an ImageNet-style folder with train/<class>/*.JPEG")
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = make_parser("pipeline", __doc__)
+    add_data_arg(p)
     p.add_argument("--presize", type=int, default=160, help="cache side, px")
     p.add_argument("--size", type=int, default=128, help="training crop side, px")
     p.add_argument("--bs", type=int, default=64)
@@ -61,7 +59,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--min-speedup", type=float, default=None, help="fail if (b)/(c) is lower")
     p.add_argument("--no-reuse-memory", action="store_true",
                    help="keep glibc's allocator defaults (vivace train reuses freed memory)")
-    return p.parse_args()
+    args = p.parse_args(argv)
+    args.data = data_folder(p.prog, args.data)
+    return args
 
 
 def train_files(root: Path, limit: int | None) -> tuple[list[Path], np.ndarray]:
@@ -161,8 +161,8 @@ def reference_batches(files: list[Path], labels: np.ndarray, args: argparse.Name
     return epoch
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
     if not args.no_reuse_memory:
         reuse_freed_memory()  # as `vivace train` does; inherited by the reference's forked workers
     device = torch.device(args.device)
@@ -200,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# A separate venv for the side-by-side speed comparisons (bench/peer_fastai.py, bench/peer_timm.py):
+# A separate venv for the side-by-side comparisons (python -m bench peer_fastai | peer_timm | peer_fastai_accuracy):
 #
-#     bash bench/peers_setup.sh
+#     bash scripts/peers_setup.sh
 #
 # .venv-peers holds fastai and timm with the torch/torchvision they need, and vivace itself
 # installed --no-deps into that SAME torch, so both sides of every ratio run one torch build.

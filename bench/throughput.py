@@ -1,6 +1,6 @@
 """Training throughput: end-to-end (cache -> augment -> model -> optimizer) vs the model alone.
 
-    .venv/bin/python bench/train.py [--archs xresnet50 xresnet18] [--batches 8] [--record]
+    python -m bench throughput --data PATH [--archs xresnet50 xresnet18] [--batches 8] [--record]
 
 For each model at 128 px, batch 64, channels_last, SGD: images/s of vivace's Learner loop on
 Imagenette from the presize cache with augmentation, the ceiling (the same steps on a random
@@ -11,11 +11,11 @@ fp32; `--amp off`: fp32). Training FLOPs are counted as 3x the forward multiply-
 """
 from __future__ import annotations
 
-import argparse
+import sys
 
 import torch
 
-from common import DEFAULT_DATA, Stopwatch, VivaceClock, machine, matmul_peak_gflops, record
+from .common import Stopwatch, VivaceClock, add_data_arg, data_folder, machine, make_parser, matmul_peak_gflops, record
 from vivace.data import make_dataloaders
 from vivace.learner import Learner
 from vivace.models import count_macs, create_model
@@ -99,9 +99,9 @@ def alternate(arch: str, args, n_out: int, name_a: str, name_b: str, a: dict, b:
           f"{name_b} {', '.join(f'{r:.1f}' for r in rates[name_b])} img/s: {name_b} is {mean[name_b] / mean[name_a]:.2f}x")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+def main(argv: list[str]) -> None:
+    parser = make_parser("throughput", __doc__)
+    add_data_arg(parser)
     parser.add_argument("--archs", nargs="+", default=["xresnet50", "xresnet18"])
     parser.add_argument("--batches", type=int, default=8, help="timed batches per measurement")
     parser.add_argument("--bs", type=int, default=64)
@@ -120,11 +120,12 @@ def main() -> None:
                         help="write xresnet50's matmul peak fraction into docs/benchmarks.json")
     parser.add_argument("--no-reuse-memory", action="store_true",
                         help="keep glibc's allocator defaults (vivace train reuses freed memory)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    data = data_folder(parser.prog, args.data)
     if not args.no_reuse_memory:
         reuse_freed_memory()  # as `vivace train` does (Recipe.reuse_memory)
     print(machine())
-    dls = make_dataloaders(args.data, size=args.size, presize=160, bs=args.bs, progress=False)
+    dls = make_dataloaders(data, size=args.size, presize=160, bs=args.bs, progress=False)
     amp_dtype = autocast_dtype(dls.device, args.amp)
     peaks = {"fp32": matmul_peak_gflops()}
     if amp_dtype == torch.bfloat16:
@@ -155,9 +156,9 @@ def main() -> None:
     if args.record and "xresnet50" in fractions:
         # The issue's figure is against the fp32 peak in fp32; a bf16 run is recorded beside it.
         suffix = "" if precision == "fp32" else "_bf16"
-        record(**{f"matmul_peak_gflops{suffix}": round(peaks[precision], 1),
-                  f"matmul_peak_fraction{suffix}": round(fractions["xresnet50"], 3)})
+        record(precision=precision, **{f"matmul_peak_gflops{suffix}": round(peaks[precision], 1),
+                                       f"matmul_peak_fraction{suffix}": round(fractions["xresnet50"], 3)})
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
