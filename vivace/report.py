@@ -145,7 +145,8 @@ def _png(fig: Figure) -> bytes:
 
 def _details(title: str, mapping: dict[str, Any]) -> str:
     rows = [[k, config_value(v)] for k, v in mapping.items()]
-    return f"<details><summary>{_esc(title)} ({len(rows)} fields)</summary>{table(['field', 'value'], rows, 2)}</details>"
+    summary = f"<summary>{_esc(title)} ({len(rows)} fields)</summary>"
+    return f"<details>{summary}{table(['field', 'value'], rows, n_names=2)}</details>"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -309,7 +310,8 @@ def top_losses_section(interp: Interpretation, names: list[str]) -> str:
         caption = (f"predicted <b>{_esc(names[predicted])}</b><br>actual <b>{_esc(names[actual])}</b><br>"
                    f"loss {loss:.2f}<br>p(actual) {float(interp.probs[i, actual]):.2f}")
         alt = f"predicted {names[predicted]}, actual {names[actual]}"
-        tiles.append(f"<figure class=tile>{img_tag(_image_png(image), alt, css='')}<figcaption>{caption}</figcaption></figure>")
+        image_tag = img_tag(_image_png(image), alt, css="")
+        tiles.append(f"<figure class=tile>{image_tag}<figcaption>{caption}</figcaption></figure>")
     return ("<h3>Top losses</h3><p class='muted'>the validation images the model got most wrong, as it saw "
             "them; loss: the item's cross-entropy; p(actual): the probability it gave the actual class</p>"
             f"<div class=tiles>{''.join(tiles)}</div>")
@@ -335,7 +337,7 @@ def reliability_png(conf: Tensor, acc: Tensor, count: Tensor, ece: float) -> byt
             ax.bar(centres[chosen].numpy(), acc[chosen].numpy(), width=1 / N_BINS, edgecolor="black", **style)
     for x, y, n in zip(centres.tolist(), acc.tolist(), count.tolist()):
         if n > 0:
-            ax.text(x, min(y, 1.0) + 0.015, str(int(n)), ha="center", va="bottom", fontsize=8)
+            ax.text(x, min(y, 1.0) + 0.03, str(int(n)), ha="center", va="bottom", fontsize=8)
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     used = count > 0
     ax.plot(conf[used].numpy(), acc[used].numpy(), "o", color="tab:red", ms=4, label="mean confidence")
@@ -363,4 +365,5 @@ def config_section(config: dict[str, Any]) -> str:
                for k, v in config.items() if k not in defaults or v != defaults[k]]
     diff = (table(["field", "value", "default"], changed, n_names=3) if changed
             else "<p class='muted'>every field at its default</p>")
-    return f"<h2>Config</h2><p class='muted'>fields that differ from the defaults</p>{diff}{_details('full config', config)}"
+    return (f"<h2>Config</h2><p class='muted'>fields that differ from the defaults</p>{diff}"
+            f"{_details('full config', config)}")
