@@ -211,7 +211,9 @@ def _folder_summary(preds: list, csv_path: Path) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    print(write_report(Path(args.run)))
+    from .train import load_run
+    run = Path(args.run)
+    print(write_report(run, load_run(run)))  # load_run says when RUN is not a run directory
     return 0
 
 
@@ -235,7 +237,7 @@ def add_deploy_commands(sub) -> None:
     predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     predict.set_defaults(func=cmd_predict)
-    report = sub.add_parser("report", help="(re)write RUN/report.html from a run's best checkpoint")
+    report = sub.add_parser("report", help="(re)write RUN/report.html from a run directory")
     report.add_argument("run", help="a run directory (the --out of `vivace train`)")
     report.set_defaults(func=cmd_report)
 

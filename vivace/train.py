@@ -126,7 +126,7 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
         # The report scores the whole validation set in order: rank 0 rebuilds it alone.
         distributed.cleanup()
         if world.is_main:
-            write_report(out)
+            write_report(out, load_run(out))
     else:
         write_report(out, learn)
     return summary
