@@ -18,6 +18,7 @@ import vivace.book
 from vivace.book import *  # the chapter's `from fastai.vision.all import *`
 from vivace.callbacks import StopAfter
 from vivace.data.datasets import DATASETS, embedded_path
+from vivace.data.names import display_names
 from vivace.inference import Predictor
 
 N_TRAIN, N_VALID = 400, 100  # the embedded subset's 500 images, split 80/20 at random as in the book
@@ -281,9 +282,25 @@ def test_export_and_load_learner(progressive, path, tmp_path):
     learn = progressive[0]
     learn.export(tmp_path / "export.vivace")
     learn_inf = load_learner(tmp_path / "export.vivace")
-    assert isinstance(learn_inf, Predictor) and learn_inf.vocab == learn.dls.vocab
-    pred = learn_inf.predict(get_image_files(path / "val")[0])
-    assert pred.label in learn.dls.vocab and pred.probs.shape == (10,)
+    assert isinstance(learn_inf.predictor, Predictor) and learn_inf.dls.vocab == learn.dls.vocab
+    # -- the book's inference calls (chapter 2's `learn_inf.predict`), on a validation image
+    fname = get_image_files(path / "val")[0]
+    label, index, probs = learn_inf.predict(fname)
+    assert label == learn.dls.vocab[index]
+    assert probs.shape == (10,) and int(probs.argmax()) == int(index)
+    assert learn.predict(fname)[0] == label
+
+
+def test_interpretation_and_results_on_imagenette(progressive):
+    learn = progressive[0]
+    interp = ClassificationInterpretation.from_learner(learn)
+    assert interp.confusion_matrix().shape == (10, 10) and interp.confusion_matrix().sum() == N_VALID
+    confused = interp.most_confused()
+    assert all(a in learn.dls.vocab and p in learn.dls.vocab and a != p for a, p, _ in confused)  # ids
+    assert [n for _, _, n in confused] == sorted((n for _, _, n in confused), reverse=True)
+    fig = learn.show_results(max_n=4)
+    names = set(display_names(learn.dls.vocab))  # people read "church", not "n03028079"
+    assert all(set(ax.get_title().split("\n")) <= names for ax in fig.axes)
 
 
 def test_show_batch(baseline_dls, tmp_path):

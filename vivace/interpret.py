@@ -77,6 +77,10 @@ class Interpretation:
 
     def plot_confusion_matrix(self, path: str | Path, normalize: bool = False) -> Path:
         """Save the confusion matrix (rows actual, columns predicted) as a PNG."""
+        return _save(self.confusion_matrix_figure(normalize), path)
+
+    def confusion_matrix_figure(self, normalize: bool = False) -> Figure:
+        """The confusion matrix (rows actual, columns predicted) as a matplotlib Figure."""
         cm = self.confusion_matrix().double()
         if normalize:
             cm = cm / cm.sum(dim=1, keepdim=True).clamp(min=1)
@@ -96,10 +100,14 @@ class Interpretation:
                     value = cm[a, p].item()
                     ax.text(p, a, f"{value:.2f}" if normalize else f"{int(value)}", ha="center", va="center",
                             color="white" if value > top / 2 else "black", fontsize=8)
-        return _save(fig, path)
+        return fig
 
     def plot_top_losses(self, k: int, path: str | Path, ncols: int = 3) -> Path:
         """Save the k worst-predicted images, titled predicted/actual/loss/probability of actual."""
+        return _save(self.top_losses_figure(k, ncols), path)
+
+    def top_losses_figure(self, k: int, ncols: int = 3) -> Figure:
+        """The k worst-predicted images, titled predicted/actual/loss/probability of actual."""
         if k < 1:
             raise ValueError(f"k={k} must be >= 1 (the number of images to plot)")
         losses, indices = self.top_losses(k)
@@ -114,7 +122,7 @@ class Interpretation:
                          fontsize=9)
             ax.axis("off")
         fig.suptitle("Prediction/Actual / Loss/Probability", fontsize=10)
-        return _save(fig, path)
+        return fig
 
     def plot_reliability(self, path: str | Path, n_bins: int = 15) -> Path:
         """Save a reliability diagram (accuracy vs confidence per bin) with the ECE in the title."""

@@ -13,7 +13,9 @@ from vivace.models import xresnet18, xresnet34, xresnet50, xresnet101, xresnet15
 
 from .data import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, RandomSplitter, URLs,
                    get_image_files, get_image_files_sorted, parent_label, untar_data)
-from .learner import CrossEntropyLossFlat, Learner, MixUp, SuggestedLRs, load_learner
+from .inference import load_learner
+from .interpret import ClassificationInterpretation
+from .learner import CrossEntropyLossFlat, Learner, MixUp, SuggestedLRs
 from .transforms import Normalize, Resize, aug_transforms
 from .vision import PILImage, plt, show_image, tensor
 
@@ -26,7 +28,9 @@ __all__ = [
     "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152",
     # training
     "Learner", "CrossEntropyLossFlat", "LabelSmoothingCrossEntropy", "Mixup", "MixUp", "CutMix",
-    "accuracy", "error_rate", "SuggestedLRs", "load_learner",
+    "accuracy", "error_rate", "SuggestedLRs",
+    # inference and interpretation
+    "load_learner", "ClassificationInterpretation",
     # the Mixup figure
     "PILImage", "tensor", "show_image", "plt",
 ]

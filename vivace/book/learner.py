@@ -6,16 +6,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from vivace import learner
 from vivace.callbacks import Callback
-from vivace.export import load
-from vivace.inference import Predictor
+from vivace.inference import Item
 from vivace.losses import CrossEntropy
 from vivace.lr_finder import LRFindResult
 from vivace.mixing import Mixup
 from vivace.runtime import reuse_freed_memory
+
+from .inference import learner_predictor, predict_item, show_results
 
 FASTAI_WD = 0.01  # fastai's Adam default: true (decoupled) weight decay, none on BatchNorm and biases
 
@@ -65,6 +66,15 @@ class Learner(learner.Learner):
             lrs, losses = found.lrs, found.losses
         return SuggestedLRs(found.lrs, found.losses, found.suggestion, valley(lrs, losses))
 
+    def predict(self, item: Item) -> tuple[str, Tensor, Tensor]:
+        """fastai's predict: (label, index, probs) for one image file or PIL image, as validation sees it."""
+        return predict_item(learner_predictor(self), item)
+
+    def show_results(self, ds_idx: int = 1, dl: Any = None, max_n: int = 9, ncols: int = 3,
+                     path: str | Path | None = None):
+        """The first `max_n` images titled actual/predicted (green: right, red: wrong): a Figure."""
+        return show_results(self, ds_idx, dl, max_n, ncols, path)
+
 
 @dataclass(repr=False)
 class SuggestedLRs(LRFindResult):
@@ -89,8 +99,3 @@ def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
                 end, start = i, i - run[i]
     third = (end - start) / 3
     return float(lrs[max(start + int(third) + int(third / 2), 0)])  # start is -1 when the run begins at 0
-
-
-def load_learner(fname: str | Path, cpu: bool = True) -> Predictor:
-    """Load what `learn.export()` wrote: a vivace Predictor (safetensors, nothing unpickled)."""
-    return load(fname, device="cpu" if cpu else None)
