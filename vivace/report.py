@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write
 from .interpret import Interpretation
 
 REPORT_NAME = "report.html"
@@ -55,9 +56,8 @@ def write_report(run_dir: str | Path, learn: Any = None) -> Path:
             f"<title>vivace report: {_esc(run_dir.resolve().name)}</title><style>{STYLE}</style></head>\n"
             f"<body>\n{chr(10).join(body)}\n</body></html>\n")
     path = run_dir / REPORT_NAME
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path
 
 
