@@ -106,13 +106,13 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); fix it, or delete it and train again") from err
+        raise ValueError(f"{path}: not valid JSON ({err}); fix the file, or train the run again") from err
     if not isinstance(saved, dict):
-        raise ValueError(f"{path} must hold a JSON object of recipe fields, got {type(saved).__name__}")
+        raise ValueError(f"{path}: must hold a JSON object of recipe fields, got {type(saved).__name__}")
     fields = {f.name: f for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(saved) - set(fields))
     if unknown:
-        raise ValueError(f"{path} has unknown field(s) {', '.join(unknown)}; a recipe's fields are: "
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; a recipe's fields are: "
                          f"{', '.join(fields)}")
     for name, value in saved.items():
         expected = type(fields[name].default)
