@@ -239,3 +239,15 @@ def test_bad_arguments(tmp_path):
         build_cache([], P, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="presize"):
         build_cache([tmp_path / "x.png"], 0, cache_dir=tmp_path)
+
+
+def test_temp_file_of_a_killed_build_is_removed_by_the_next(tmp_path):
+    from test_files import dead_pid, plant_temp
+
+    files = _good_images(tmp_path / "data")
+    directory = tmp_path / "c" / cache_module.cache_key(files, P)[:16]
+    directory.mkdir(parents=True)
+    stale = plant_temp(directory, "pixels.u8", dead_pid())  # a build killed while decoding
+    cache = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
+    assert cache.directory == directory and not stale.exists()
+    assert sorted(p.name for p in directory.iterdir()) == ["index.json", "pixels.u8"]

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,47 @@ def test_errors_are_messages_not_tracebacks(argv, message, capsys, tmp_path, mon
     assert not (tmp_path / "runs").exists()  # nothing written for a run that could not start
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+BAD_CONFIGS = [
+    ('{"epochs": 2, "warmup": 0.1, "lr2": 1}', "unknown field(s) lr2, warmup; a recipe's fields are: data, arch,"),
+    ("{'epochs': 2}", "not valid JSON (Expecting property name enclosed in double quotes"),
+    ('["epochs", 2]', "must hold a JSON object of recipe fields, got list"),
+    ('{"epochs": "two"}', "field epochs must be int, got 'two'"),
+]
+CONFIG_READERS = [["export", "{run}", "-o", "{run}/x.vivace"], ["train", "--out", "{run}", "--resume"]]
+
+
+def _run_with_config(tmp_path, text: str, command: list[str]) -> tuple[Path, list[str]]:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    return run, [arg.format(run=run) for arg in command]
+
+
+@pytest.mark.parametrize("text, message", BAD_CONFIGS)
+@pytest.mark.parametrize("command", CONFIG_READERS)
+def test_bad_config_json_is_one_line_naming_the_file(tmp_path, text, message, command, capsys):
+    run, argv = _run_with_config(tmp_path, text, command)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vivace {argv[0]}: error: {run / 'config.json'}: ") and message in err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # nothing written
+
+
+@pytest.mark.parametrize("case, command", [(0, CONFIG_READERS[0]), (1, CONFIG_READERS[1])])
+def test_bad_config_json_from_the_shell_has_no_traceback(tmp_path, case, command):
+    text, message = BAD_CONFIGS[case]
+    run, argv = _run_with_config(tmp_path, text, command)
+    done = subprocess.run([sys.executable, "-m", "vivace", *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_load_recipe_round_trips_and_accepts_ints_for_floats(tmp_path):
+    from vivace.recipe import Recipe, load_recipe
+
+    path = tmp_path / "config.json"
+    recipe = Recipe(epochs=3, lr=0.5, data="x")
+    path.write_text(json.dumps({**recipe.to_dict(), "lr": 1}))
+    assert load_recipe(path) == Recipe(epochs=3, lr=1.0, data="x")

@@ -1,5 +1,6 @@
 import json
 import pickle
+import re
 
 import pytest
 from conftest import trained_tiny_learner
@@ -169,3 +170,83 @@ def test_learner_export_and_tta_default(learn, tmp_path):
     path = learn.export(tmp_path / "via_learner.vivace")
     assert load(path).tta == "none"
     assert load(export_learner(learn, tmp_path / "flip.vivace", tta="flip")).tta == "flip"
+
+
+def forge_bundle(bundle, tmp_path, edit, name="forged.vivace"):
+    """A copy of `bundle` with `edit(info, tensors)` applied and its checksum recomputed, as export does."""
+    from vivace.files import content_hash
+
+    with safe_open(str(bundle), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    info = json.loads(meta["info"])
+    info = edit(info, tensors) or info
+    meta["info"] = json.dumps(info, sort_keys=True)
+    meta["sha256"] = content_hash(meta["info"], tensors)
+    path = tmp_path / name
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def _set(key, value):
+    def edit(info, tensors):
+        target, *rest = key.split(".")
+        if rest:
+            info[target][rest[0]] = value
+        else:
+            info[target] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, field, expected", [
+    (_set("normalize.mean", [float("nan"), 0.4, 0.4]), "normalize.mean", "3 finite numbers"),
+    (_set("normalize.std", [0.2, 0.2]), "normalize.std", "3 finite numbers"),
+    (_set("normalize.std", [0.2, 0.0, 0.2]), "normalize.std", "positive"),
+    (_set("normalize", [1, 2]), "normalize", "null or an object"),
+    (_set("vocab", ["red", "green"]), "vocab", "3 class names, one per model output"),
+    (_set("vocab", ["red", "green", 3]), "vocab", "class names"),
+    (_set("vocab", ["red", "red", "blue"]), "vocab", "distinct"),
+    (lambda info, t: ["not", "an", "object"], "info", "a JSON object"),
+    (_set("size", 0), "size", "an integer >= 1"),
+    (_set("presize", "24"), "presize", "an integer >= 1"),
+    (_set("presize", 8), "presize", ">= size=16"),
+    (_set("crop", float("inf")), "crop", r"a number in \(0, 1\]"),
+    (_set("tta", "five-crop"), "tta", "one of none, flip"),
+    (_set("config", None), "config", "a JSON object"),
+    (_set("config.n_out", -3), "config.n_out", "an integer >= 1"),
+    (_set("arch", "resnet"), "arch", "'xresnet'"),
+])
+def test_forged_bundle_fields_are_refused(bundle, tmp_path, edit, field, expected):
+    # F2, F3, F4: the checksum matches, but the content cannot give correct predictions.
+    bad = forge_bundle(bundle, tmp_path, edit)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}: bundle field '{field}' must be .*{expected}.*, got"):
+        load(bad)
+
+
+def test_forged_nan_weights_are_refused(bundle, tmp_path):
+    def poison(info, tensors):
+        name = next(k for k, v in tensors.items() if v.is_floating_point())
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[0] = float("nan")
+
+    bad = forge_bundle(bundle, tmp_path, poison)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(bad))}: bundle weight .* NaN or infinite"):
+        load(bad)
+
+
+def test_forged_bundle_through_the_cli_is_one_line(bundle, tmp_path, tiny_folder):
+    import subprocess
+    import sys
+
+    bad = forge_bundle(bundle, tmp_path, _set("normalize.mean", [float("nan")] * 3))
+    image = next((tiny_folder / "val" / "red").iterdir())
+    run = subprocess.run([sys.executable, "-m", "vivace", "predict", str(bad), str(image)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.startswith("vivace predict: error: ") and "normalize.mean" in run.stderr
+    assert len(run.stderr.splitlines()) == 1
+
+
+def test_bundles_get_the_umask_mode(bundle):
+    from vivace.files import UMASK
+
+    assert bundle.stat().st_mode & 0o777 == 0o666 & ~UMASK

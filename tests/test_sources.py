@@ -1,5 +1,6 @@
 """Tests for vivace.data.sources: finding, labelling and splitting image files."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,36 @@ def test_error_bad_valid_pct(tmp_path):
     touch(tmp_path, "cat/1.jpg", "dog/1.jpg")
     with pytest.raises(ValueError, match="valid_pct=1.5"):
         make_source(tmp_path, valid_pct=1.5)
+
+
+def test_symlink_loops_list_each_image_once(tmp_path):
+    # F1: `ln -s . a/self` and `ln -s ../.. b/up` listed each image ~41 times, silently.
+    touch(tmp_path, *(f"train/{c}/{i}.jpg" for c in "ab" for i in range(4)), "val/a/9.jpg", "val/b/9.jpg")
+    expected = find_images(tmp_path)
+    (tmp_path / "train" / "a" / "self").symlink_to(".")
+    (tmp_path / "train" / "b" / "up").symlink_to("../..")
+    with pytest.warns(UserWarning, match=r"skipped 2 symlinked folders already visited \(train/a/self, train/b/up\)"):
+        assert find_images(tmp_path) == expected
+    with pytest.warns(UserWarning, match="symlinked folders"):
+        source = make_source(tmp_path)
+    assert len(source.train_files) == 8 and len(source.valid_files) == 2
+
+
+def test_symlinked_folders_and_files_are_followed_once(tmp_path):
+    touch(tmp_path / "pool", "cat/1.jpg", "dog/2.jpg")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cat").symlink_to(tmp_path / "pool" / "cat")  # linked into place: followed
+    (tmp_path / "data" / "dog").mkdir()
+    (tmp_path / "data" / "dog" / "2.jpg").symlink_to(tmp_path / "pool" / "dog" / "2.jpg")
+    (tmp_path / "data" / "dog" / "again.jpg").symlink_to(tmp_path / "pool" / "dog" / "2.jpg")
+    (tmp_path / "data" / "dog" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # kept: reported at decode
+    with pytest.warns(UserWarning, match="skipped 1 symlinked files whose targets were already found"):
+        found = find_images(tmp_path / "data")
+    assert [p.relative_to(tmp_path / "data").as_posix() for p in found] == ["cat/1.jpg", "dog/2.jpg", "dog/gone.jpg"]
+
+
+def test_hard_links_stay_separate_images(tmp_path, recwarn):
+    touch(tmp_path, "a/1.jpg")
+    (tmp_path / "b").mkdir()
+    os.link(tmp_path / "a" / "1.jpg", tmp_path / "b" / "1.jpg")
+    assert len(find_images(tmp_path)) == 2 and not recwarn.list

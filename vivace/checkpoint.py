@@ -2,12 +2,13 @@
 
 A single file can be written atomically (temp file, then rename), so a run killed at any moment
 leaves either the previous checkpoint or the new one, never half of each. Nothing is pickled.
+The metadata's `sha256` (of the state JSON and every tensor, as bundles carry) is checked on load:
+a damaged checkpoint is refused, never resumed from.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .callbacks import Callback
+from .files import atomic_write, content_hash, remove_stale_temps
 
 FORMAT = "vivace-checkpoint-1"
 
@@ -59,13 +61,12 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write `state` (nested dicts of tensors and JSON values) to `path` atomically."""
     skeleton, tensors = flatten_state(state)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     # safetensors refuses tensors sharing memory; clone the rare views.
     tensors = {k: v.clone() for k, v in tensors.items()}
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "state": json.dumps(skeleton)})
-    os.replace(tmp, path)
+    state_json = json.dumps(skeleton)
+    metadata = {"format": FORMAT, "state": state_json, "sha256": content_hash(state_json, tensors)}
+    with atomic_write(path, fsync=True) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -81,7 +82,29 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
         raise ValueError(f"{path} is not a readable checkpoint ({err})") from err
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    return unflatten_state(json.loads(meta["state"]), tensors)
+    # Checkpoints written before the digest existed have none: they load unchecked.
+    if "sha256" in meta and content_hash(meta.get("state", ""), tensors) != meta["sha256"]:
+        raise ValueError(f"{path} failed its integrity check (sha256 mismatch): the file was damaged "
+                         "after it was written; delete it to start the run again, or copy best.safetensors "
+                         "over it to resume from the best epoch")
+    try:
+        state = unflatten_state(json.loads(meta["state"]), tensors)
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} has no readable training state in its metadata ({err!r})") from err
+    _check_position(path, state)
+    return state
+
+
+def _check_position(path: Path, state: Any) -> None:
+    """A learner checkpoint's position must be two non-negative integers (epoch, batch)."""
+    if not isinstance(state, dict) or "position" not in state:
+        return  # a plain state saved by save_checkpoint, not a learner's
+    pos = state["position"]
+    for key in ("epoch", "batch"):
+        value = pos.get(key) if isinstance(pos, dict) else None
+        if type(value) is not int or value < 0:
+            raise ValueError(f"{path}: checkpoint field position.{key} must be an integer >= 0, "
+                             f"got {value!r}; the file was edited or damaged: delete it to start again")
 
 
 def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:
@@ -141,6 +164,8 @@ class CheckpointSaver(Callback):
 
     def before_fit(self, learn) -> None:
         self.last_save = time.monotonic()
+        if learn.is_main:  # a run killed mid-write left a temp file (34 MB for a small model)
+            remove_stale_temps(self.directory)
 
     def after_batch(self, learn) -> None:
         if self.every_s and not learn.failure and time.monotonic() - self.last_save >= self.every_s:

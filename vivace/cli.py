@@ -5,11 +5,12 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from .distributed import rank
-from .recipe import PRESETS, Recipe, make_recipe
+from .recipe import PRESETS, Recipe, load_recipe, make_recipe
 from .runtime import reuse_freed_memory
 
 FIELD_HELP_SOURCE = Path(__file__).with_name("recipe.py")
@@ -44,7 +45,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
     saved_config = Path(given.get("out", "")) / "config.json"
     if given.get("resume") and given.get("out") and saved_config.is_file():
-        return make_recipe(**{**json.loads(saved_config.read_text()), **given})
+        return make_recipe(**{**load_recipe(saved_config).to_dict(), **given})
     if not given.get("preset") and not given.get("data"):
         given["preset"] = DEFAULT_PRESET  # no data named: the embedded dataset's quick job
     return make_recipe(**given)
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Warnings (skipped images, symlink loops) as one line each, without the source line;
+    # formatwarning is the hook Python documents for this.
+    warnings.formatwarning = lambda message, *_: f"vivace {args.command}: warning: {message}\n"
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -3,37 +3,29 @@
 Layout: the model's state_dict as tensors; the metadata holds `format`, `version`, `info` (JSON:
 architecture config, class names, normalization statistics, size, presize, TTA default) and
 `sha256`, a digest of `info` and every tensor, checked on load. The digest catches corruption and
-edits; it is not a signature (whoever can edit the file can recompute it). Nothing is pickled.
+edits; it is not a signature (whoever can edit the file can recompute it), so every info field is
+then validated too (`check_info`). Nothing is pickled.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import math
+import reprlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from .files import atomic_write, content_hash
 from .normalize import Normalize
 from .inference import TTA_MODES, Predictor
 from .models.xresnet import XResNet
 
 FORMAT = "vivace-export"
 VERSION = 1  # bump when the layout or the meaning of a field changes
-
-
-def content_hash(info_json: str, tensors: dict[str, Tensor]) -> str:
-    """sha256 hex of the info JSON and each tensor's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256(info_json.encode("utf-8"))
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"\n{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def bundle_info(learn: Any, tta: str = "none") -> dict[str, Any]:
@@ -59,11 +51,8 @@ def export_learner(learn: Any, path: str | Path, tta: str = "none") -> Path:
     metadata = {"format": FORMAT, "version": str(VERSION), "info": info_json,
                 "sha256": content_hash(info_json, tensors)}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    # Bytes through open(), not save_file, which creates 0600 files: a bundle is meant to be shared.
-    tmp.write_bytes(save(tensors, metadata=metadata))
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=True) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
@@ -86,7 +75,72 @@ def read_bundle(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         info = json.loads(meta["info"])
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} has unreadable info metadata ({err})") from err
+    check_info(path, info, tensors)
     return info, tensors
+
+
+def check_info(path: Path, info: Any, tensors: dict[str, Tensor]) -> None:
+    """ValueError naming the bundle, the field and what it must be, for any info a Predictor can't use.
+
+    A bundle whose checksum was recomputed after an edit passes the integrity check: this is what
+    stops NaN statistics or a vocab that does not fit the model from giving NaN or wrong answers.
+    """
+    def bad(field: str, expected: str, value: Any) -> ValueError:
+        return ValueError(f"{path}: bundle field {field!r} must be {expected}, got {reprlib.repr(value)}")
+
+    if not isinstance(info, dict):
+        raise bad("info", "a JSON object", info)
+    if info.get("arch") != "xresnet":
+        raise bad("arch", "'xresnet'", info.get("arch"))
+    config = info.get("config")
+    if not isinstance(config, dict):
+        raise bad("config", "a JSON object of XResNet arguments", config)
+    for key in ("n_out", "c_in"):
+        if not _positive_int(config.get(key)):
+            raise bad(f"config.{key}", "an integer >= 1", config.get(key))
+    vocab = info.get("vocab")
+    names = isinstance(vocab, list) and all(isinstance(v, str) for v in vocab)
+    if not names or len(set(vocab)) != len(vocab):
+        raise bad("vocab", "a list of distinct class names (strings)", vocab)
+    if len(vocab) != config["n_out"]:
+        raise bad("vocab", f"{config['n_out']} class names, one per model output (config.n_out)", vocab)
+    _check_normalize(info.get("normalize", "missing"), config["c_in"], bad)
+    for key in ("size", "presize"):
+        if not _positive_int(info.get(key)):
+            raise bad(key, "an integer >= 1 (pixels)", info.get(key))
+    if info["presize"] < info["size"]:
+        raise bad("presize", f">= size={info['size']}", info["presize"])
+    crop = info.get("crop", 1.0)  # bundles from before valid_crop resized the whole square
+    if not _finite_number(crop) or not 0 < crop <= 1:
+        raise bad("crop", "a number in (0, 1]", crop)
+    if info.get("tta") not in TTA_MODES:
+        raise bad("tta", f"one of {', '.join(TTA_MODES)}", info.get("tta"))
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{path}: bundle weight {name!r} holds NaN or infinite values; "
+                             "export a run whose training did not diverge")
+
+
+def _check_normalize(norm: Any, channels: int, bad) -> None:
+    """None (trained unnormalized) or {mean, std}: `channels` finite numbers each, std > 0."""
+    if norm is None:
+        return
+    if not isinstance(norm, dict):
+        raise bad("normalize", "null or an object with mean and std", norm)
+    for key in ("mean", "std"):
+        value = norm.get(key)
+        if not isinstance(value, list) or len(value) != channels or not all(map(_finite_number, value)):
+            raise bad(f"normalize.{key}", f"a list of {channels} finite numbers", value)
+    if min(norm["std"]) <= 0:
+        raise bad("normalize.std", "positive numbers", norm["std"])
+
+
+def _positive_int(value: Any) -> bool:
+    return type(value) is int and value >= 1
+
+
+def _finite_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _check_header(path: Path, meta: dict[str, str]) -> None:
@@ -117,12 +171,9 @@ def build_model(info: dict[str, Any], tensors: dict[str, Tensor]) -> nn.Module:
 def load(path: str | Path, device: str | torch.device | None = None, amp: str = "auto") -> Predictor:
     """Load a bundle as a ready-to-use Predictor (device None: CUDA if available, else CPU; amp as
     in training, see `vivace.runtime.autocast_dtype`)."""
-    info, tensors = read_bundle(path)
-    try:
-        norm = info["normalize"]
-        return Predictor(build_model(info, tensors), info["vocab"],
-                         Normalize(norm["mean"], norm["std"]) if norm is not None else None,
-                         size=info["size"], presize=info["presize"], tta=info["tta"], device=device,
-                         crop=info.get("crop", 1.0), amp=amp)  # bundles before valid_crop resized it all
-    except KeyError as err:
-        raise ValueError(f"{path}: bundle info lacks the field {err}") from err
+    info, tensors = read_bundle(path)  # checked: every field below is present and usable
+    norm = info["normalize"]
+    return Predictor(build_model(info, tensors), info["vocab"],
+                     Normalize(norm["mean"], norm["std"]) if norm is not None else None,
+                     size=info["size"], presize=info["presize"], tta=info["tta"], device=device,
+                     crop=info.get("crop", 1.0), amp=amp)  # bundles before valid_crop resized it all

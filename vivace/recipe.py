@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .models import MODELS
@@ -96,6 +98,29 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """The Recipe saved in a run's config.json (not validated); ValueError naming the file if unusable."""
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); fix the file, or train the run again") from err
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: must hold a JSON object of recipe fields, got {type(saved).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(saved) - set(fields))
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; a recipe's fields are: "
+                         f"{', '.join(fields)}")
+    for name, value in saved.items():
+        expected = type(fields[name].default)
+        # JSON writes 1.0 as 1.0 but a hand edit may write 1: an int is a fine float.
+        fits = type(value) is expected or (expected is float and type(value) is int)
+        if not fits:
+            raise ValueError(f"{path}: field {name} must be {expected.__name__}, got {value!r}")
+    return Recipe(**saved)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from .callbacks import Callback
+from .files import atomic_write
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 class RunLogger(Callback):
@@ -36,13 +35,11 @@ class RunLogger(Callback):
 
 def write_log_csv(path: Path, rows: list[dict[str, float]]) -> None:
     """Rewrite the whole log: rows are few, and a resumed run then never duplicates one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: int(v) if k == "epoch" else round(v, 6) for k, v in row.items()})
-    os.replace(tmp, path)
 
 
 def plot_history(rows: list[dict[str, float]], lrs: list[float], sizes: list[int], directory: Path) -> None:

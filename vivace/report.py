@@ -27,6 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from .data.names import display_names
+from .files import atomic_write
 from .interpret import Interpretation
 from .metrics import calibration_error, reliability_bins
 from .recipe import Recipe
@@ -90,9 +91,8 @@ def write_report(run_dir: str | Path, learn: Any) -> Path:
             f"<title>vivace report: {name}</title><style>{STYLE}</style></head>\n"
             f"<body>\n{chr(10).join(body)}\n</body></html>\n")
     path = run_dir / REPORT_NAME
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path
 
 

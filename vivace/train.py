@@ -1,7 +1,6 @@
 """Train a Recipe: data -> model -> Learner with the recipe's techniques -> run directory."""
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import replace
@@ -20,7 +19,7 @@ from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, nll, top_k_accuracy
 from .mixing import CutMix, Mixup, MixupOrCutMix
 from .models import create_model
-from .recipe import Recipe
+from .recipe import Recipe, load_recipe
 from .records import RunLogger, write_json
 from .runtime import configure_process
 from .schedule import SizeSchedule
@@ -156,7 +155,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", **overrides: Any) -> Learn
     config = run_dir / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the --out of a `vivace train` run")
-    recipe = Recipe(**{**json.loads(config.read_text()), **overrides, "resume": False})
+    recipe = Recipe(**{**load_recipe(config).to_dict(), **overrides, "resume": False})
     recipe.validate()
     configure_process(recipe.threads, recipe.reuse_memory)  # the run's speed settings (2x for evaluation)
     learn = build_learner(recipe, build_dataloaders(recipe), run_dir)

@@ -25,6 +25,8 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm import tqdm
 
+from ..files import atomic_write
+
 FORMAT_VERSION = 1  # bump when the decoding or the file layout changes: old caches then miss
 PIXELS_NAME = "pixels.u8"
 INDEX_NAME = "index.json"
@@ -192,17 +194,15 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
     paths = [os.path.abspath(f) for f in files]
     n_workers = min(workers or _available_cpus(), len(paths))
     # Decode into a private file, then rename: two processes building the same key (say, DDP
-    # ranks) each write a whole file instead of truncating each other's.
-    tmp_pixels = directory / f".{PIXELS_NAME}.{os.getpid()}.tmp"
-    try:
+    # ranks) each write a whole file instead of truncating each other's. A build killed here
+    # leaves its temp file, deleted by the next build once that process is gone.
+    with atomic_write(directory / PIXELS_NAME) as tmp_pixels:
         reasons = _decode_all(paths, tmp_pixels, presize, n_workers, progress)
-        os.replace(tmp_pixels, directory / PIXELS_NAME)
-    finally:
-        tmp_pixels.unlink(missing_ok=True)
     skipped = [(p, r) for p, r in zip(paths, reasons) if r is not None]
     index = {"version": FORMAT_VERSION, "presize": presize, "n": len(paths), "files": paths,
              "ok": [r is None for r in reasons], "skipped": skipped}
-    _write_atomic(directory / INDEX_NAME, json.dumps(index))
+    with atomic_write(directory / INDEX_NAME) as tmp:
+        tmp.write_text(json.dumps(index), encoding="utf-8")
     if skipped:
         _warn_skipped(skipped, len(paths))
     return ImageCache.open(directory)
@@ -269,13 +269,6 @@ def _decode_in_worker(job: tuple[int, str, int]) -> tuple[int, str | None]:
     i, path, presize = job
     assert _worker_pixels is not None, "_init_worker did not run"
     return i, _decode_row(_worker_pixels, i, path, presize)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _warn_skipped(skipped: list[tuple[str, str]], n: int) -> None:

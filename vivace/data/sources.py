@@ -4,25 +4,88 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 # Compared against the lower-cased suffix, so `.JPEG` (ImageNet's spelling) matches too.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+N_NAMED_SKIPPED = 3  # skipped folders named in the warning
 
 
 def find_images(root: Path) -> list[Path]:
-    """All image files under `root`, recursively, sorted; hidden folders and files are skipped."""
-    found = []
-    # followlinks: datasets are often symlinked into place folder by folder.
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        # Prune in place so os.walk never descends into .git, .ipynb_checkpoints, .extract-*, ...
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            # Hidden files include macOS `._foo.jpg` resource forks, which are not images.
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / name)
-    return sorted(found)
+    """All image files under `root`, recursively, sorted; hidden folders and files are skipped.
+
+    Symlinks are followed (datasets are often linked into place folder by folder), but each real
+    folder is walked once and a symlinked file is dropped when its target is listed already, so a
+    link loop (`ln -s . self`, `ln -s ../.. up`) cannot list images many times. Hard links stay:
+    they are separate names the user made. What was skipped is said in one warning.
+    """
+    real, linked, skipped_dirs = [], [], []
+    seen_dirs = {_file_id(root)}
+    pending = deque([str(root)])
+    while pending:  # breadth first, real folders before links: a link loses to a real path
+        folder = pending.popleft()
+        entries = sorted(_visible_entries(folder), key=lambda e: (e.is_symlink(), e.name))
+        for entry in entries:
+            if entry.is_dir():  # follows links
+                key = _file_id(entry.path)
+                if key is not None and key in seen_dirs:
+                    skipped_dirs.append(entry.path)
+                else:
+                    seen_dirs.add(key)
+                    pending.append(entry.path)
+            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                (linked if entry.is_symlink() else real).append(entry.path)
+    found, n_duplicates = _drop_linked_duplicates(real, linked)
+    _warn_skipped(root, skipped_dirs, n_duplicates)
+    return sorted(Path(f) for f in found)
+
+
+def _visible_entries(folder: str) -> list[os.DirEntry]:
+    """The entries of `folder` not hidden: no .git, .ipynb_checkpoints, macOS `._foo.jpg` forks."""
+    try:
+        with os.scandir(folder) as it:
+            return [e for e in it if not e.name.startswith(".")]
+    except OSError:  # unreadable (permissions) or gone: skipped, as os.walk did
+        return []
+
+
+def _drop_linked_duplicates(real: list[str], linked: list[str]) -> tuple[list[str], int]:
+    """`real` plus each symlinked file whose target is not listed yet; and how many were dropped."""
+    if not linked:  # the usual case: no stat per file
+        return real, 0
+    seen = {_file_id(f) for f in real}
+    kept = list(real)
+    for f in sorted(linked):
+        key = _file_id(f)
+        if key is None or key not in seen:  # a broken link stays: the cache reports it as unreadable
+            kept.append(f)
+            seen.add(key)
+    return kept, len(real) + len(linked) - len(kept)
+
+
+def _file_id(path: str | Path) -> tuple[int, int] | None:
+    """(device, inode) of what `path` points to, equal for every path to one real file; None if gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _warn_skipped(root: Path, skipped_dirs: list[str], n_duplicate_files: int) -> None:
+    """One warning naming the folders walked once already and counting files listed once already."""
+    parts = []
+    if skipped_dirs:
+        named = ", ".join(os.path.relpath(d, root) for d in sorted(skipped_dirs)[:N_NAMED_SKIPPED])
+        more = f" and {len(skipped_dirs) - N_NAMED_SKIPPED} more" if len(skipped_dirs) > N_NAMED_SKIPPED else ""
+        parts.append(f"{len(skipped_dirs)} symlinked folders already visited ({named}{more})")
+    if n_duplicate_files:
+        parts.append(f"{n_duplicate_files} symlinked files whose targets were already found")
+    if parts:
+        warnings.warn(f"{root}: skipped {' and '.join(parts)}; each image is used once", stacklevel=3)
 
 
 def label_from_parent(path: Path) -> str:

@@ -1,0 +1,114 @@
+"""Files vivace writes: one atomic write, the cleanup of temp files left by killed writers, and
+the sha256 that bundles and checkpoints carry.
+
+Every file is written to `.<name>.<pid>.tmp` beside its target and renamed over it, so readers see
+the old file or the whole new one. A process killed mid-write leaves its temp file behind; the next
+write of the same target (or `remove_stale_temps` on the folder) deletes it once its writer is gone.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+# `.<name>.<pid>.tmp`, and `.<name>.tmp<pid>` as vivace 0.x wrote checkpoints, bundles and records.
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)\.tmp|tmp(?P<old_pid>\d+))$")
+STARTED = time.time()  # ~ this process's start: vivace is imported before it writes anything
+# The umask, read once at import (reading it means setting it, which would race with threads later).
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
+
+def temp_path(path: Path) -> Path:
+    """Where `atomic_write` writes `path` first: `.<name>.<pid>.tmp` in the same folder."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_write(path: str | Path, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temp path to write; on success it replaces `path`, on any exception it is deleted.
+
+    The file gets the mode any file the user writes gets (0666 minus the umask, usually 0644),
+    whatever the writer used (safetensors' save_file creates 0600 files). `fsync` flushes the data
+    to disk before the rename, so a power cut cannot leave a renamed but empty file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~UMASK)
+        if fsync:
+            _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt too: leave nothing half-written behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Delete vivace temp files in `folder` (of target `name`, or all) whose writer is gone.
+
+    A temp file is stale when the process named in it no longer runs on this machine AND the file
+    is older than this process. Both, so that a writer still at work is never disturbed: not one
+    that runs here, nor one on another machine sharing the folder whose pid happens to be free here.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # no folder yet: nothing to clean
+        return removed
+    for entry in entries:
+        match = TEMP_NAME.match(entry.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        pid = int(match["pid"] or match["old_pid"])
+        try:
+            stale = not _pid_alive(pid) and entry.stat(follow_symlinks=False).st_mtime < STARTED
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except FileNotFoundError:  # its writer finished (or another cleaner won) meanwhile
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (True where that cannot be asked safely)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # Windows' os.kill terminates processes: never probe there
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only the existence and permission check
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True
+
+
+def content_hash(text: str, tensors: dict[str, Tensor]) -> str:
+    """sha256 hex of `text` and each tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256(text.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\n{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode("utf-8"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of the bytes
+    return h.hexdigest()
