@@ -89,7 +89,7 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
                      normalize: bool = True, stats: str | tuple = "imagenet", seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int | None = None, cache_dir: Path | None = None,
-                     progress: bool = True) -> DataLoaders:
+                     progress: bool = True, valid_name: str = "") -> DataLoaders:
     """Build the cache (once) and the two loaders.
 
     Args:
@@ -100,8 +100,12 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
             crop_pct); 1 = all of it.
         augment: keyword arguments for TrainAugment (min_scale, max_rotate, ...).
         stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
+        progress: print the split used and the cache's progress bar (rank 0 of a distributed run).
+        valid_name: the validation folder beside train/; "" = val/ or valid/ (see `make_source`).
     """
-    source = data if isinstance(data, Source) else make_source(resolve_data(data))
+    source = data if isinstance(data, Source) else make_source(resolve_data(data), valid_name=valid_name)
+    if progress and source.split_note:
+        print(source.split_note, flush=True)
     device = torch.device(device) if device is not None else _default_device()
     cache = build_cache(source.train_files + source.valid_files, presize, cache_dir, workers, progress)
     n_train = len(source.train_files)
