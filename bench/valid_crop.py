@@ -3,7 +3,7 @@
     .venv/bin/python bench/valid_crop.py runs/sr15-s42 160:1.0 160:0.875 128:0.875
 
 Each SIZE:CROP resizes the central CROP fraction of the cached square to SIZE px (`ValidResize`,
-`Recipe.valid_size` / `valid_crop`) and evaluates the run's last checkpoint on the whole
+`Recipe.valid_size` / `valid_crop`) and evaluates the run's final weights on the whole
 validation set: a post-hoc measurement of the lever without retraining.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", type=Path, help="a `vivace train --out` directory")
     p.add_argument("views", nargs="+", type=parse_view, help="SIZE:CROP, e.g. 128:0.875")
-    p.add_argument("--checkpoint", default="last", choices=("last", "best"))
+    p.add_argument("--weights", default="final", choices=("final", "best"))
     args = p.parse_args()
-    learn = load_run(args.run, args.checkpoint)
+    learn = load_run(args.run, args.weights)
     for size, crop in args.views:
         learn.dls.valid.transform = Pipeline(ValidResize(size, crop), learn.dls.normalize)
         start = time.perf_counter()

@@ -1,9 +1,10 @@
 """Export bundles: one safetensors file with the weights plus everything inference needs.
 
 Layout: the model's state_dict as tensors; the metadata holds `format`, `version`, `info` (JSON:
-architecture config, class names, normalization statistics, size, presize, TTA default) and
-`sha256`, a digest of `info` and every tensor, checked on load. The digest catches corruption and
-edits; it is not a signature (whoever can edit the file can recompute it). Nothing is pickled.
+architecture config, class names, normalization statistics, size, presize, TTA default, and
+which weights: final or best, with their epoch) and `sha256`, a digest of `info` and every tensor,
+checked on load. The digest catches corruption and edits; it is not a signature (whoever can edit
+the file can recompute it). Nothing is pickled.
 """
 from __future__ import annotations
 
@@ -36,8 +37,12 @@ def content_hash(info_json: str, tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def bundle_info(learn: Any, tta: str = "none") -> dict[str, Any]:
-    """What a Predictor needs besides the weights, read from a Learner and its DataLoaders."""
+def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: int | None = None) -> dict[str, Any]:
+    """What a Predictor needs besides the weights, read from a Learner and its DataLoaders.
+
+    `weights` and `epoch` record which of the run's weights these are (final or best) and after
+    how many epochs they were saved; a live Learner holds its final weights.
+    """
     if tta not in TTA_MODES:
         raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
     config = getattr(learn.model, "config", None)
@@ -47,12 +52,13 @@ def bundle_info(learn: Any, tta: str = "none") -> dict[str, Any]:
     return {"arch": "xresnet", "config": config, "vocab": [str(v) for v in learn.dls.vocab],
             "normalize": norm.as_dict() if norm is not None else None,
             "size": int(learn.dls.valid.size), "crop": float(learn.dls.valid.transform.resize.crop),
-            "presize": int(learn.dls.cache.presize), "tta": tta}
+            "presize": int(learn.dls.cache.presize), "tta": tta, "weights": weights, "epoch": epoch}
 
 
-def export_learner(learn: Any, path: str | Path, tta: str = "none") -> Path:
+def export_learner(learn: Any, path: str | Path, tta: str = "none", weights: str = "final",
+                   epoch: int | None = None) -> Path:
     """Write `learn`'s model and preprocessing to one bundle file at `path` (atomically)."""
-    info_json = json.dumps(bundle_info(learn, tta), sort_keys=True)
+    info_json = json.dumps(bundle_info(learn, tta, weights, epoch), sort_keys=True)
     # Contiguous CPU copies: channels_last weights have permuted strides, and safetensors
     # refuses tensors that share memory.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in learn.model.state_dict().items()}
