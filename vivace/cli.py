@@ -199,8 +199,9 @@ def _tta_choice(flag: bool | None) -> str | None:
 
 
 def _format_prediction(pred, topk: int) -> str:
-    lines = [f"{pred.path}: {pred.label}"]
-    lines += [f"  {name:<24} {prob:.4f}" for name, prob in pred.top(topk)]
+    from .data.names import display_name
+    lines = [f"{pred.path}: {pred.name}"]
+    lines += [f"  {display_name(label):<24} {prob:.4f}" for label, prob in pred.top(topk)]
     return "\n".join(lines)
 
 
@@ -208,7 +209,7 @@ def _folder_summary(preds: list, csv_path: Path) -> str:
     ok = [p for p in preds if p.ok]
     counts: dict[str, int] = {}
     for p in ok:
-        counts[p.label] = counts.get(p.label, 0) + 1
+        counts[p.name] = counts.get(p.name, 0) + 1
     top = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     return (f"{len(ok)} of {len(preds)} images in folders predicted ({len(preds) - len(ok)} failed); "
             f"predicted classes: {top or '-'}\nwrote {csv_path}")

@@ -14,6 +14,7 @@ from ..normalize import Normalize, compute_stats, imagenet_stats
 from .cache import ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
+from .names import display_name
 from .sources import Source, make_source
 
 STATS_SAMPLE = 1024  # training images used to compute normalization statistics
@@ -69,7 +70,7 @@ class DataLoaders:
         """A grid of augmented training images with their labels (saved to `path` if given)."""
         from ..show import image_grid
         x, y = self.one_batch()
-        labels = [self.vocab[i] for i in y[:max_n].tolist()]
+        labels = [display_name(self.vocab[i]) for i in y[:max_n].tolist()]
         return image_grid(x[:max_n].cpu(), labels, path=path, normalize=self.normalize, ncols=ncols)
 
     def state_dict(self) -> dict[str, Any]:
