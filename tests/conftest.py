@@ -61,3 +61,18 @@ def trained_tiny_learner(folder: Path, valid_bs: int = 8):
     learn = Learner(dls, create_model("xresnet18", n_out=len(dls.vocab), widen=0.25))
     learn.fit_one_cycle(1, 1e-2)
     return learn
+
+
+WORDNET_IDS = {"red": "n01440764", "green": "n02102040", "blue": "n02979186"}  # tench, English springer, cassette player
+
+
+@pytest.fixture(scope="session")
+def wordnet_folder(tiny_folder, tmp_path_factory) -> Path:
+    """The tiny folder with Imagenette's class folder names (WordNet ids) instead of colours."""
+    import shutil
+    root = tmp_path_factory.mktemp("wordnet") / "data"
+    shutil.copytree(tiny_folder, root)
+    for split in ("train", "val"):
+        for colour, wnid in WORDNET_IDS.items():
+            (root / split / colour).rename(root / split / wnid)
+    return root

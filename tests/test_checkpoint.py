@@ -87,7 +87,7 @@ def test_ema_run_exports_the_evaluated_weights(tmp_path, tiny_folder):
     summary = train(make_recipe(**{**recipe, "epochs": 2}, data=str(tiny_folder), out=str(out), ema=0.5))
     state = load_checkpoint(out / "last.safetensors")
     assert "eval_model" in state
-    learn = load_run(out, checkpoint="last")
+    learn = load_run(out)  # final weights
     assert all(torch.equal(v, state["eval_model"][k]) for k, v in learn.model.state_dict().items())
     assert learn.validate()["accuracy"] == pytest.approx(summary["accuracy"])
 

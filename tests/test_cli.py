@@ -81,7 +81,7 @@ def test_errors_are_messages_not_tracebacks(argv, message, capsys, tmp_path, mon
 
 
 BAD_CONFIGS = [
-    ('{"epochs": 2, "warmup": 0.1, "lr2": 1}', "unknown field(s) lr2, warmup; a recipe's fields are: data, arch,"),
+    ('{"epochs": 2, "warmup": 0.1, "lr2": 1}', "unknown field(s) lr2, warmup; a recipe's fields are: data,"),
     ("{'epochs': 2}", "not valid JSON (Expecting property name enclosed in double quotes"),
     ('["epochs", 2]', "must hold a JSON object of recipe fields, got list"),
     ('{"epochs": "two"}', "field epochs must be int, got 'two'"),

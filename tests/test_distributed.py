@@ -63,7 +63,7 @@ def test_shards_are_disjoint_and_cover_the_training_set(two_ranks):
 def test_distributed_validation_equals_single_process(two_ranks):
     base, _ = two_ranks
     r0 = json.loads((base / "rank0.json").read_text())
-    learn = load_run(base / "out0", checkpoint="last")  # one process, rank 0's final weights
+    learn = load_run(base / "out0")  # one process, rank 0's final weights
     single = learn.validate()
     assert single["accuracy"] == pytest.approx(r0["metrics"]["accuracy"])
     assert single["valid_loss"] == pytest.approx(r0["metrics"]["valid_loss"], rel=1e-5)
@@ -75,3 +75,4 @@ def test_only_rank0_wrote_files_and_printed(two_ranks):
     assert (base / "out0" / "summary.json").exists() and (base / "out0" / "last.safetensors").exists()
     assert not (base / "out1").exists()
     assert result.stdout.count("train_loss") == 1  # one table header: rank 0 only
+    assert result.stdout.count("split: train/ (24 images) and val/ (12 images)") == 1

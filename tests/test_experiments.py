@@ -48,6 +48,8 @@ def test_evaluate_a_run_with_every_tta(experiment, capsys):
     _, out, _ = experiment
     assert main(["evaluate", str(out / "normalize" / "run0"), "--tta", "all", "--size", "24"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "weights: final (last.safetensors, epoch 2)"  # which weights, then the split
+    lines = lines[2:]
     assert lines[0].split()[:3] == ["tta", "size", "accuracy"]
     assert [line.split()[:2] for line in lines[1:]] == [["none", "16"], ["none", "24"], ["augment", "24"],
                                                         ["flip", "24"], ["five-crop", "24"]]
@@ -59,7 +61,7 @@ def test_evaluate_on_another_central_crop(experiment, capsys):
     run = out / "normalize" / "run0"
     capsys.readouterr()
     assert main(["evaluate", str(run), "--tta", "none", "--crop", "0.5"]) == 0
-    printed = float(capsys.readouterr().out.strip().splitlines()[1].split()[2])
+    printed = float(capsys.readouterr().out.strip().splitlines()[3].split()[2])  # below weights, split, header
     learn = load_run(run, valid_crop=0.5)
     assert printed == pytest.approx(evaluate(learn, "none")["accuracy"], abs=1e-4)  # printed to 4 places
     assert main(["evaluate", str(run), "--crop", "1.5"]) == 2  # not a fraction

@@ -153,3 +153,21 @@ def test_cli_predict_exit_codes(bundle, mixed_folder, tmp_path, capsys):
     tampered.write_bytes(bundle.read_bytes()[:-10])
     assert main(["predict", str(tampered), bad[0]]) == 2
     assert "not a readable bundle" in capsys.readouterr().err
+
+
+def test_predict_text_names_imagenette_classes_and_json_keeps_ids(wordnet_folder, tmp_path, capsys):
+    dls = make_dataloaders(wordnet_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+                           workers=1, progress=False)
+    learn = Learner(dls, create_model("xresnet18", n_out=3, widen=0.25))
+    bundle = export_learner(learn, tmp_path / "wordnet.vivace")
+    image = str(sorted((wordnet_folder / "val" / "n01440764").glob("*.png"))[0])
+    assert main(["predict", str(bundle), image, "--topk", "3"]) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in ("tench", "English springer", "cassette player"))
+    assert "n01440764" not in text.replace(image, "")  # the id only in the image's own path
+    assert main(["predict", str(bundle), image, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["label"] in ("n01440764", "n02102040", "n02979186")
+    assert set(row["probs"]) == {"n01440764", "n02102040", "n02979186"}
+    assert row["name"] == {"n01440764": "tench", "n02102040": "English springer",
+                           "n02979186": "cassette player"}[row["label"]]

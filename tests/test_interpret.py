@@ -75,3 +75,14 @@ def test_plots_are_written(interp, tmp_path):
         assert_png_with_content(path)
     with pytest.raises(ValueError, match="k=0"):
         interp.plot_top_losses(0, tmp_path / "none.png")
+
+
+def test_plots_and_tables_name_imagenette_classes(wordnet_folder):
+    learn = trained_tiny_learner(wordnet_folder)
+    interp = hand_made(learn)
+    assert interp.vocab == ["n01440764", "n02102040", "n02979186"]  # the ids stay the identity
+    names = ["tench", "English springer", "cassette player"]
+    ax = interp.confusion_matrix_figure().axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert interp.most_confused() == [("tench", "English springer", 1), ("cassette player", "tench", 1)]

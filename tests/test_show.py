@@ -29,3 +29,15 @@ def test_mixup_picture_uses_two_classes_and_the_soft_target(tiny_dls):
     img = torch.rand(3, 8, 8)
     with pytest.raises(ValueError, match="lam=1.5"):
         mixup_figure(img, img, 1.5, torch.tensor([1.0]), ["a"], ("a", "a"))
+
+
+def test_figures_name_imagenette_classes(wordnet_folder):
+    from vivace.data import make_dataloaders
+    dls = make_dataloaders(wordnet_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+                           workers=1, progress=False)
+    names = {"tench", "English springer", "cassette player"}
+    mixup = show_mixup(dls, lam=0.7)
+    assert {t.get_text() for t in mixup.axes[3].get_yticklabels()} == names
+    assert mixup.axes[0].get_title().split(" (")[0] in names
+    batch = dls.show_batch(max_n=4)
+    assert all(ax.get_title() in names for ax in batch.axes)

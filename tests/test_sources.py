@@ -176,3 +176,71 @@ def test_hard_links_stay_separate_images(tmp_path, recwarn):
     (tmp_path / "b").mkdir()
     os.link(tmp_path / "a" / "1.jpg", tmp_path / "b" / "1.jpg")
     assert len(find_images(tmp_path)) == 2 and not recwarn.list
+
+
+def fastai_like(root: Path, valid: str = "valid", classes=("cat", "dog"), n_train=4, n_valid=2) -> None:
+    for name in classes:
+        touch(root, *[f"train/{name}/{i}.jpg" for i in range(n_train)])
+        touch(root, *[f"{valid}/{name}/{i}.jpg" for i in range(n_valid)])
+
+
+@pytest.mark.parametrize("valid", ["val", "valid"])
+def test_validation_folder_val_or_valid_is_the_split(tmp_path, valid):
+    fastai_like(tmp_path, valid)
+    src = make_source(tmp_path)
+    assert len(src.train_files) == 8 and len(src.valid_files) == 4
+    assert all(f.parent.parent.name == valid for f in src.valid_files)
+    assert src.split_note == f"split: train/ (8 images) and {valid}/ (4 images), 2 classes"
+
+
+def test_custom_valid_name(tmp_path):
+    fastai_like(tmp_path, "test")
+    src = make_source(tmp_path, valid_name="test")
+    assert all(f.parent.parent.name == "test" for f in src.valid_files) and len(src.valid_files) == 4
+    assert src.split_note.startswith("split: train/ (8 images) and test/ (4 images)")
+
+
+def test_train_without_a_validation_folder_is_an_error_not_a_random_split(tmp_path):
+    fastai_like(tmp_path, "test")
+    with pytest.raises(ValueError, match=r"has train/ but no validation folder val/ or valid/.*found: test/.*"
+                                         r"--valid-name"):
+        make_source(tmp_path)
+
+
+def test_both_val_and_valid_is_an_error(tmp_path):
+    fastai_like(tmp_path, "val")
+    fastai_like(tmp_path, "valid")
+    with pytest.raises(ValueError, match=r"both val/ and valid/.*--valid-name val"):
+        make_source(tmp_path)
+
+
+def test_validation_folder_without_train_is_an_error(tmp_path):
+    touch(tmp_path, "valid/cat/1.jpg", "valid/dog/1.jpg", "training/cat/1.jpg")
+    with pytest.raises(ValueError, match=r"has valid/ but no train/ beside it"):
+        make_source(tmp_path)
+
+
+def test_missing_custom_valid_name_is_an_error(tmp_path):
+    fastai_like(tmp_path, "val")
+    with pytest.raises(ValueError, match=r"has train/ but no validation folder holdout/"):
+        make_source(tmp_path, valid_name="holdout")
+
+
+def test_images_outside_the_split_folders_are_counted_as_ignored(tmp_path):
+    fastai_like(tmp_path, "val")
+    touch(tmp_path, "test/cat/9.jpg", "extra/dog/9.jpg")
+    assert make_source(tmp_path).split_note.endswith("2 classes; 2 images outside them ignored")
+
+
+def test_no_split_folders_note_names_percentage_and_seed(tmp_path):
+    for name in ("cat", "dog"):
+        touch(tmp_path, *[f"{name}/{i}.jpg" for i in range(10)])
+    src = make_source(tmp_path, valid_pct=0.2, seed=7)
+    assert src.split_note == (f"no train/val folders in {tmp_path}: random split, 20 % validation, seed 7 "
+                              f"(16 train and 4 validation images, 2 classes)")
+
+
+def test_a_root_named_train_is_not_a_split_folder(tmp_path):
+    # `--data imagenette/train`: its classes are one level down, so the split is random.
+    fastai_like(tmp_path, "val")
+    assert make_source(tmp_path / "train").split_note.startswith("no train/val folders")

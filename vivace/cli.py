@@ -79,10 +79,11 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import load_run
+    from .train import load_run_weights
     from .tta import TTA_KINDS, evaluate, format_evaluation
     overrides = {} if args.crop is None else {"valid_crop": args.crop}
-    learn = load_run(Path(args.run), **overrides)
+    learn, weights = load_run_weights(Path(args.run), args.weights, **overrides)
+    print(f"weights: {weights}\n{learn.dls.source.split_note}", flush=True)
     plan = [("none", None)]  # plain, at the size the run was trained at
     if args.size is not None:
         plan.append(("none", args.size))
@@ -96,8 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_experiments(args: argparse.Namespace) -> int:
     import time
     from .experiments import chapter7
-    given = {k: getattr(args, k) for k in ("data", "arch", "widen", "size", "presize", "epochs", "bs", "lr",
-                                           "seed", "workers") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("data", "valid_name", "arch", "widen", "size", "presize", "epochs",
+                                           "bs", "lr", "seed", "workers") if getattr(args, k) is not None}
     if "size" in given and "presize" not in given:
         given["presize"] = given["size"] * 3 // 2  # room for random crops and for larger-size TTA
     out = Path(args.out) if args.out else Path("runs") / f"chapter7-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -109,7 +110,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from . import show
     from .data import make_dataloaders
     dls = make_dataloaders(args.data or None, size=args.size, presize=args.presize, bs=9, seed=args.seed,
-                           workers=args.workers, progress=False)
+                           workers=args.workers, progress=False, valid_name=args.valid_name)
     out = Path(args.out or f"{args.what}.png")
     if args.what == "mixup":
         show.show_mixup(dls, out, lam=args.lam)
@@ -129,10 +130,12 @@ def add_chapter_commands(sub) -> None:
     evaluate.add_argument("--size", type=int, default=None, help="evaluate at this size, px (<= the run's presize)")
     evaluate.add_argument("--crop", type=float, default=None,
                           help="central fraction of the cached square to resize (default: the run's --valid-crop)")
+    add_weights_flag(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
     exp = sub.add_parser("experiments", help="the book chapter's techniques compared in one table")
     exp.add_argument("name", choices=("chapter7",))
     exp.add_argument("--data", default=None, help="dataset name or folder (default: the embedded dataset)")
+    exp.add_argument("--valid-name", default=None, help="validation folder beside train/ (default: val or valid)")
     exp.add_argument("--arch", default=None, help="model name (default: xresnet18)")
     exp.add_argument("--widen", type=float, default=None, help="channel width multiplier (default: 0.5)")
     exp.add_argument("--size", type=int, default=None, help="crop size, px (default: 64)")
@@ -148,6 +151,7 @@ def add_chapter_commands(sub) -> None:
     show = sub.add_parser("show", help="save the chapter's pictures: mixup, a batch, augmentations")
     show.add_argument("what", choices=("mixup", "batch", "augs"))
     show.add_argument("--data", default="", help="dataset name or folder (default: the embedded dataset)")
+    show.add_argument("--valid-name", default="", help="validation folder beside train/ (default: val or valid)")
     show.add_argument("--size", type=int, default=128, help="image size, px")
     show.add_argument("--presize", type=int, default=160, help="cache side, px (>= size)")
     show.add_argument("--lam", type=float, default=0.7, help="mixup: the weight of the first image")
@@ -159,10 +163,11 @@ def add_chapter_commands(sub) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_learner
-    from .train import load_run
-    learn = load_run(Path(args.run), checkpoint=args.checkpoint)
+    from .train import load_run_weights
+    learn, weights = load_run_weights(Path(args.run), args.weights)
     out = Path(args.out) if args.out else Path(args.run) / "export.vivace"
-    print(export_learner(learn, out, tta=args.tta))
+    print(f"weights: {weights}", file=sys.stderr)  # stdout stays the bundle's path, for scripts
+    print(export_learner(learn, out, tta=args.tta, weights=weights.kind, epoch=weights.epoch))
     return 0
 
 
@@ -195,8 +200,9 @@ def _tta_choice(flag: bool | None) -> str | None:
 
 
 def _format_prediction(pred, topk: int) -> str:
-    lines = [f"{pred.path}: {pred.label}"]
-    lines += [f"  {name:<24} {prob:.4f}" for name, prob in pred.top(topk)]
+    from .data.names import display_name
+    lines = [f"{pred.path}: {pred.name}"]
+    lines += [f"  {display_name(label):<24} {prob:.4f}" for label, prob in pred.top(topk)]
     return "\n".join(lines)
 
 
@@ -204,7 +210,7 @@ def _folder_summary(preds: list, csv_path: Path) -> str:
     ok = [p for p in preds if p.ok]
     counts: dict[str, int] = {}
     for p in ok:
-        counts[p.label] = counts.get(p.label, 0) + 1
+        counts[p.name] = counts.get(p.name, 0) + 1
     top = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     return (f"{len(ok)} of {len(preds)} images in folders predicted ({len(preds) - len(ok)} failed); "
             f"predicted classes: {top or '-'}\nwrote {csv_path}")
@@ -212,18 +218,26 @@ def _folder_summary(preds: list, csv_path: Path) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .train import load_run
-    run = Path(args.run)
-    print(write_report(run, load_run(run)))  # load_run says when RUN is not a run directory
+    from .train import load_run_weights
+    learn, weights = load_run_weights(Path(args.run), args.weights)
+    print(f"weights: {weights}", file=sys.stderr)  # stdout stays the report's path, for scripts
+    print(write_report(Path(args.run), learn))
     return 0
+
+
+def add_weights_flag(parser: argparse.ArgumentParser) -> None:
+    """--weights final|best: which of a run's saved weights a command uses."""
+    parser.add_argument("--weights", default="final", choices=("final", "best"),
+                        help="final: the model at the end of training, as `train` reports it (default); "
+                             "best: the epoch with the best validation accuracy (chosen on that same set)")
 
 
 def add_deploy_commands(sub) -> None:
     """`export`, `predict` and `report`: a trained run as a bundle, predictions and an HTML report."""
-    export = sub.add_parser("export", help="write a run's best model as one safe bundle file for `predict`")
+    export = sub.add_parser("export", help="write a run's model as one safe bundle file for `predict`")
     export.add_argument("run", help="a run directory (the --out of `vivace train`)")
     export.add_argument("-o", "--out", default="", help="bundle path (default: RUN/export.vivace)")
-    export.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which weights")
+    add_weights_flag(export)
     export.add_argument("--tta", default="none", choices=("none", "flip"), help="the bundle's default TTA")
     export.set_defaults(func=cmd_export)
     predict = sub.add_parser("predict", help="classify images (files or folders) with an exported bundle")
@@ -238,8 +252,9 @@ def add_deploy_commands(sub) -> None:
     predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     predict.set_defaults(func=cmd_predict)
-    report = sub.add_parser("report", help="(re)write RUN/report.html from a run directory")
+    report = sub.add_parser("report", help="(re)write RUN/report.html from a run's saved weights")
     report.add_argument("run", help="a run directory (the --out of `vivace train`)")
+    add_weights_flag(report)
     report.set_defaults(func=cmd_report)
 
 

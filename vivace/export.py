@@ -1,10 +1,11 @@
 """Export bundles: one safetensors file with the weights plus everything inference needs.
 
 Layout: the model's state_dict as tensors; the metadata holds `format`, `version`, `info` (JSON:
-architecture config, class names, normalization statistics, size, presize, TTA default) and
-`sha256`, a digest of `info` and every tensor, checked on load. The digest catches corruption and
-edits; it is not a signature (whoever can edit the file can recompute it), so every info field is
-then validated too (`check_info`). Nothing is pickled.
+architecture config, class names, normalization statistics, size, presize, TTA default, and
+which weights: final or best, with their epoch) and `sha256`, a digest of `info` and every tensor,
+checked on load. The digest catches corruption and edits; it is not a signature (whoever can edit
+the file can recompute it), so every info field is then validated too (`check_info`). Nothing
+is pickled.
 """
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ FORMAT = "vivace-export"
 VERSION = 1  # bump when the layout or the meaning of a field changes
 
 
-def bundle_info(learn: Any, tta: str = "none") -> dict[str, Any]:
-    """What a Predictor needs besides the weights, read from a Learner and its DataLoaders."""
+def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: int | None = None) -> dict[str, Any]:
+    """What a Predictor needs besides the weights, read from a Learner and its DataLoaders.
+
+    `weights` and `epoch` record which of the run's weights these are (final or best) and after
+    how many epochs they were saved; a live Learner holds its final weights.
+    """
     if tta not in TTA_MODES:
         raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
     config = getattr(learn.model, "config", None)
@@ -39,12 +44,13 @@ def bundle_info(learn: Any, tta: str = "none") -> dict[str, Any]:
     return {"arch": "xresnet", "config": config, "vocab": [str(v) for v in learn.dls.vocab],
             "normalize": norm.as_dict() if norm is not None else None,
             "size": int(learn.dls.valid.size), "crop": float(learn.dls.valid.transform.resize.crop),
-            "presize": int(learn.dls.cache.presize), "tta": tta}
+            "presize": int(learn.dls.cache.presize), "tta": tta, "weights": weights, "epoch": epoch}
 
 
-def export_learner(learn: Any, path: str | Path, tta: str = "none") -> Path:
+def export_learner(learn: Any, path: str | Path, tta: str = "none", weights: str = "final",
+                   epoch: int | None = None) -> Path:
     """Write `learn`'s model and preprocessing to one bundle file at `path` (atomically)."""
-    info_json = json.dumps(bundle_info(learn, tta), sort_keys=True)
+    info_json = json.dumps(bundle_info(learn, tta, weights, epoch), sort_keys=True)
     # Contiguous CPU copies: channels_last weights have permuted strides, and safetensors
     # refuses tensors that share memory.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in learn.model.state_dict().items()}
@@ -115,6 +121,11 @@ def check_info(path: Path, info: Any, tensors: dict[str, Tensor]) -> None:
         raise bad("crop", "a number in (0, 1]", crop)
     if info.get("tta") not in TTA_MODES:
         raise bad("tta", f"one of {', '.join(TTA_MODES)}", info.get("tta"))
+    if info.get("weights", "final") not in ("final", "best"):  # bundles before the weights policy: final
+        raise bad("weights", "'final' or 'best'", info.get("weights"))
+    epoch = info.get("epoch")
+    if epoch is not None and not (isinstance(epoch, int) and epoch >= 0):
+        raise bad("epoch", "null or an integer >= 0", epoch)
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{path}: bundle weight {name!r} holds NaN or infinite values; "

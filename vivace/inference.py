@@ -20,6 +20,7 @@ from .augment import ValidResize, to_unit
 from .normalize import Normalize
 from .runtime import autocast, autocast_dtype
 from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
+from .data.names import display_name
 from .data.sources import find_images
 
 TTA_MODES = ("none", "flip")
@@ -46,11 +47,16 @@ class Prediction:
         values, indices = self.probs.topk(min(k, len(self.probs)))
         return [(self.classes[i], float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 
+    @property
+    def name(self) -> str:
+        """The label as people read it (Imagenette's n01440764 -> tench); `label` stays the id."""
+        return display_name(self.label)
+
     def as_dict(self) -> dict:
-        """JSON-ready: path, label and the class -> probability map (most probable first)."""
+        """JSON-ready: path, label (the class id), its name, and the class -> probability map (most probable first)."""
         if not self.ok:
             return {"path": self.path, "error": self.error}
-        return {"path": self.path, "label": self.label, "probs": dict(self.top(len(self.probs)))}
+        return {"path": self.path, "label": self.label, "name": self.name, "probs": dict(self.top(len(self.probs)))}
 
 
 def failed(path: str | None, error: str) -> Prediction:

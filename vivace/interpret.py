@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .data.names import display_names
 from .metrics import calibration_error, reliability_bins
 
 MAX_ANNOTATED_CLASSES = 30  # above this, confusion-matrix cells are too small for their counts
@@ -24,6 +25,7 @@ class Interpretation:
         self.learn, self.dl = learn, dl if dl is not None else learn.dls.valid
         self.logits, self.targets = logits.float(), targets.long()
         self.vocab = [str(v) for v in learn.dls.vocab]
+        self.names = display_names(self.vocab)  # what plots and tables show (n01440764 -> tench)
         self.probs = F.softmax(self.logits, dim=-1)  # (N, C)
         self.preds = self.probs.argmax(dim=-1)  # (N,)
         # Per-item cross-entropy, whatever loss trained the model: comparable across runs.
@@ -41,9 +43,9 @@ class Interpretation:
         return torch.bincount(self.targets * c + self.preds, minlength=c * c).view(c, c)
 
     def most_confused(self, min_val: int = 1) -> list[tuple[str, str, int]]:
-        """(actual, predicted, count) for off-diagonal cells with count >= min_val, largest first."""
+        """(actual, predicted, count) by class name for off-diagonal cells with count >= min_val, largest first."""
         cm = self.confusion_matrix()
-        cells = [(self.vocab[a], self.vocab[p], int(cm[a, p]))
+        cells = [(self.names[a], self.names[p], int(cm[a, p]))
                  for a in range(len(self.vocab)) for p in range(len(self.vocab))
                  if a != p and cm[a, p] >= min_val]
         return sorted(cells, key=lambda cell: -cell[2])
@@ -80,7 +82,7 @@ class Interpretation:
         return _save(self.confusion_matrix_figure(normalize), path)
 
     def confusion_matrix_figure(self, normalize: bool = False) -> Figure:
-        """The confusion matrix (rows actual, columns predicted) as a matplotlib Figure."""
+        """The confusion matrix (rows actual, columns predicted) as a Figure, classes labelled by name."""
         cm = self.confusion_matrix().double()
         if normalize:
             cm = cm / cm.sum(dim=1, keepdim=True).clamp(min=1)
@@ -91,8 +93,8 @@ class Interpretation:
         ax.imshow(cm.numpy(), cmap="Blues")
         ax.set(xticks=range(c), yticks=range(c), xlabel="predicted", ylabel="actual",
                title="Confusion matrix" + (" (row-normalized)" if normalize else ""))
-        ax.set_xticklabels(self.vocab, rotation=90)
-        ax.set_yticklabels(self.vocab)
+        ax.set_xticklabels(self.names, rotation=90)
+        ax.set_yticklabels(self.names)
         if c <= MAX_ANNOTATED_CLASSES:
             top = float(cm.max()) if cm.numel() else 0.0
             for a in range(c):
@@ -118,7 +120,7 @@ class Interpretation:
             ax = fig.add_subplot(nrows, ncols, n + 1)
             ax.imshow(imgs[n].permute(1, 2, 0).numpy())
             actual, pred = int(self.targets[i]), int(self.preds[i])
-            ax.set_title(f"{self.vocab[pred]}/{self.vocab[actual]}\n{loss:.2f} / {self.probs[i, actual]:.2f}",
+            ax.set_title(f"{self.names[pred]}/{self.names[actual]}\n{loss:.2f} / {self.probs[i, actual]:.2f}",
                          fontsize=9)
             ax.axis("off")
         fig.suptitle("Prediction/Actual / Loss/Probability", fontsize=10)

@@ -20,6 +20,7 @@ class Recipe:
     """Everything a training run needs; `vivace train --help` lists each field."""
 
     data: str = ""                # dataset name (imagenette, imagewoof-160, ...) or folder; "" = embedded
+    valid_name: str = ""          # validation folder beside train/ in --data; "" = val or valid
     arch: str = "xresnet18"       # model name from vivace.models.MODELS
     widen: float = 1.0            # channel width multiplier (0.5 = half-width)
     act: str = "relu"             # activation: relu, mish or silu
@@ -92,6 +93,8 @@ class Recipe:
         _in_range("progressive", self.progressive, 0.0, 1.0)
         _in_range("ema", self.ema, 0.0, 1.0, high_open=True)
         _in_range("mom", self.mom, 0.0, 1.0, high_open=True)
+        if "/" in self.valid_name or self.valid_name in (".", ".."):
+            raise ValueError(f"valid_name={self.valid_name!r} must be a folder name (like val or test), not a path")
         for name in ("mixup", "cutmix", "wd", "checkpoint_every", "widen", "valid_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")

@@ -15,6 +15,7 @@ from torch import Tensor
 from .augment import TrainAugment, ValidResize
 from .normalize import Normalize
 from .data import DataLoaders
+from .data.names import display_names
 from .mixing import mix_targets
 
 
@@ -65,8 +66,9 @@ def show_mixup(dls: DataLoaders, path: Path | None = None, lam: float = 0.7):
     y = torch.from_numpy(dls.valid.labels[[i, j]])
     # The library's own target mixing: item 0 keeps weight lam, its partner (perm) gets 1 - lam.
     target = mix_targets(y, dls.c, torch.tensor([lam, lam]), torch.tensor([1, 0]))[0]
-    labels = (f"{dls.vocab[y[0]]} ({lam:g})", f"{dls.vocab[y[1]]} ({1 - lam:g})")
-    return mixup_figure(a, b, lam, target, dls.vocab, labels, path)
+    names = display_names(dls.vocab)
+    labels = (f"{names[y[0]]} ({lam:g})", f"{names[y[1]]} ({1 - lam:g})")
+    return mixup_figure(a, b, lam, target, names, labels, path)
 
 
 def show_augs(dls: DataLoaders, path: Path | None = None, n: int = 8):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -34,11 +34,12 @@ def top5_accuracy(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return top_k_accuracy(preds, target, 5)
 
 
-def build_dataloaders(recipe: Recipe, world: World = World()) -> DataLoaders:
+def build_dataloaders(recipe: Recipe, world: World = World(), progress: bool = True) -> DataLoaders:
     """The recipe's data: cache, loaders, augmentation and normalization (this rank's shard).
 
     Under torchrun rank 0 builds the presize cache while the others wait, then they reuse it.
-    `recipe.bs` is the global batch: each of the N processes takes bs // N.
+    `recipe.bs` is the global batch: each of the N processes takes bs // N. `progress`: rank 0
+    prints the split and the cache's progress.
     """
     augment = dict(min_scale=recipe.min_scale, flip=recipe.flip, max_rotate=recipe.max_rotate,
                    max_zoom=recipe.max_zoom, max_warp=recipe.max_warp, max_lighting=recipe.max_lighting,
@@ -51,7 +52,7 @@ def build_dataloaders(recipe: Recipe, world: World = World()) -> DataLoaders:
                            augment=augment, normalize=recipe.normalize,
                            stats=recipe.stats, seed=recipe.seed, device=world.device, rank=world.rank,
                            world_size=world.world_size, workers=recipe.workers or None,
-                           progress=world.is_main)
+                           progress=progress and world.is_main, valid_name=recipe.valid_name)
     if world.is_main:
         distributed.barrier()
     return dls
@@ -116,7 +117,8 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
     fit(learn, recipe)
     if learn.failure:
         raise TrainingFailed(learn.failure)
-    summary = {**learn.last_metrics, "epochs": len(learn.recorder.rows),
+    # The metrics of the final weights, the ones evaluate, export and report use by default.
+    summary = {**learn.last_metrics, "weights": "final", "epochs": len(learn.recorder.rows),
                "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed}
     if world.is_main:
         write_json(out / "summary.json", summary)
@@ -145,12 +147,45 @@ def train(recipe: Recipe, cbs: list[Callback] | None = None) -> dict[str, Any]:
     keys = [k for k, v in summaries[0].items() if isinstance(v, float)]
     combined = {k: {"mean": statistics.mean(s[k] for s in summaries),
                     "std": statistics.stdev(s[k] for s in summaries)} for k in keys}
-    write_json(out / "summary.json", {"runs": summaries, **combined})
+    write_json(out / "summary.json", {"runs": summaries, "weights": "final", **combined})
     return combined
 
 
-def load_run(run_dir: Path, checkpoint: str = "best", **overrides: Any) -> Learner:
-    """A Learner rebuilt from a run directory's config.json with its `best` (or `last`) weights."""
+WeightsChoice = Literal["final", "best"]
+# Which checkpoint file holds each choice (CheckpointSaver): `last` is rewritten after every epoch,
+# so at the end of the fit it holds the final weights; `best` the epoch with the best accuracy.
+WEIGHT_FILES: dict[str, str] = {"final": "last.safetensors", "best": "best.safetensors"}
+
+
+@dataclass(frozen=True)
+class SavedWeights:
+    """Which weights a rebuilt run holds: final or best, their file, and where training was."""
+
+    kind: str
+    file: str
+    epoch: int  # epochs finished when the weights were saved
+    batch: int = 0  # > 0: saved inside the next epoch (the run stopped mid-epoch)
+
+    def __str__(self) -> str:
+        within = f" + {self.batch} batches" if self.batch else ""
+        return f"{self.kind} ({self.file}, epoch {self.epoch}{within})"
+
+
+def load_run(run_dir: Path, weights: WeightsChoice = "final", **overrides: Any) -> Learner:
+    """A Learner rebuilt from a run directory's config.json with its final (or best) weights."""
+    return load_run_weights(run_dir, weights, **overrides)[0]
+
+
+def load_run_weights(run_dir: Path, weights: WeightsChoice = "final",
+                     **overrides: Any) -> tuple[Learner, SavedWeights]:
+    """`load_run`, plus which weights were loaded (for output that says what it scored).
+
+    final = the model at the end of training (with EMA, the average), as `train` reports it;
+    best = the epoch with the best validation accuracy, chosen on the validation set (so its
+    validation score is optimistic).
+    """
+    if weights not in WEIGHT_FILES:
+        raise ValueError(f"weights={weights!r} is not one of: {', '.join(WEIGHT_FILES)}")
     run_dir = Path(run_dir)
     config = run_dir / "config.json"
     if not config.is_file():
@@ -158,7 +193,9 @@ def load_run(run_dir: Path, checkpoint: str = "best", **overrides: Any) -> Learn
     recipe = Recipe(**{**load_recipe(config).to_dict(), **overrides, "resume": False})
     recipe.validate()
     configure_process(recipe.threads, recipe.reuse_memory)  # the run's speed settings (2x for evaluation)
-    learn = build_learner(recipe, build_dataloaders(recipe), run_dir)
-    state = load_checkpoint(run_dir / f"{checkpoint}.safetensors", learn.device)
+    # Quiet: the run's split was said when it trained (`learn.dls.source.split_note` has it).
+    learn = build_learner(recipe, build_dataloaders(recipe, progress=False), run_dir)
+    state = load_checkpoint(run_dir / WEIGHT_FILES[weights], learn.device)
     learn.model.load_state_dict(state.get("eval_model", state["model"]))  # EMA runs: the average
-    return learn
+    position = state["position"]
+    return learn, SavedWeights(weights, WEIGHT_FILES[weights], int(position["epoch"]), int(position["batch"]))

@@ -14,6 +14,7 @@ from ..normalize import Normalize, compute_stats, imagenet_stats
 from .cache import ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
+from .names import display_name
 from .sources import Source, make_source
 
 STATS_SAMPLE = 1024  # training images used to compute normalization statistics
@@ -69,7 +70,7 @@ class DataLoaders:
         """A grid of augmented training images with their labels (saved to `path` if given)."""
         from ..show import image_grid
         x, y = self.one_batch()
-        labels = [self.vocab[i] for i in y[:max_n].tolist()]
+        labels = [display_name(self.vocab[i]) for i in y[:max_n].tolist()]
         return image_grid(x[:max_n].cpu(), labels, path=path, normalize=self.normalize, ncols=ncols)
 
     def state_dict(self) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
                      normalize: bool = True, stats: str | tuple = "imagenet", seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int | None = None, cache_dir: Path | None = None,
-                     progress: bool = True) -> DataLoaders:
+                     progress: bool = True, valid_name: str = "") -> DataLoaders:
     """Build the cache (once) and the two loaders.
 
     Args:
@@ -100,8 +101,12 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
             crop_pct); 1 = all of it.
         augment: keyword arguments for TrainAugment (min_scale, max_rotate, ...).
         stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
+        progress: print the split used and the cache's progress bar (rank 0 of a distributed run).
+        valid_name: the validation folder beside train/; "" = val/ or valid/ (see `make_source`).
     """
-    source = data if isinstance(data, Source) else make_source(resolve_data(data))
+    source = data if isinstance(data, Source) else make_source(resolve_data(data), valid_name=valid_name)
+    if progress and source.split_note:
+        print(source.split_note, flush=True)
     device = torch.device(device) if device is not None else _default_device()
     cache = build_cache(source.train_files + source.valid_files, presize, cache_dir, workers, progress)
     n_train = len(source.train_files)

@@ -18,16 +18,19 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from .names import IMAGENETTE_NAMES, IMAGEWOOF_NAMES
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Where a named dataset lives, its checksum, and the folder its archive extracts to."""
+    """Where a named dataset lives, its checksum, the folder its archive extracts to, its class names."""
 
     name: str
     url: str
     md5: str | None  # None: verification is skipped
     size_bytes: int | None
     folder: str  # top-level folder inside the archive
+    class_names: dict[str, str] | None = None  # folder (WordNet id) -> what people read (data/names.py)
 
 
 _BUCKET = "https://s3.amazonaws.com/fast-ai-imageclas"
@@ -38,22 +41,22 @@ _BUCKET = "https://s3.amazonaws.com/fast-ai-imageclas"
 DATASETS: dict[str, DatasetInfo] = {
     "imagenette": DatasetInfo(
         "imagenette", f"{_BUCKET}/imagenette2.tgz",
-        "2c774ecb40005b35d7937d50f5d42336", 1557161267, "imagenette2"),
+        "2c774ecb40005b35d7937d50f5d42336", 1557161267, "imagenette2", IMAGENETTE_NAMES),
     "imagenette-320": DatasetInfo(
         "imagenette-320", f"{_BUCKET}/imagenette2-320.tgz",
-        "1f1f74f133caff120e575856659b87a2", 341663724, "imagenette2-320"),
+        "1f1f74f133caff120e575856659b87a2", 341663724, "imagenette2-320", IMAGENETTE_NAMES),
     "imagenette-160": DatasetInfo(
         "imagenette-160", f"{_BUCKET}/imagenette2-160.tgz",
-        "c475f8f7617a200ba35b9facc48443c3", 99003388, "imagenette2-160"),
+        "c475f8f7617a200ba35b9facc48443c3", 99003388, "imagenette2-160", IMAGENETTE_NAMES),
     "imagewoof": DatasetInfo(
         "imagewoof", f"{_BUCKET}/imagewoof2.tgz",
-        "2cc1c1e36e20cb6fd24ffb978edcb487", 1343715595, "imagewoof2"),
+        "2cc1c1e36e20cb6fd24ffb978edcb487", 1343715595, "imagewoof2", IMAGEWOOF_NAMES),
     "imagewoof-320": DatasetInfo(
         "imagewoof-320", f"{_BUCKET}/imagewoof2-320.tgz",
-        "7a1fd92672a559a85de76e4810a20c21", 328387740, "imagewoof2-320"),
+        "7a1fd92672a559a85de76e4810a20c21", 328387740, "imagewoof2-320", IMAGEWOOF_NAMES),
     "imagewoof-160": DatasetInfo(
         "imagewoof-160", f"{_BUCKET}/imagewoof2-160.tgz",
-        "3559b194123981a540b87132dbda412f", 92612825, "imagewoof2-160"),
+        "3559b194123981a540b87132dbda412f", 92612825, "imagewoof2-160", IMAGEWOOF_NAMES),
 }
 
 _CHUNK_BYTES = 1 << 20

@@ -93,9 +93,15 @@ def label_from_parent(path: Path) -> str:
     return Path(path).parent.name
 
 
+VALID_NAMES = ("val", "valid")  # Imagenette's and fastai's (GrandparentSplitter) validation folders
+
+
 @dataclass(frozen=True)
 class Source:
-    """Image files and integer labels per split; `vocab[label]` is the class name."""
+    """Image files and integer labels per split; `vocab[label]` is the class name.
+
+    `split_note` says in one line how the split was made and how many images each part holds.
+    """
 
     root: Path
     vocab: list[str]
@@ -103,6 +109,7 @@ class Source:
     train_labels: list[int]
     valid_files: list[Path]
     valid_labels: list[int]
+    split_note: str = ""
 
     def summary(self) -> str:
         """A table of image counts per class and split."""
@@ -123,22 +130,25 @@ class Source:
 def make_source(
     root: Path | str,
     train_name: str = "train",
-    valid_name: str = "val",
+    valid_name: str = "",
     valid_pct: float = 0.2,
     seed: int = 42,
 ) -> Source:
-    """Label images by parent folder; split by `<root>/<train_name>|<valid_name>/` or at random.
+    """Label images by parent folder; split by `<train_name>/` and its validation folder, or at random.
 
-    When images sit under both `<train_name>/<class>/` and `<valid_name>/<class>/` (the fastai
-    and Imagenette layout) those folders define the split and images elsewhere are ignored;
-    otherwise a seeded random `valid_pct` of all images is held out.
+    The split folders are the folders two levels above the images (`train/<class>/x.jpg`, the
+    fastai and Imagenette layout). The validation folder is `valid_name`, or "" for `val/` or
+    `valid/`; with both folders present the other images are ignored. A tree with a split folder
+    but not a usable pair raises ValueError; only a tree with none is split at random
+    (a seeded `valid_pct` of all images).
     """
     root = Path(root).expanduser()
     files = _images_or_raise(root)
-    grandparents = [f.parent.parent.name for f in files]
-    if train_name in grandparents and valid_name in grandparents:
-        train_files = [f for f, g in zip(files, grandparents) if g == train_name]
-        valid_files = [f for f, g in zip(files, grandparents) if g == valid_name]
+    split_folders = [_split_folder(f, root) for f in files]
+    valid_name = _validation_folder(root, set(split_folders), train_name, valid_name)
+    if valid_name:
+        train_files = [f for f, g in zip(files, split_folders) if g == train_name]
+        valid_files = [f for f, g in zip(files, split_folders) if g == valid_name]
     else:
         train_files, valid_files = _random_split(files, valid_pct, seed)
     train_names = [label_from_parent(f) for f in train_files]
@@ -152,7 +162,56 @@ def make_source(
         train_labels=[index[n] for n in train_names],
         valid_files=valid_files,
         valid_labels=[index[n] for n in valid_names],
+        split_note=_split_note(root, train_name, valid_name, valid_pct, seed,
+                               (len(train_files), len(valid_files), len(files), len(vocab))),
     )
+
+
+def _split_folder(path: Path, root: Path) -> str | None:
+    """The folder two levels above an image, inside `root` (None for images less deep)."""
+    parts = path.relative_to(root).parts
+    return parts[-3] if len(parts) >= 3 else None
+
+
+def _validation_folder(root: Path, split_folders: set[str | None], train_name: str, valid_name: str) -> str:
+    """The validation folder's name beside `train_name`, or "" when the tree has no split folders.
+
+    A missing or ambiguous partner raises: silently splitting at random would train on images
+    the folders set aside for validation.
+    """
+    candidates = [valid_name] if valid_name else list(VALID_NAMES)
+    found = [name for name in candidates if name in split_folders]
+    has_train = train_name in split_folders
+    if not has_train and not found:
+        if valid_name:
+            raise ValueError(f"--valid-name {valid_name}: no {valid_name}/<class>/ images under {root}")
+        return ""
+    if len(found) > 1:
+        raise ValueError(f"{root} has both {found[0]}/ and {found[1]}/: keep one validation folder, "
+                         f"or choose one with --valid-name {found[0]}")
+    if not has_train:
+        raise ValueError(f"{root} has {found[0]}/ but no {train_name}/ beside it: put the training "
+                         f"images in {root / train_name}/<class>/")
+    if not found:
+        others = sorted(g for g in split_folders if g is not None and g != train_name)
+        seen = f" (found: {', '.join(o + '/' for o in others)})" if others else ""
+        looked = " or ".join(n + "/" for n in candidates)
+        raise ValueError(f"{root} has {train_name}/ but no validation folder {looked} beside it{seen}: "
+                         f"add one, or name it with --valid-name NAME")
+    return found[0]
+
+
+def _split_note(root: Path, train_name: str, valid_name: str, valid_pct: float, seed: int,
+                counts: tuple[int, int, int, int]) -> str:
+    """One line: which split was used, with images per part and classes."""
+    n_train, n_valid, n_all, n_classes = counts
+    if not valid_name:
+        return (f"no train/val folders in {root}: random split, {round(valid_pct * 100, 1):g} % validation, "
+                f"seed {seed} ({n_train:,} train and {n_valid:,} validation images, {n_classes} classes)")
+    ignored = n_all - n_train - n_valid
+    rest = f"; {ignored:,} images outside them ignored" if ignored else ""
+    return (f"split: {train_name}/ ({n_train:,} images) and {valid_name}/ ({n_valid:,} images), "
+            f"{n_classes} classes{rest}")
 
 
 def _images_or_raise(root: Path) -> list[Path]:
