@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 NOT_RUN: dict[str, str] = {
     "make run": "the pty test (tests/test_progress.py) runs the same `vivace train` in a terminal",
     "make test": "this suite",
+    "vivace download": "needs the network; tests/test_datasets.py downloads from a local server",
+    "vivace train --data imagenette-160": "downloads 99 MB and trains for hours on 2 cores",
+    "vivace train --data path/to/folder": "a placeholder for the user's folder; tests/test_data.py and "
+                                          "tests/test_cli.py train on generated folders with these flags",
+    "torchrun": "tests/test_distributed.py launches torchrun on a generated folder",
+    "vivace experiments": "hours on the real data; tests/test_experiments.py runs it on a tiny folder",
 }
 
 
