@@ -1,5 +1,6 @@
 """The divergence guard: NaN and exploding losses stop the fit with one clear message, no per-batch sync."""
 import math
+import re
 from collections import Counter
 from unittest import mock
 
@@ -180,3 +181,17 @@ def test_cli_run_that_diverges_exits_non_zero_with_one_line(tmp_path, tiny_folde
     assert "try --lr 1" in lines[0] and lines[0].endswith("no checkpoint was written")
     assert "error:" not in printed.out  # printed once, on stderr
     assert not (out / "summary.json").exists() and not (out / "report.html").exists()
+
+
+def test_failed_run_names_its_kept_checkpoint_and_writes_no_summary(tmp_path, tiny_folder):
+    from vivace.recipe import make_recipe
+    from vivace.train import train
+
+    out = tmp_path / "run"
+    recipe = make_recipe(data=str(tiny_folder), out=str(out), arch="xresnet18", widen=0.25, size=16, presize=24,
+                         epochs=3, bs=4, valid_bs=8, workers=1)
+    kept = f"the last good checkpoint is kept: {out / 'last.safetensors'}"
+    with pytest.raises(TrainingFailed, match=f"in epoch 1, .*; {re.escape(kept)}"):
+        train(recipe, cbs=[NaNInputAt(1, 1)])
+    assert load_checkpoint(out / "last.safetensors")["position"] == {"epoch": 1, "batch": 0}
+    assert (out / "log.csv").is_file() and not (out / "summary.json").exists()
