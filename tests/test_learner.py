@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from vivace.callbacks import Callback, StopAfter
-from vivace.learner import Learner
+from vivace.learner import Learner, TrainingFailed
 from vivace.metrics import accuracy
 
 
@@ -118,10 +118,12 @@ def test_nan_guard_stops_and_names_where(tiny_dls, capsys):
             return x * float("nan") if learn.iter == 1 else x, y
 
     learn = Learner(tiny_dls, tiny_model(), cbs=[Explode()])
-    learn.fit(2, 1e-2)
-    assert learn.failure is not None
-    assert "epoch 0, batch 1" in learn.failure and "lr" in learn.failure
+    with pytest.raises(TrainingFailed) as err:
+        learn.fit(2, 1e-2)
+    assert str(err.value) == learn.failure
+    assert "epoch 0, batches 0-5" in learn.failure and "learning rate" in learn.failure
     assert learn.recorder.rows == []
+    assert "error" not in capsys.readouterr().out  # the message is the exception's, printed once by its catcher
 
 
 def test_schedule_reaches_optimizer(tiny_dls):

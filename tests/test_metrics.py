@@ -38,3 +38,14 @@ def test_calibration_error_known_values():
     conf, acc, count = reliability_bins(logits, y, 10)
     assert count.sum().item() == 2 and acc[count > 0].tolist() == pytest.approx([0.5])
     assert conf[count > 0].tolist() == pytest.approx([0.9])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_calibration_on_non_finite_logits_is_nan_not_a_crash(bad):
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0], [1.0, 0.0, 0.0]])
+    logits[1, 1] = bad  # softmax of the row is NaN: no confidence to bin
+    y = torch.tensor([0, 1, 2])
+    assert calibration_error(logits, y).isnan()
+    conf, acc, count = reliability_bins(logits, y, 10)
+    assert count.sum().item() == 3 and conf.isnan().any()
+    assert calibration_error(torch.full((3, 3), float("nan")), y).isnan()

@@ -169,7 +169,9 @@ class CheckpointSaver(Callback):
 
     def after_batch(self, learn) -> None:
         if self.every_s and not learn.failure and time.monotonic() - self.last_save >= self.every_s:
-            self._save(learn, "last", learn.epoch, learn.iter + 1)
+            # The guard looks at the loss only every few batches: never save a NaN it has not seen yet.
+            if learn.guard.window_is_finite():
+                self._save(learn, "last", learn.epoch, learn.iter + 1)
 
     def after_epoch(self, learn) -> None:
         if learn.failure:

@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(recipe)
     except TrainingFailed as err:
-        print(f"vivace train: {err}", file=sys.stderr)
+        print(f"vivace train: error: {err}", file=sys.stderr)
         return 1
     if rank() == 0:
         _print_result(result)

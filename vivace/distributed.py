@@ -92,6 +92,15 @@ def gather_all(t: Tensor) -> Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 
+def mean_all(t: Tensor) -> Tensor:
+    """The mean of a tensor over every rank (the tensor itself in one process)."""
+    if not is_distributed():
+        return t
+    total = t.clone()
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
+
+
 def cleanup() -> None:
     """Leave the process group (end of training)."""
     if dist.is_available() and dist.is_initialized():

@@ -87,13 +87,14 @@ def train_step(step: Step, recipe: Recipe, out: Path) -> tuple[Learner, dict[str
     first = replace(recipe, size=recipe.size // 2) if step.progressive else recipe
     learn = build_learner(recipe, build_dataloaders(first), out)
     start = time.perf_counter()
-    if step.progressive:
-        fit_progressive(learn, recipe)
-    else:
-        fit(learn, recipe)
+    try:
+        if step.progressive:
+            fit_progressive(learn, recipe)
+        else:
+            fit(learn, recipe)
+    except TrainingFailed as err:
+        raise TrainingFailed(f"{step.name}: {err}") from None
     seconds = time.perf_counter() - start
-    if learn.failure:
-        raise TrainingFailed(f"{step.name}: {learn.failure}")
     m = learn.last_metrics
     return learn, {"accuracy": m["accuracy"], "nll": m["nll"], "ece": m["calibration_error"], "seconds": seconds}
 

@@ -17,6 +17,10 @@ from .optim import make_optimizer, set_hyper
 Metric = Callable[[Tensor, Tensor], Tensor]
 
 
+class TrainingFailed(RuntimeError):
+    """A fit stopped on an error it reported (a NaN loss, say)."""
+
+
 class Learner:
     """Trains `model` on `dls` with `loss_func`, reporting `metrics` each epoch.
 
@@ -52,14 +56,14 @@ class Learner:
         self.amp_dtype = runtime.autocast_dtype(self.device, amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.is_main = distributed.rank() == 0
-        self.recorder = Recorder()
-        self.cbs: list[Callback] = [self.recorder, ProgressBar(), NaNGuard()]
+        self.recorder, self.guard = Recorder(), NaNGuard()
+        self.cbs: list[Callback] = [self.recorder, ProgressBar(), self.guard]
         self.add_cbs(cbs)
         self.resume_at: tuple[int, int] | None = None
         self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
         self.epoch, self.iter, self.iter_start, self.lr, self.n_epochs = 0, 0, 0, 0.0, 1
         self.last_metrics: dict[str, float] = {}
-        self.stop_requested, self.failure = False, None
+        self.stop_requested, self.failure, self.validated = False, None, False
         self.valid_every = 1  # epochs between validations (the last epoch always validates)
 
     # -- the book's handles -------------------------------------------------------------
@@ -122,12 +126,15 @@ class Learner:
             if self.stop_requested:
                 break
             if validate:
-                self.last_metrics = self.validate() if self._validates_now() else self._skipped_metrics()
+                self.validated = self._validates_now()
+                self.last_metrics = self.validate() if self.validated else self._skipped_metrics()
                 self._emit("after_validate")
             self._emit("after_epoch")
             if self.stop_requested:
                 break
         self._emit("after_fit")
+        if self.failure:
+            raise TrainingFailed(self.failure)
 
     def _validates_now(self) -> bool:
         """Validate after every `valid_every`-th epoch and always after the last (0: the last only)."""
@@ -187,9 +194,8 @@ class Learner:
         self.stop_requested = True
 
     def fail(self, message: str) -> None:
-        """Stop the fit and record why; `train` reports it and exits non-zero."""
+        """Stop the fit and record why: the fit then ends raising TrainingFailed(message)."""
         self.failure = message
-        self.log(f"error: {message}")
         self.request_stop()
 
     def log(self, message: str) -> None:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .callbacks import Callback
+from .callbacks import Callback, NaNGuard
 
 
 @dataclass
@@ -69,13 +69,15 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
     history = {k: list(v) for k, v in learn.recorder.state_dict().items()}
     print_table, learn.recorder.print_table = learn.recorder.print_table, False
     recorder = LRRecorder(num_it)
-    learn.cbs.append(recorder)
+    # The sweep is meant to end diverging: LRRecorder stops it there, the guard sits it out.
+    cbs_before = learn.cbs
+    learn.cbs = [cb for cb in cbs_before if not isinstance(cb, NaNGuard)] + [recorder]
     n_epochs = math.ceil(num_it / max(len(learn.dls.train), 1))
     ratio = end_lr / start_lr
     # progress p covers n_epochs; the sweep reaches end_lr after num_it batches.
     steps = n_epochs * len(learn.dls.train)
     learn._fit(n_epochs, lambda p: start_lr * ratio ** min(p * steps / num_it, 1.0), None, validate=False)
-    learn.cbs.remove(recorder)
+    learn.cbs = cbs_before
     learn.model.load_state_dict(model_state)
     learn.opt = opt_before
     learn.recorder.load_state_dict(history)

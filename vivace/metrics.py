@@ -31,11 +31,16 @@ def nll(logits: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), _labels(target))
 
 
+def _confidence_bins(conf: Tensor, n_bins: int) -> Tensor:
+    """Bin index per confidence; NaN ones (non-finite logits) go to bin 0 and make the result NaN."""
+    return (conf.nan_to_num(0.0) * n_bins).long().clamp(0, n_bins - 1)
+
+
 def calibration_error(logits: Tensor, target: Tensor, n_bins: int = 15) -> Tensor:
     """Expected calibration error: bin-weighted |accuracy - confidence| over confidence bins."""
     conf, pred = F.softmax(logits.float(), -1).max(-1)
     correct = (pred == _labels(target)).float()
-    bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
+    bins = _confidence_bins(conf, n_bins)
     count = torch.bincount(bins, minlength=n_bins).float()
     gap = torch.bincount(bins, weights=correct - conf, minlength=n_bins).abs()
     return gap.sum() / count.sum().clamp(min=1)
@@ -45,7 +50,7 @@ def reliability_bins(logits: Tensor, target: Tensor, n_bins: int = 15) -> tuple[
     """Per-bin (mean confidence, accuracy, count) for a reliability diagram."""
     conf, pred = F.softmax(logits.float(), -1).max(-1)
     correct = (pred == _labels(target)).float()
-    bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
+    bins = _confidence_bins(conf, n_bins)
     count = torch.bincount(bins, minlength=n_bins).float()
     safe = count.clamp(min=1)
     mean_conf = torch.bincount(bins, weights=conf, minlength=n_bins) / safe

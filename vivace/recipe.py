@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,7 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
-    if too_low or too_high:
+    if too_low or too_high or math.isnan(value):  # NaN compares False with everything
         left, right = "(" if low_open else "[", ")" if high_open else "]"
         raise ValueError(f"{name}={value} must be in {left}{low}, {high}{right}")
 

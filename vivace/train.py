@@ -14,7 +14,7 @@ from .callbacks import EMA, Callback, ProgressiveResize
 from .checkpoint import CheckpointSaver, load_checkpoint, restore_learner
 from .data import DataLoaders, make_dataloaders
 from .distributed import World
-from .learner import Learner
+from .learner import Learner, TrainingFailed
 from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, nll, top_k_accuracy
 from .mixing import CutMix, Mixup, MixupOrCutMix
@@ -23,10 +23,6 @@ from .recipe import Recipe, load_recipe
 from .records import RunLogger, write_json
 from .runtime import configure_process
 from .schedule import SizeSchedule
-
-
-class TrainingFailed(RuntimeError):
-    """A run stopped on an error it reported (a NaN loss, say)."""
 
 
 def top5_accuracy(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -114,9 +110,10 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
     if world.is_main:
         write_json(out / "config.json", recipe.to_dict())
     start = time.perf_counter()
-    fit(learn, recipe)
-    if learn.failure:
-        raise TrainingFailed(learn.failure)
+    try:
+        fit(learn, recipe)
+    except TrainingFailed as err:  # no summary or report: the run did not finish
+        raise TrainingFailed(f"{err}; {kept_checkpoint(out)}") from None
     # The metrics of the final weights, the ones evaluate, export and report use by default.
     summary = {**learn.last_metrics, "weights": "final", "epochs": len(learn.recorder.rows),
                "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed}
@@ -131,6 +128,12 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
     else:
         write_report(out, learn)
     return summary
+
+
+def kept_checkpoint(out: Path) -> str:
+    """Where a failed run's last good weights are, for its error message."""
+    last = out / "last.safetensors"  # never written after a failure
+    return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
 
 
 def default_out() -> Path:
