@@ -48,7 +48,8 @@ def test_forced_bar_shows_epoch_batches_loss_and_speed(tiny_dls):
     n = len(tiny_dls.train)
     assert "\r" in text  # redrawn in place
     assert "epoch 1/2" in text and "epoch 2/2" in text
-    assert f"{n}/{n} batches" in text
+    # tqdm redraws at most every 0.1 s, except when opened and when the loss is shown: test those.
+    assert f"0/{n} batches" in text and f"1/{n} batches" in text
     assert "loss " in text and "img/s" in text
     assert len(learn.recorder.rows) == 2
 

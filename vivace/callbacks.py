@@ -147,8 +147,11 @@ class ProgressBar(Callback):
         done = learn.iter + 1 - learn.iter_start
         postfix = None
         if (done - 1) % self.loss_every == 0:
-            rate = self.n_images / max(time.perf_counter() - self.start, 1e-9)
-            postfix = f"loss {learn.loss.item():.4f}, {rate:.0f} img/s"
+            loss = learn.loss.item()  # waits for the device: the images since the last read are done
+            now = time.perf_counter()
+            rate = self.n_images / max(now - self.start, 1e-9)
+            postfix = f"loss {loss:.4f}, {rate:.0f} img/s"
+            self.start, self.n_images = now, 0  # the next rate covers the next window of batches
         self._safely(lambda: self._advance(postfix))
         if learn.iter + 1 >= learn.n_batches:
             self._close()  # before validation, so the epoch's table row prints on a clean line
