@@ -258,6 +258,48 @@ def add_deploy_commands(sub) -> None:
     report.set_defaults(func=cmd_report)
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .runtime import configure_process
+    from .train import build_dataloaders, build_learner
+    if args.out is not None:
+        raise ValueError("lr-find writes no run directory: name the plot with --plot PATH")
+    recipe = recipe_from_args(args)
+    recipe.validate()
+    configure_process(recipe.threads, recipe.reuse_memory)
+    learn = build_learner(recipe, build_dataloaders(recipe), Path("."))  # the sweep writes no checkpoint or log
+    result = learn.lr_find(args.start_lr, args.end_lr, args.num_it)
+    plot = Path(args.plot) if args.plot else _unused_path(Path("lr_find.png"))
+    result.plot(plot)
+    print(f"valley   {result.valley:.2e}  (suggested: --lr {result.valley:.2g})")
+    print(f"steep    {result.steep:.2e}  (the loss falls fastest)")
+    print(f"minimum  {result.minimum:.2e}  (a tenth of the rate at the lowest loss)")
+    print(f"wrote {plot}")
+    return 0
+
+
+def _unused_path(path: Path) -> Path:
+    """`path`, or path-2, path-3, ... when taken: a default name never overwrites a file."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def add_lr_find_command(sub) -> None:
+    """`lr-find`: the LR sweep on the data and model `train` would use, its suggestions and plot."""
+    lr_find = sub.add_parser("lr-find", help="sweep learning rates; print fastai's suggestions and plot loss vs LR",
+                             description="Sweep the learning rate on the data and model that `train` would use "
+                                         "(the same flags), print fastai's valley (suggested), steep and minimum "
+                                         "rates, and plot the smoothed loss against the rate.")
+    add_recipe_flags(lr_find)
+    lr_find.add_argument("--num-it", type=int, default=100, help="batches in the sweep (default: %(default)s)")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default: %(default)g)")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last rate (default: %(default)g)")
+    lr_find.add_argument("--plot", default="", help="PNG path (default: lr_find.png, or lr_find-N.png if taken)")
+    lr_find.set_defaults(func=cmd_lr_find)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vivace", description="Train image classifiers from scratch, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"--data nor --preset, the '{DEFAULT_PRESET}' preset trains on the embedded dataset.")
     add_recipe_flags(train)
     train.set_defaults(func=cmd_train)
+    add_lr_find_command(sub)
     download = sub.add_parser("download", help="download and extract a dataset by name")
     download.add_argument("name", help="imagenette, imagenette-320, imagenette-160, imagewoof, ...")
     download.set_defaults(func=cmd_download)

@@ -108,7 +108,10 @@ class Learner:
         self.fit_one_cycle(epochs, base_lr / 2, div=div, pct_start=pct_start)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100):
-        """Sweep learning rates and suggest one (plot with `.plot()`); weights are restored."""
+        """Sweep learning rates; fastai's `valley`, `steep` and `minimum` suggestions, `.plot()`.
+
+        The weights, optimizer and loop state are restored afterwards, also when the sweep fails.
+        """
         from .lr_finder import lr_find
         return lr_find(self, start_lr, end_lr, num_it)
 
