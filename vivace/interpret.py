@@ -42,10 +42,14 @@ class Interpretation:
         c = len(self.vocab)
         return torch.bincount(self.targets * c + self.preds, minlength=c * c).view(c, c)
 
-    def most_confused(self, min_val: int = 1) -> list[tuple[str, str, int]]:
-        """(actual, predicted, count) by class name for off-diagonal cells with count >= min_val, largest first."""
+    def most_confused(self, min_val: int = 1, by_name: bool = True) -> list[tuple[str, str, int]]:
+        """(actual, predicted, count) for off-diagonal cells with count >= min_val, largest first.
+
+        Classes by human name for people (`by_name`), or by vocab id for code (as fastai returns).
+        """
         cm = self.confusion_matrix()
-        cells = [(self.names[a], self.names[p], int(cm[a, p]))
+        labels = self.names if by_name else self.vocab
+        cells = [(labels[a], labels[p], int(cm[a, p]))
                  for a in range(len(self.vocab)) for p in range(len(self.vocab))
                  if a != p and cm[a, p] >= min_val]
         return sorted(cells, key=lambda cell: -cell[2])

@@ -43,7 +43,7 @@ class ClassificationInterpretation:
 
     def most_confused(self, min_val: int = 1) -> list[tuple[str, str, int]]:
         """(actual, predicted, count) for each off-diagonal cell with count >= min_val, largest first."""
-        return self.interp.most_confused(min_val)
+        return self.interp.most_confused(min_val, by_name=False)  # vocab ids, as fastai's
 
     def top_losses(self, k: int | None = None) -> tuple[Tensor, Tensor]:
         """The k largest per-item cross-entropy losses and their item indices (all when k is None)."""
