@@ -153,3 +153,16 @@ def test_cli_predict_exit_codes(bundle, mixed_folder, tmp_path, capsys):
     tampered.write_bytes(bundle.read_bytes()[:-10])
     assert main(["predict", str(tampered), bad[0]]) == 2
     assert "not a readable bundle" in capsys.readouterr().err
+
+
+def test_cli_predict_never_replaces_a_csv_silently(bundle, mixed_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "predictions.csv"  # the default --csv, in the working directory
+    mine.write_text("the user's own file\n")
+    assert main(["predict", str(bundle), str(mixed_folder)]) == 2
+    err = capsys.readouterr().err
+    assert "predictions.csv already exists" in err and "--overwrite" in err and "--csv PATH" in err
+    assert "cannot read image" not in err  # refused before predicting anything
+    assert mine.read_text() == "the user's own file\n"
+    assert main(["predict", str(bundle), str(mixed_folder), "--overwrite"]) == 0
+    assert mine.read_text().startswith("path,label,prob,error")
