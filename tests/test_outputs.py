@@ -1,8 +1,10 @@
+import errno
 import os
+import tempfile
 
 import pytest
 
-from vivace.outputs import check_new_file, check_writable_folder, unwritable_reason
+from vivace.outputs import check_new_file, ensure_writable_folder, unwritable_reason
 
 
 def read_only(monkeypatch, folder):
@@ -23,13 +25,27 @@ def test_a_file_where_a_folder_should_be(tmp_path):
     assert unwritable_reason(f) == "it is a file, not a folder"
     assert unwritable_reason(f / "run") == f"{f} is a file, not a folder"
     with pytest.raises(ValueError, match=f"cannot write to --out {f}/a/b: {f} is a file, not a folder"):
-        check_writable_folder(f / "a" / "b", f"--out {f / 'a' / 'b'}")
+        ensure_writable_folder(f / "a" / "b", f"--out {f / 'a' / 'b'}")
 
 
 def test_read_only_folder_and_parent(tmp_path, monkeypatch):
     read_only(monkeypatch, tmp_path)
     assert unwritable_reason(tmp_path) == "it is read-only"
     assert unwritable_reason(tmp_path / "x" / "y") == f"parent {tmp_path} is read-only"
+
+
+def test_a_refusal_os_access_did_not_foresee(tmp_path, monkeypatch):
+    """Some file systems refuse writes os.access allows (root on sysfs): the write itself is tried."""
+    def read_only_file_system(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only_file_system)
+    with pytest.raises(ValueError, match=f"cannot write to --out {tmp_path}/run: Read-only file system"):
+        ensure_writable_folder(tmp_path / "run", f"--out {tmp_path / 'run'}")
+
+
+def test_ensure_creates_the_folder(tmp_path):
+    ensure_writable_folder(tmp_path / "a" / "b", "--out")
+    assert (tmp_path / "a" / "b").is_dir() and not any((tmp_path / "a" / "b").iterdir())
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes through chmod")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -25,9 +26,18 @@ def _can_write(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def check_writable_folder(folder: Path, what: str, hint: str = "") -> None:
-    """Raise ValueError naming `what` (e.g. '--out /x/y') when `folder` cannot be written."""
+def ensure_writable_folder(folder: Path, what: str, hint: str = "") -> None:
+    """Create `folder` and write a file in it; else ValueError naming `what` (e.g. '--out /x/y') and why."""
+    folder = Path(folder)
     reason = unwritable_reason(folder)
+    if reason is None:
+        # Asking is not enough: some file systems refuse what os.access allows (root on sysfs, say).
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            reason = err.strerror or str(err)
     if reason is not None:
         raise ValueError(f"cannot write to {what}: {reason}" + (f"; {hint}" if hint else ""))
 
@@ -39,4 +49,4 @@ def check_new_file(path: Path, flag: str, overwrite: bool) -> None:
         raise ValueError(f"{flag} {path} is a folder: name a file")
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists: pass --overwrite to replace it, or {flag} PATH to write elsewhere")
-    check_writable_folder(path.parent, f"{flag} {path}")
+    ensure_writable_folder(path.parent, f"{flag} {path}")

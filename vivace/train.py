@@ -21,7 +21,7 @@ from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, nll, top_k_accuracy
 from .mixing import CutMix, Mixup, MixupOrCutMix
 from .models import create_model
-from .outputs import check_writable_folder
+from .outputs import ensure_writable_folder
 from .recipe import Recipe
 from .records import RunLogger, write_json
 from .runtime import configure_process
@@ -158,10 +158,10 @@ def existing_records(out: Path, runs: int) -> list[Path]:
 
 
 def check_before_start(recipe: Recipe, out: Path) -> None:
-    """Fail before any heavy work: the data must exist and --out be writable, with no run to lose."""
+    """Fail before any heavy work: the data must exist, --out be writable (it is created) with no run to lose."""
     if recipe.data not in DATASETS:
         resolve_data(recipe.data or None)  # a folder: only checks that it exists
-    check_writable_folder(out, f"--out {out}")
+    ensure_writable_folder(out, f"--out {out}")
     found = existing_records(out, recipe.runs)
     if found and not (recipe.resume or recipe.overwrite):
         names = ", ".join(str(p.relative_to(out)) for p in found)

@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm import tqdm
 
-from ..outputs import check_writable_folder
+from ..outputs import ensure_writable_folder
 
 FORMAT_VERSION = 1  # bump when the decoding or the file layout changes: old caches then miss
 PIXELS_NAME = "pixels.u8"
@@ -193,8 +193,7 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
         except ValueError as exc:  # damaged (e.g. a truncated pixels file): build it again
             warnings.warn(f"rebuilding the cache: {exc}", stacklevel=2)
     # Checked here, not up front: a read-only data home whose cache is already built is fine.
-    check_writable_folder(directory, f"the presize cache {cache_dir}", hint)
-    directory.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(directory, f"the presize cache {cache_dir}", hint)
     paths = [os.path.abspath(f) for f in files]
     n_workers = min(workers or _available_cpus(), len(paths))
     # Decode into a private file, then rename: two processes building the same key (say, DDP
