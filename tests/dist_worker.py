@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -42,8 +43,21 @@ class ShardSpy(Callback):
             {"seen": self.seen, "all_train": train_items, "metrics": learn.last_metrics}))
 
 
+def stall_or_train(data: str, out: Path, stall_rank: str) -> int:
+    """One rank joins the group and goes silent (as if SIGSTOPped); the others run `vivace train`."""
+    from vivace.cli import main
+    if os.environ["RANK"] == stall_rank:
+        distributed.init_distributed()
+        time.sleep(600)  # torchrun ends this process once another rank has failed
+    return main(["train", "--data", data, "--out", str(out), "--dist-timeout-s", os.environ["STALL_TIMEOUT_S"],
+                 "--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "2",
+                 "--bs", "8", "--valid-bs", "5", "--workers", "1"])
+
+
 if __name__ == "__main__":
     data, base, dump = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    if os.environ.get("STALL_RANK"):
+        sys.exit(stall_or_train(data, base / "out0", os.environ["STALL_RANK"]))
     world = distributed.init_distributed()
     recipe = make_recipe(data=data, arch="xresnet18", widen=0.25, size=16, presize=24, epochs=2, bs=8,
                          valid_bs=5, lr=1e-2, workers=1)

@@ -70,12 +70,13 @@ def server(tarball):
 
 
 @pytest.fixture
-def closed_url() -> str:
+def closed_url():
     """A URL on a port nothing listens on: connecting fails at once, like being offline."""
     with socket.socket() as sock:
+        # Held bound (never listening) for the whole test: a port released at once could be
+        # taken by another process on a busy machine, and the "offline" download would connect.
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/{FOLDER}.tgz"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/{FOLDER}.tgz"
 
 
 def use_url(monkeypatch, url: str, md5: str | None) -> None:

@@ -171,3 +171,16 @@ def test_predict_text_names_imagenette_classes_and_json_keeps_ids(wordnet_folder
     assert set(row["probs"]) == {"n01440764", "n02102040", "n02979186"}
     assert row["name"] == {"n01440764": "tench", "n02102040": "English springer",
                            "n02979186": "cassette player"}[row["label"]]
+
+
+def test_cli_predict_never_replaces_a_csv_silently(bundle, mixed_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "predictions.csv"  # the default --csv, in the working directory
+    mine.write_text("the user's own file\n")
+    assert main(["predict", str(bundle), str(mixed_folder)]) == 2
+    err = capsys.readouterr().err
+    assert "predictions.csv already exists" in err and "--overwrite" in err and "--csv PATH" in err
+    assert "cannot read image" not in err  # refused before predicting anything
+    assert mine.read_text() == "the user's own file\n"
+    assert main(["predict", str(bundle), str(mixed_folder), "--overwrite"]) == 0
+    assert mine.read_text().startswith("path,label,prob,error")

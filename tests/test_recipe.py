@@ -28,7 +28,7 @@ def test_every_preset_trains(name, tiny_folder, tmp_path):
     ("valid_size", 200, "valid_size=200 must be in [0, presize=160]"),
     ("valid_crop", 0.0, "valid_crop=0.0 must be in (0.0, 1.0]"),
     ("mom", 1.0, "mom=1.0 must be in [0.0, 1.0)"),
-    ("lr", float("nan"), "lr=nan must be in (0.0, 10.0]"),
+    ("lr", float("nan"), "lr=nan must be a finite number in (0.0, 10.0]"),
 ])
 def test_validation_names_field_value_and_allowed(field, value, message):
     with pytest.raises(ValueError) as err:

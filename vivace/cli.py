@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from .distributed import rank
+from .outputs import check_new_file
 from .recipe import PRESETS, Recipe, load_recipe, make_recipe
 from .runtime import reuse_freed_memory
 
@@ -58,6 +60,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(recipe)
     except TrainingFailed as err:
         print(f"vivace train: error: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        if os.environ.get("WORLD_SIZE", "1") == "1":
+            raise
+        # gloo/nccl say only what this rank saw ("Timed out waiting 5000ms ..."): name the cause.
+        print(f"vivace train: error: rank {rank()}: {err} (if another rank crashed or stalled, its own log says "
+              f"why; a stalled rank is detected after --dist-timeout-s seconds)", file=sys.stderr)
         return 1
     if rank() == 0:
         _print_result(result)
@@ -181,6 +190,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     named, found = [], []  # images named on the command line; images found in folders
     for arg in args.images:
         (found if Path(arg).is_dir() else named).extend(expand_items(arg))
+    if found:  # before predicting: a user's file is never replaced silently
+        check_new_file(Path(args.csv), "--csv", args.overwrite)
     preds = predictor.predict_many(named + found, args.batch_size, tta=_tta_choice(args.tta))
     for p in preds:
         if not p.ok:
@@ -249,6 +260,7 @@ def add_deploy_commands(sub) -> None:
     predict.add_argument("--json", action="store_true", help="one JSON object per image: path, label, probs")
     predict.add_argument("--csv", default="predictions.csv",
                          help="where the predictions for folder inputs are written (default: %(default)s)")
+    predict.add_argument("--overwrite", action="store_true", help="replace the --csv file if it exists")
     predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     predict.set_defaults(func=cmd_predict)

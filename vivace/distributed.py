@@ -33,14 +33,18 @@ class World:
         return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def init_distributed() -> World:
-    """Join the process group torchrun describes in the environment (once); else a world of one."""
+def init_distributed(timeout_s: float = 0.0) -> World:
+    """Join the process group torchrun describes in the environment (once); else a world of one.
+
+    A collective that waits longer than `timeout_s` for another rank fails (0: the environment's
+    VIVACE_DIST_TIMEOUT, else DEFAULT_TIMEOUT_S).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return World()
     world = World(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        timeout = timedelta(seconds=float(os.environ.get("VIVACE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+        timeout = timedelta(seconds=timeout_s or float(os.environ.get("VIVACE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
         if torch.cuda.is_available():
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)

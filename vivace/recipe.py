@@ -68,8 +68,10 @@ class Recipe:
     runs: int = 1                 # repeat with seeds seed, seed+1, ... and report mean and std
     out: str = ""                 # run directory; "" = runs/<timestamp>
     resume: bool = False          # continue the run in --out from its last checkpoint
+    overwrite: bool = False       # replace the run already in --out (its records and checkpoints are deleted)
     checkpoint_every: float = 0.0 # minutes between in-epoch checkpoints; 0 = end of epoch only
     preset: str = ""              # start from a named preset; explicit flags override it
+    dist_timeout_s: float = 0.0   # torchrun: seconds a rank waits for a silent one before failing; 0 = $VIVACE_DIST_TIMEOUT or 1800
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its value and what is allowed."""
@@ -86,19 +88,14 @@ class Recipe:
             raise ValueError(f"presize={self.presize} must be >= size={self.size}: crops are cut from the presized image")
         if not 0 <= self.valid_size <= self.presize:
             raise ValueError(f"valid_size={self.valid_size} must be in [0, presize={self.presize}] (0 = size)")
-        _in_range("lr", self.lr, 0.0, 10.0, low_open=True)
-        _in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
-        _in_range("min_scale", self.min_scale, 0.0, 1.0, low_open=True)
-        _in_range("valid_crop", self.valid_crop, 0.0, 1.0, low_open=True)
-        _in_range("pct_start", self.pct_start, 0.0, 1.0)
-        _in_range("progressive", self.progressive, 0.0, 1.0)
-        _in_range("ema", self.ema, 0.0, 1.0, high_open=True)
-        _in_range("mom", self.mom, 0.0, 1.0, high_open=True)
+        for name, (low, high, low_open, high_open) in FLOAT_RANGES.items():
+            _in_range(name, getattr(self, name), low, high, low_open, high_open)
+        if self.valid_every < 0:
+            raise ValueError(f"valid_every={self.valid_every} must be >= 0")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite contradict each other: continue the run in --out, or replace it")
         if "/" in self.valid_name or self.valid_name in (".", ".."):
             raise ValueError(f"valid_name={self.valid_name!r} must be a folder name (like val or test), not a path")
-        for name in ("mixup", "cutmix", "wd", "checkpoint_every", "widen", "valid_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -135,9 +132,37 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
-    if too_low or too_high or math.isnan(value):  # NaN compares False with everything
+    if not math.isfinite(value) or too_low or too_high:  # nan fails every comparison: test it explicitly
+        kind = "" if math.isfinite(value) else "a finite number "
+        if high == math.inf:
+            raise ValueError(f"{name}={value} must be {kind}{'>' if low_open else '>='} {low:g}")
         left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name}={value} must be in {left}{low}, {high}{right}")
+        raise ValueError(f"{name}={value} must be {kind}in {left}{low}, {high}{right}")
+
+
+# The allowed range of every float field: (low, high, low_open, high_open). inf = no upper
+# bound, but a value must still be finite (`--mixup inf` is a typo, not a recipe).
+FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "widen": (0.0, math.inf, True, False),
+    "valid_crop": (0.0, 1.0, True, False),
+    "lr": (0.0, 10.0, True, False),
+    "wd": (0.0, math.inf, False, False),
+    "mom": (0.0, 1.0, False, True),
+    "pct_start": (0.0, 1.0, False, False),
+    "label_smoothing": (0.0, 1.0, False, True),
+    "mixup": (0.0, math.inf, False, False),
+    "cutmix": (0.0, math.inf, False, False),
+    "min_scale": (0.0, 1.0, True, False),
+    "max_rotate": (0.0, 180.0, False, False),
+    "max_zoom": (1.0, math.inf, False, False),
+    "max_warp": (0.0, 1.0, False, False),
+    "max_lighting": (0.0, 1.0, False, False),
+    "progressive": (0.0, 1.0, False, False),
+    "progressive_end": (0.0, 1.0, False, False),
+    "ema": (0.0, 1.0, False, True),
+    "checkpoint_every": (0.0, math.inf, False, False),
+    "dist_timeout_s": (0.0, math.inf, False, False),
+}
 
 
 # Random-resized crop and flip only, as fastai's leaderboard script augments.

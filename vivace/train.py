@@ -12,13 +12,15 @@ import torch
 from . import distributed
 from .callbacks import EMA, Callback, ProgressiveResize
 from .checkpoint import CheckpointSaver, load_checkpoint, restore_learner
-from .data import DataLoaders, make_dataloaders
+from .data import DataLoaders, make_dataloaders, resolve_data
+from .data.datasets import DATASETS
 from .distributed import World
 from .learner import Learner, TrainingFailed
 from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, nll, top_k_accuracy
 from .mixing import CutMix, Mixup, MixupOrCutMix
 from .models import create_model
+from .outputs import ensure_writable_folder
 from .recipe import Recipe, load_recipe
 from .records import RunLogger, write_json
 from .runtime import configure_process
@@ -97,18 +99,20 @@ def fit(learn: Learner, recipe: Recipe) -> None:
 def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> dict[str, Any]:
     """One seeded run into `out`; returns the summary written to summary.json."""
     configure_process(recipe.threads, recipe.reuse_memory)
-    world = distributed.init_distributed()
-    dls = build_dataloaders(recipe, world)  # first: a bad --data leaves no empty run directory
+    world = distributed.init_distributed(recipe.dist_timeout_s)
+    checkpoint = out / "last.safetensors"
     if world.is_main:  # only rank 0 writes anything
+        if recipe.resume and not checkpoint.is_file():
+            print(nothing_to_resume(out), flush=True)
         out.mkdir(parents=True, exist_ok=True)
+        # The recipe first: a run killed while its data downloads or caches can be resumed.
+        # `overwrite` is an action on the folder, not part of the recipe: a resume must not repeat it.
+        write_json(out / "config.json", {**recipe.to_dict(), "overwrite": False})
+    dls = build_dataloaders(recipe, world)
     learn = build_learner(recipe, dls, out, extra_cbs=cbs)
-    if recipe.resume and (out / "last.safetensors").is_file():
-        restore_learner(learn, load_checkpoint(out / "last.safetensors", learn.device))
+    if recipe.resume and checkpoint.is_file():
+        restore_learner(learn, load_checkpoint(checkpoint, learn.device))
         learn.log(f"resuming {out} at epoch {learn.resume_at[0]}, batch {learn.resume_at[1]}")
-    elif recipe.resume:  # e.g. the first start of an elastic torchrun job that always says --resume
-        learn.log(f"nothing to resume in {out} (no last.safetensors): starting a new run")
-    if world.is_main:
-        write_json(out / "config.json", recipe.to_dict())
     start = time.perf_counter()
     try:
         fit(learn, recipe)
@@ -136,14 +140,54 @@ def kept_checkpoint(out: Path) -> str:
     return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
 
 
+def nothing_to_resume(out: Path) -> str:
+    if (out / "config.json").is_file():  # stopped before its first checkpoint, e.g. while caching
+        return f"nothing to resume in {out} (no last.safetensors yet): training its recipe (config.json) from the start"
+    # e.g. the first start of an elastic torchrun job that always says --resume
+    return f"nothing to resume in {out} (no last.safetensors): starting a new run"
+
+
 def default_out() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+# The files that make a folder a run: replacing them loses the run, keeping some mixes two runs.
+RUN_RECORDS = ("config.json", "log.csv", "summary.json", "last.safetensors", "best.safetensors")
+
+
+def existing_records(out: Path, runs: int) -> list[Path]:
+    """The run records already in `out` (and in its run0, run1, ... for several runs)."""
+    folders = [out] + [out / f"run{i}" for i in range(runs) if runs > 1]
+    return [folder / name for folder in folders for name in RUN_RECORDS if (folder / name).is_file()]
+
+
+def check_before_start(recipe: Recipe, out: Path) -> None:
+    """Fail before any heavy work: the data must exist, --out be writable (it is created) with no run to lose."""
+    if recipe.data not in DATASETS:
+        resolve_data(recipe.data or None)  # a folder: only checks that it exists
+    ensure_writable_folder(out, f"--out {out}")
+    found = existing_records(out, recipe.runs)
+    if found and not (recipe.resume or recipe.overwrite):
+        names = ", ".join(str(p.relative_to(out)) for p in found)
+        raise ValueError(f"--out {out} already holds a run ({names}): pass --resume to continue it, "
+                         f"--overwrite to replace it, or choose another --out")
+
+
+def delete_records(out: Path, runs: int) -> None:
+    """--overwrite: remove the old run's records before the new run writes any."""
+    # Deleted, not left to be overwritten: an old last.safetensors would be resumed under the new
+    # recipe, and an old summary.json would describe a run that no longer exists.
+    for path in existing_records(out, runs):
+        path.unlink()
 
 
 def train(recipe: Recipe, cbs: list[Callback] | None = None) -> dict[str, Any]:
     """Train `recipe.runs` seeded runs; with several, report mean and std of the final metrics."""
     recipe.validate()
     out = Path(recipe.out) if recipe.out else default_out()
+    check_before_start(recipe, out)
+    if recipe.overwrite and distributed.rank() == 0:
+        delete_records(out, recipe.runs)
     if recipe.runs == 1:
         return train_once(recipe, out, cbs)
     summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}", cbs) for i in range(recipe.runs)]

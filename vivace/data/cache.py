@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..files import atomic_write
+from ..outputs import ensure_writable_folder
 
 FORMAT_VERSION = 1  # bump when the decoding or the file layout changes: old caches then miss
 PIXELS_NAME = "pixels.u8"
@@ -180,17 +181,20 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
         raise ValueError("build_cache got no files; check the data folder and its extensions")
     if presize < 1:
         raise ValueError(f"presize must be a positive number of pixels, got {presize}")
+    hint = ""
     if cache_dir is None:
         from .datasets import data_home  # lazy: datasets pulls in download code we don't need
 
         cache_dir = data_home() / "cache"
+        hint = "point VIVACE_HOME at a writable folder (the cache goes to $VIVACE_HOME/cache)"
     directory = Path(cache_dir) / cache_key(files, presize)[:16]
     if (directory / INDEX_NAME).is_file():
         try:
             return ImageCache.open(directory)
         except ValueError as exc:  # damaged (e.g. a truncated pixels file): build it again
             warnings.warn(f"rebuilding the cache: {exc}", stacklevel=2)
-    directory.mkdir(parents=True, exist_ok=True)
+    # Checked here, not up front: a read-only data home whose cache is already built is fine.
+    ensure_writable_folder(directory, f"the presize cache {cache_dir}", hint)
     paths = [os.path.abspath(f) for f in files]
     n_workers = min(workers or _available_cpus(), len(paths))
     # Decode into a private file, then rename: two processes building the same key (say, DDP

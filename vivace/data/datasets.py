@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from ..outputs import ensure_writable_folder
 from .names import IMAGENETTE_NAMES, IMAGEWOOF_NAMES
 
 
@@ -269,6 +270,8 @@ def ensure_dataset(name: str, *, progress: bool = True) -> Path:
     # An existing folder is trusted: it is how offline users supply their own copy.
     if folder.is_dir():
         return folder
+    ensure_writable_folder(home, f"the data home {home}",
+                          f"point VIVACE_HOME at a writable folder, or pass --data /path/to/{info.folder}")
     archive = download(name, home, progress=progress)
     safe_extract(archive, home)
     if not folder.is_dir():
