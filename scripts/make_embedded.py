@@ -16,24 +16,11 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from vivace.data.names import IMAGENETTE_NAMES
+
 REPO = Path(__file__).resolve().parent.parent
 JPEG_QUALITY = 85
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-# Imagenette's ten ImageNet classes, from github.com/fastai/imagenette.
-IMAGENETTE_NAMES = {
-    "n01440764": "tench",
-    "n02102040": "English springer",
-    "n02979186": "cassette player",
-    "n03000684": "chain saw",
-    "n03028079": "church",
-    "n03394916": "French horn",
-    "n03417042": "garbage truck",
-    "n03425413": "gas pump",
-    "n03445777": "golf ball",
-    "n03888257": "parachute",
-}
-
 
 def first_images(folder: Path, count: int) -> list[Path]:
     """The first `count` images in `folder`, sorted by file name (so the sample is reproducible)."""

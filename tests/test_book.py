@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import vivace.book
+import vivace.lr_finder
 from vivace.book import *  # the chapter's `from fastai.vision.all import *`
 from vivace.callbacks import StopAfter
 from vivace.data.datasets import DATASETS, embedded_path
@@ -275,7 +276,7 @@ def test_valley_follows_fastais_rule():
     lrs = [10.0 ** (i - 7) for i in range(10)]
     losses = [3.0, 3.1, 2.9, 2.5, 2.0, 1.5, 1.0, 0.8, 2.0, 5.0]  # longest fall: index 1 to 7
     # fastai: start = end - run = 7 - 7 = 0, idx = 0 + int(7/3) + int(7/6) = 3
-    assert vivace.book.learner.valley(lrs, losses) == lrs[3]
+    assert vivace.lr_finder.valley(lrs, losses) == lrs[3]
 
 
 def test_export_and_load_learner(progressive, path, tmp_path):

@@ -58,13 +58,9 @@ class Learner(learner.Learner):
         self.fit_one_cycle(epochs, base_lr / 2, div=div, pct_start=pct_start)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> SuggestedLRs:
-        """vivace's LR sweep, with fastai's `valley` suggestion beside vivace's `suggestion`."""
+        """vivace's LR sweep; `.valley` is fastai's suggestion (and vivace's `suggestion`)."""
         found = super().lr_find(start_lr, end_lr, num_it)
-        # fastai ignores the first tenth and the last 5 points of the sweep, where the loss is noisy.
-        lrs, losses = found.lrs[num_it // 10:-5], found.losses[num_it // 10:-5]
-        if len(lrs) < 2:
-            lrs, losses = found.lrs, found.losses
-        return SuggestedLRs(found.lrs, found.losses, found.suggestion, valley(lrs, losses))
+        return SuggestedLRs(found.lrs, found.losses, found.suggestion, found.valley, found.steep, found.minimum)
 
     def predict(self, item: Item) -> tuple[str, Tensor, Tensor]:
         """fastai's predict: (label, index, probs) for one image file or PIL image, as validation sees it."""
@@ -78,24 +74,7 @@ class Learner(learner.Learner):
 
 @dataclass(repr=False)
 class SuggestedLRs(LRFindResult):
-    """An LR sweep: `valley` (fastai's suggestion), `suggestion` (vivace's), `plot()`."""
-
-    valley: float
+    """An LR sweep printed as fastai prints it: `valley` (the suggestion), `steep`, `minimum`, `plot()`."""
 
     def __repr__(self) -> str:
-        return f"SuggestedLRs(valley={self.valley:.3g}, suggestion={self.suggestion:.3g})"
-
-
-def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """fastai's suggestion: the LR about halfway along the longest run of falling loss."""
-    n = len(losses)
-    run = [1] * n  # run[i]: length of the longest decreasing sequence of losses ending at i
-    start, end = 0, 0
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j] and run[i] < run[j] + 1:
-                run[i] = run[j] + 1
-            if run[end] < run[i]:
-                end, start = i, i - run[i]
-    third = (end - start) / 3
-    return float(lrs[max(start + int(third) + int(third / 2), 0)])  # start is -1 when the run begins at 0
+        return f"SuggestedLRs(valley={self.valley:.3g}, steep={self.steep:.3g}, minimum={self.minimum:.3g})"
