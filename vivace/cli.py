@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -329,12 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _format_warning(command: str, message, category, filename: str, lineno: int, line=None) -> str:
+    if str(filename).startswith(_PACKAGE_DIR):
+        return f"vivace {command}: warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Warnings (skipped images, symlink loops) as one line each, without the source line;
-    # formatwarning is the hook Python documents for this.
-    warnings.formatwarning = lambda message, *_: f"vivace {args.command}: warning: {message}\n"
+    # vivace's warnings (skipped images, symlink loops) as one line each, without the source line;
+    # formatwarning is the hook Python documents for this. Other libraries' keep Python's format.
+    warnings.formatwarning = functools.partial(_format_warning, args.command)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from .callbacks import EMA, Callback, ProgressiveResize
 from .checkpoint import CheckpointSaver, load_checkpoint, restore_learner
 from .data import DataLoaders, make_dataloaders, resolve_data
 from .data.datasets import DATASETS
+from .data.sources import make_source
 from .distributed import World
 from .learner import Learner, TrainingFailed
 from .losses import CrossEntropy, LabelSmoothingCrossEntropy
@@ -163,8 +165,10 @@ def existing_records(out: Path, runs: int) -> list[Path]:
 
 def check_before_start(recipe: Recipe, out: Path) -> None:
     """Fail before any heavy work: the data must exist, --out be writable (it is created) with no run to lose."""
-    if recipe.data not in DATASETS:
-        resolve_data(recipe.data or None)  # a folder: only checks that it exists
+    if recipe.data not in DATASETS:  # a folder: it exists and has a usable split (listing only, no decoding)
+        with warnings.catch_warnings():  # what was skipped is said once, when the data is built
+            warnings.simplefilter("ignore")
+            make_source(resolve_data(recipe.data or None), valid_name=recipe.valid_name)
     ensure_writable_folder(out, f"--out {out}")
     found = existing_records(out, recipe.runs)
     if found and not (recipe.resume or recipe.overwrite):
