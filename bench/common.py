@@ -5,7 +5,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import torch
 
 from vivace.callbacks import Callback
 from vivace.data import DataLoaders, make_dataloaders
-from vivace.runtime import configure_process
+from vivace.runtime import configure_process, cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "benchmarks.json"
@@ -56,15 +55,7 @@ def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def cpu_name() -> str:
     """The CPU model and core count."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def machine() -> str:

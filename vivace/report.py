@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import Tensor
 
+from . import runtime
 from .data.names import display_names
 from .files import atomic_write
 from .interpret import Interpretation
@@ -158,18 +158,7 @@ def machine_name(device: torch.device) -> str:
     """The CUDA device's name, else the CPU's model and core count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()}, {os.cpu_count()} CPUs"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return f"{runtime.cpu_model()}, {os.cpu_count()} CPUs"
 
 
 def data_name(data: str) -> str:

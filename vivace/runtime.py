@@ -83,3 +83,15 @@ def configure_process(threads: int, reuse_memory: bool) -> None:
         # algorithm search runs a few times per run and then picks the fastest kernels (timm and
         # fastai's training scripts do the same). Not measured here: no GPU was lent.
         torch.backends.cudnn.benchmark = True
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
