@@ -1,4 +1,4 @@
-"""Tests for vivace.data.cache: decoding, centre crop, bad files, cache reuse and rebuild."""
+"""Tests for vivace.data.cache: decoding, whole images and their canvas, bad files, cache reuse and rebuild."""
 
 import os
 import pickle
@@ -69,11 +69,12 @@ def _close(pixel: np.ndarray, rgb: tuple[int, int, int], tol: int = 6) -> bool:
         (lambda: Image.new("1", (20, 20), 1), "bw.bmp", (255, 255, 255)),
     ],
 )
-def test_modes_give_rgb_square(tmp_path, make, name, expected):
+def test_modes_give_rgb(tmp_path, make, name, expected):
     img = make()
     path = _save(img, tmp_path / name, **({"lossless": True} if name.endswith("webp") else {}))
     out = load_image_rgb(path, P)
-    assert out.shape == (P, P, 3) and out.dtype == np.uint8
+    w, h = img.size
+    assert out.shape == (round(P * h / min(w, h)), round(P * w / min(w, h)), 3) and out.dtype == np.uint8
     assert _close(out[P // 2, P // 2], expected), out[P // 2, P // 2]
 
 
@@ -84,14 +85,34 @@ def test_palette_transparency_goes_white(tmp_path):
     assert _close(load_image_rgb(path, P)[3, 3], (255, 255, 255))
 
 
-@pytest.mark.parametrize("wide", [True, False])
-def test_centre_crop_keeps_middle_third(tmp_path, wide):
-    a = np.zeros((30, 90, 3), np.uint8)  # left red, middle green, right blue
+def _thirds(wide: bool) -> Image.Image:
+    """A 3:1 image: left red, middle green, right blue (or top to bottom, when not wide)."""
+    a = np.zeros((30, 90, 3), np.uint8)
     a[:, :30] = (255, 0, 0)
     a[:, 30:60] = (0, 255, 0)
     a[:, 60:] = (0, 0, 255)
-    img = Image.fromarray(a if wide else a.transpose(1, 0, 2).copy())
-    out = load_image_rgb(_save(img, tmp_path / "thirds.png"), P)
+    return Image.fromarray(a if wide else a.transpose(1, 0, 2).copy())
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_three_to_one_image_is_kept_whole(tmp_path, wide):
+    out = load_image_rgb(_save(_thirds(wide), tmp_path / "thirds.png"), P)
+    assert out.shape == ((P, 3 * P, 3) if wide else (3 * P, P, 3))
+    line = out[P // 2] if wide else out[:, P // 2]  # along the long side
+    assert _close(line[1], (255, 0, 0)) and _close(line[3 * P // 2], (0, 255, 0)) and _close(line[-2], (0, 0, 255))
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_wider_than_max_aspect_keeps_the_middle(tmp_path, wide):
+    out = load_image_rgb(_save(_thirds(wide), tmp_path / "thirds.png"), P, max_aspect=1.5)
+    assert out.shape == ((P, 24, 3) if wide else (24, P, 3))
+    line = out[P // 2] if wide else out[:, P // 2]
+    assert _close(line[0], (255, 0, 0), 30) and _close(line[12], (0, 255, 0)) and _close(line[-1], (0, 0, 255), 30)
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_max_aspect_one_keeps_middle_third(tmp_path, wide):
+    out = load_image_rgb(_save(_thirds(wide), tmp_path / "thirds.png"), P, max_aspect=1.0)  # the old centre square
     inner = out[1:-1, 1:-1].reshape(-1, 3).astype(int)  # the filter's edge may bleed one pixel
     assert (inner[:, 1] > 240).all() and (inner[:, 0] < 15).all() and (inner[:, 2] < 15).all()
 
@@ -110,7 +131,7 @@ def test_exif_orientation_applied(tmp_path):
 def test_large_jpeg_uses_draft_and_keeps_size(tmp_path):
     path = _save(Image.new("RGB", (800, 600), (30, 60, 90)), tmp_path / "big.jpg", quality=95)
     out = load_image_rgb(path, 48)
-    assert out.shape == (48, 48, 3) and _close(out[24, 24], (30, 60, 90))
+    assert out.shape == (48, 64, 3) and _close(out[24, 24], (30, 60, 90))
 
 
 @pytest.mark.parametrize("limit", [100, 1000])  # 1200 px: Pillow's error, then its warning
@@ -137,7 +158,8 @@ def test_build_skips_bad_files_with_one_warning(tmp_path):
     assert "skipped 3 of 8" in message and all(p.name in message for p in bad)
     assert cache.ok.tolist() == [True, True, False, False, False, True, True, True]
     assert [p for p, _ in cache.skipped] == [f.absolute() for f in bad]
-    assert cache.pixels.shape == (8, P, P, 3) and cache.presize == P and len(cache) == 8
+    assert cache.pixels.shape == (8, P, cache.width, 3) and cache.presize == P and len(cache) == 8
+    assert cache.width == round(P * 50 / 30)  # the widest image: b.jpg, 30 x 50, stored transposed
     assert not cache.pixels[~cache.ok].any() and cache.pixels[cache.ok].any()
     assert cache.files == [f.absolute() for f in files]
     assert _close(cache.pixels[0, 8, 8], (200, 10, 10))
@@ -147,7 +169,7 @@ def test_cache_is_reused_without_decoding(tmp_path, monkeypatch):
     files = _good_images(tmp_path / "data")
     first = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
 
-    def fail(path: Path, presize: int) -> np.ndarray:
+    def fail(path: Path, presize: int, max_aspect: float) -> np.ndarray:
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr(cache_module, "load_image_rgb", fail)
@@ -167,7 +189,9 @@ def test_changes_rebuild(tmp_path):
     added = build_cache(files + [extra], P, cache_dir=root, workers=1, progress=False)
     resized = build_cache(files, P + 8, cache_dir=root, workers=1, progress=False)
     assert len({base, touched, added.directory, resized.directory}) == 4
-    assert len(added) == 6 and resized.pixels.shape[1:] == (P + 8, P + 8, 3)
+    assert len(added) == 6 and resized.presize == P + 8
+    wider = build_cache(files, P, cache_dir=root, workers=1, progress=False, max_aspect=1.0)
+    assert wider.directory != base and wider.width == P
 
 
 def test_interrupted_build_is_rebuilt(tmp_path, monkeypatch):
@@ -179,7 +203,7 @@ def test_interrupted_build_is_rebuilt(tmp_path, monkeypatch):
         ImageCache.open(cache.directory)
     calls = []
     real = cache_module.load_image_rgb
-    monkeypatch.setattr(cache_module, "load_image_rgb", lambda p, s: calls.append(p) or real(p, s))
+    monkeypatch.setattr(cache_module, "load_image_rgb", lambda p, s, a: calls.append(p) or real(p, s, a))
     rebuilt = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
     assert len(calls) == len(files)
     np.testing.assert_array_equal(rebuilt.pixels, expected)
@@ -217,11 +241,16 @@ def test_gather_is_channels_last_in_batch_order(tmp_path):
     cache = build_cache(_good_images(tmp_path / "data"), P, cache_dir=tmp_path / "c",
                         workers=1, progress=False)
     idx = np.array([3, 0, 4, 0])
-    x = cache.gather(idx)
-    assert x.shape == (4, 3, P, P) and x.dtype == torch.uint8
+    pictures = cache.gather(idx)
+    x = pictures.pixels
+    assert x.shape == (4, 3, P, cache.width) and x.dtype == torch.uint8
     assert x.is_contiguous(memory_format=torch.channels_last)
     expected = torch.from_numpy(np.array(cache.pixels[idx])).permute(0, 3, 1, 2)
     assert torch.equal(x, expected)
+    assert pictures.sizes.tolist() == cache.sizes[idx].tolist() == [[P, P], [P, 21], [P, 21], [P, 21]]
+    assert pictures.transposed.tolist() == [False, False, False, False]
+    tall = cache.gather(np.array([1]))  # b.jpg, 30 x 50: portrait, stored transposed, seen upright
+    assert tall.transposed.tolist() == [True] and tuple(tall.image(0).shape) == (3, 27, P)
 
 
 def test_cache_pickles_small(tmp_path):

@@ -13,6 +13,7 @@ from vivace.export import export_learner, load
 from vivace.inference import Prediction, Predictor
 from vivace.learner import Learner
 from vivace.models import create_model
+from vivace.pictures import Pictures
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,9 @@ def test_a_single_bad_image_raises(predictor, mixed_folder):
 
 def test_flip_tta_averages_the_mirror_image(predictor, tiny_folder):
     path = tiny_folder / "val" / "blue" / "2.png"
-    pixels = torch.from_numpy(np.stack([predictor.decode(path)]))  # (1, P, P, 3)
-    expected = (predictor.probs(pixels) + predictor.probs(pixels.flip(2))) / 2
+    image = predictor.decode(path)  # (h, w, 3) as the cache stores it
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    expected = (predictor.probs(Pictures.pack([image])) + predictor.probs(Pictures.pack([mirror]))) / 2
     flipped = predictor.predict(path, tta="flip")
     assert torch.allclose(flipped.probs, expected[0], atol=1e-6)
     assert not torch.allclose(flipped.probs, predictor.predict(path).probs, atol=1e-6)

@@ -34,7 +34,7 @@ def _ids(loader: BatchLoader) -> list[list[int]]:
     """Image ids of each batch, checking labels travel with their images."""
     out = []
     for x, y in loader:
-        ids = x[:, 0, 0, 0].long()
+        ids = x.pixels[:, 0, 0, 0].long()
         assert torch.equal(y, 100 + ids) and y.dtype == torch.int64
         out.append(ids.tolist())
     return out
@@ -105,10 +105,11 @@ def test_loaders_per_rank_cover_everything(world_size):
 
 def test_batches_are_channels_last_and_transform_applies():
     loader = _loader()
-    x, _ = next(iter(loader))
-    assert x.dtype == torch.uint8 and x.shape == (5, 3, P, P)
+    pictures, _ = next(iter(loader))
+    x = pictures.pixels
+    assert x.dtype == torch.uint8 and x.shape == (5, 3, P, P) and pictures.sizes.tolist() == [[P, P]] * 5
     assert x.is_contiguous(memory_format=torch.channels_last)
-    loader.transform = lambda t: t.float() / 255
+    loader.transform = lambda p: p.pixels.float() / 255
     x, _ = next(iter(loader))
     assert x.dtype == torch.float32 and float(x.max()) <= 1.0
 
@@ -189,5 +190,6 @@ def test_loader_over_built_cache(tmp_path):
     subset = np.array([5, 1, 3])  # a split: positions into the cache
     loader = BatchLoader(cache, subset, np.array([2, 0, 1]), 2, shuffle=False, drop_last=False)
     (x1, y1), (x2, y2) = list(loader)
-    assert x1[:, 0, 4, 4].tolist() == [200, 40] and y1.tolist() == [2, 0]
-    assert x2[:, 0, 4, 4].tolist() == [120] and y2.tolist() == [1]
+    assert x1.pixels[:, 0, 4, 4].tolist() == [200, 40] and y1.tolist() == [2, 0]
+    assert x2.pixels[:, 0, 4, 4].tolist() == [120] and y2.tolist() == [1]
+    assert x1.sizes.tolist() == [[8, 15], [8, 12]]  # (12 + i) x 9, shorter side to 8: kept whole

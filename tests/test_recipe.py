@@ -26,7 +26,8 @@ def test_every_preset_trains(name, tiny_folder, tmp_path):
     ("mixup", -0.1, "mixup=-0.1 must be >= 0"),
     ("stats", "mine", "stats='mine' is not one of"),
     ("valid_size", 200, "valid_size=200 must be in [0, presize=160]"),
-    ("valid_crop", 0.0, "valid_crop=0.0 must be in (0.0, 1.0]"),
+    ("valid_crop", -0.1, "valid_crop=-0.1 must be in [0.0, 1.0]"),
+    ("max_aspect", 0.5, "max_aspect=0.5 must be in [1.0, 100.0]"),
     ("mom", 1.0, "mom=1.0 must be in [0.0, 1.0)"),
     ("lr", float("nan"), "lr=nan must be a finite number in (0.0, 10.0]"),
 ])

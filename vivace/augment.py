@@ -13,25 +13,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .pictures import Pictures, as_pictures
 from .trivial_augment import trivial_augment
 
 _CL = torch.channels_last
 
 
-def random_resized_crop_params(n: int, scale: tuple[float, float] = (0.35, 1.0),
+def random_resized_crop_params(sizes: Tensor, scale: tuple[float, float] = (0.35, 1.0),
                                ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                               generator: torch.Generator | None = None) -> Tensor:
-    """Crop boxes (n, 4) as (cx, cy, w, h): centre in [-1, 1], width/height as fractions of the side."""
-    area = _uniform(n, scale[0], scale[1], generator)
-    # Sample the log-aspect only where the box fits (w, h <= 1 <=> area <= ratio <= 1/area), so
-    # the area is exact with no rejection loop; torchvision retries 10 times and then centre-crops.
-    lo = torch.clamp(torch.full((n,), math.log(ratio[0])), area.log(), -area.log())
-    hi = torch.clamp(torch.full((n,), math.log(ratio[1])), area.log(), -area.log())
-    aspect = torch.exp(torch.lerp(lo, hi, torch.rand(n, generator=generator)))  # width / height
-    w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)
-    cx = (1 - w) * _uniform(n, -1, 1, generator)  # the box stays inside the image
-    cy = (1 - h) * _uniform(n, -1, 1, generator)
-    return torch.stack([cx, cy, w, h], dim=1)
+                               generator: torch.Generator | None = None, attempts: int = 10) -> Tensor:
+    """fastai's RandomResizedCrop boxes for images of (height, width) `sizes` (n, 2), in pixels.
+
+    Returns (n, 4) boxes (cx, cy, w, h): centre in [-1, 1], width/height as fractions of the
+    image's. As fastai's (fastai/vision/augment.py): up to 10 draws of an area fraction in
+    `scale` and a log-uniform width/height ratio in `ratio`, rounded to whole pixels; the first
+    that fits wins, placed uniformly; if none fits, the centre crop at the nearest allowed ratio.
+    All draws are made for every image at once, so there is no per-image Python.
+    """
+    h, w = sizes.double().unbind(dim=1)  # (n,) each
+    n = len(h)
+    area = torch.empty(n, attempts, dtype=torch.float64).uniform_(*scale, generator=generator) * (w * h)[:, None]
+    log_ratio = torch.empty(n, attempts, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    nw = (area * log_ratio.exp()).sqrt().round().clamp(min=1)
+    nh = (area / log_ratio.exp()).sqrt().round().clamp(min=1)
+    fits = (nw <= w[:, None]) & (nh <= h[:, None])
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first attempt that fits
+    found = fits.any(dim=1)
+    crop_w = torch.where(found, nw.gather(1, first)[:, 0], _fallback_width(w, h, ratio))
+    crop_h = torch.where(found, nh.gather(1, first)[:, 0], _fallback_height(w, h, ratio))
+    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    left = torch.where(found, (u[:, 0] * (w - crop_w + 1)).floor(), ((w - crop_w) / 2).floor())
+    top = torch.where(found, (u[:, 1] * (h - crop_h + 1)).floor(), ((h - crop_h) / 2).floor())
+    boxes = torch.stack([(2 * left + crop_w) / w - 1, (2 * top + crop_h) / h - 1, crop_w / w, crop_h / h], dim=1)
+    return boxes.float()
+
+
+def _fallback_width(w: Tensor, h: Tensor, ratio: tuple[float, float]) -> Tensor:
+    return torch.where(w / h > ratio[1], (h * ratio[1]).floor(), w)  # too wide: cut the width
+
+
+def _fallback_height(w: Tensor, h: Tensor, ratio: tuple[float, float]) -> Tensor:
+    return torch.where(w / h < ratio[0], (w / ratio[0]).floor(), h)  # too tall: cut the height
 
 
 def _affine(a: Tensor, b: Tensor, c: Tensor, d: Tensor, e: Tensor, f: Tensor) -> Tensor:
@@ -83,21 +106,27 @@ def affine_matrices(boxes: Tensor, flip_p: float = 0.5, max_rotate: float = 10.0
                                                               p_affine, generator)
 
 
-def crop_resize(x: Tensor, boxes: Tensor, signs: Tensor, size: int) -> Tensor:
-    """Cut each box out of x, resize it (antialiased bilinear) to (B, 3, size, size), mirror where signs < 0.
+def crop_resize(p: Pictures, boxes: Tensor, signs: Tensor, size: int) -> Tensor:
+    """Cut each box out of its image, resize it (antialiased bilinear) to (B, 3, size, size), mirror where signs < 0.
 
-    On CPU a uint8 batch takes PyTorch's SIMD uint8 resize kernel: ~3x faster than one
-    grid_sample over the batch, and antialiased where the crop shrinks. Output keeps x's dtype.
+    Boxes are (cx, cy, w, h) in each image's own frame, as seen. On CPU a uint8 batch takes
+    PyTorch's SIMD uint8 resize kernel: ~3x faster than one grid_sample over the batch, and
+    antialiased where the crop shrinks. Output keeps the pixels' dtype.
     """
-    n, _, height, width = x.shape
-    out = torch.empty((n, size, size, 3), dtype=x.dtype, device=x.device)  # NHWC storage
+    x = p.pixels
+    on_cpu = x.device.type == "cpu"  # elsewhere resize floats: CUDA has no antialiased uint8 kernel
+    out = torch.empty((len(p), size, size, 3), dtype=x.dtype if on_cpu else torch.float32, device=x.device)
     mirror = (signs < 0).tolist()
+    transposed = p.transposed.tolist()
     with single_threaded():
-        for i, (top, left, h, w) in enumerate(_pixel_boxes(boxes, height, width)):
-            crop = x[i:i + 1, :, top:top + h, left:left + w]
+        for i, (top, left, h, w) in enumerate(_pixel_boxes(boxes, p.sizes)):
+            t = transposed[i]  # stored transposed: the box's rows are the canvas's columns
+            crop = x[i:i + 1, :, left:left + w, top:top + h] if t else x[i:i + 1, :, top:top + h, left:left + w]
             # The resize kernel needs a dense crop, so it is copied anyway: mirroring in that copy is free.
-            crop = crop.flip(-1) if mirror[i] else crop.contiguous(memory_format=_CL)
+            crop = crop.flip(-2 if t else -1) if mirror[i] else crop.contiguous(memory_format=_CL)
+            crop = crop if on_cpu else to_unit(crop)
             resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            resized = resized.transpose(-1, -2) if t else resized
             out[i] = resized[0].permute(1, 2, 0)  # (S, S, 3) into the batch, no relayout
     return out.permute(0, 3, 1, 2)  # (B, 3, S, S) view, channels_last
 
@@ -118,10 +147,12 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _pixel_boxes(boxes: Tensor, height: int, width: int) -> list[tuple[int, int, int, int]]:
-    """Normalized (cx, cy, w, h) boxes -> integer (top, left, h, w) inside the image."""
+def _pixel_boxes(boxes: Tensor, sizes: Tensor) -> list[tuple[int, int, int, int]]:
+    """Normalized (cx, cy, w, h) boxes of images (height, width) `sizes` -> integer (top, left, h, w) inside each."""
     cx, cy, w, h = boxes.double().unbind(dim=1)
-    pw, ph = (w * width).round().clamp(1, width), (h * height).round().clamp(1, height)
+    height, width = sizes.double().unbind(dim=1)
+    pw, ph = (w * width).round().clamp(min=1), (h * height).round().clamp(min=1)
+    pw, ph = torch.minimum(pw, width), torch.minimum(ph, height)
     left = ((cx + 1) / 2 * width - pw / 2).round().clamp(min=0)
     top = ((cy + 1) / 2 * height - ph / 2).round().clamp(min=0)
     left, top = torch.minimum(left, width - pw), torch.minimum(top, height - ph)
@@ -171,6 +202,33 @@ def resample(x: Tensor, matrices: Tensor, size: int) -> Tensor:
     return y.mul_(1 / 255 if x.dtype == torch.uint8 else 1.0)  # in place: y is ours, fresh memory costs
 
 
+def resample_pictures(p: Pictures, matrices: Tensor, size: int) -> Tensor:
+    """As `resample`, for whole images on a canvas: each samples only its own pixels, reflected at its own edges."""
+    grid = _reflect(sample_grid(matrices.to(p.device, non_blocking=True), size))  # each image's frame
+    y = F.grid_sample(p.pixels.float(), _to_canvas(grid, p), mode="bilinear", padding_mode="border",
+                      align_corners=False)
+    return y.mul_(1 / 255 if p.pixels.dtype == torch.uint8 else 1.0)
+
+
+def _reflect(grid: Tensor) -> Tensor:
+    """Fold coordinates into [-1, 1] by mirroring at the edges (grid_sample's `reflection`)."""
+    r = torch.remainder(grid + 1, 4)  # period 4: out to the far edge and back
+    return torch.where(r > 2, 4 - r, r) - 1
+
+
+def _to_canvas(grid: Tensor, p: Pictures) -> Tensor:
+    """Points (B, S, S, 2) in each image's frame -> the canvas's, clamped to the image's own pixel centres."""
+    canvas = torch.tensor([p.pixels.shape[-1], p.pixels.shape[-2]], dtype=torch.float32)  # (W, H)
+    t = p.transposed[:, None]
+    stored = torch.where(t, p.sizes, p.sizes.flip(1)).float()  # (B, 2): stored (width, height)
+    grid = torch.where(t.to(grid.device)[:, None, None], grid.flip(-1), grid)  # transposed: x <-> y
+    stored, canvas = stored.to(grid.device), canvas.to(grid.device)
+    # To pixel-index space of the stored image (centres at 0 .. n-1), clamp, then to the canvas's [-1, 1].
+    index = ((grid + 1) * stored[:, None, None] - 1) / 2
+    index = torch.minimum(index.clamp(min=0), stored[:, None, None] - 1)
+    return (2 * index + 1) / canvas - 1
+
+
 def lighting(x: Tensor, max_lighting: float = 0.2, p: float = 0.75,
              generator: torch.Generator | None = None) -> Tensor:
     """fastai brightness + contrast in logit space: sigmoid(c*logit(x) + logit(b)), stays in [0, 1]."""
@@ -193,11 +251,6 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
 def _check_size(size: int) -> None:
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size={size!r} must be a positive int (pixels)")
-
-
-def _check_batch(x: Tensor) -> None:
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an image batch (B, 3, H, W), got shape {tuple(x.shape)}")
 
 
 class TrainAugment:
@@ -227,38 +280,38 @@ class TrainAugment:
         self.trivial = trivial
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 (B, 3, P, P) -> float (B, 3, size, size) in [0, 1], channels_last."""
+    def __call__(self, x: Pictures | Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 Pictures (or a (B, 3, H, W) batch) -> float (B, 3, size, size) in [0, 1], channels_last."""
         return to_unit(self.pixels(x, generator))
 
-    def pixels(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def pixels(self, x: Pictures | Tensor, generator: torch.Generator | None = None) -> Tensor:
         """As calling it, but left uint8 (0..255) where no stage needed floats (crop + flip on the CPU).
 
         `Normalize` reads uint8 as pixel / 255 in the same pass that scales it, so the float
         conversion of [0, 1] is never a pass of its own (see `Pipeline`).
         """
-        _check_batch(x)
+        p = as_pictures(x)
         _check_size(self.size)  # a plain attribute: progressive resizing sets it between batches
         g = generator if generator is not None else self.generator
         # Parameters are drawn and composed on the CPU (tiny); one (B, 3, 3) copy to the device.
-        n = x.shape[0]
-        boxes = random_resized_crop_params(n, self.scale, self.ratio, g)
+        n = len(p)
+        boxes = random_resized_crop_params(p.sizes, self.scale, self.ratio, g)
         signs = flip_signs(n, self.flip_p, g)
         geo = rotate_zoom_matrices(n, self.max_rotate, self.max_zoom, self.p_affine, g)
         geo = geo @ warp_matrices(n, self.max_warp, self.p_affine, g)
-        if x.device.type == "cpu":
-            y = self._two_stage(x, boxes, signs, geo)
+        if p.device.type == "cpu":
+            y = self._two_stage(p, boxes, signs, geo)
         else:  # on the GPU grid_sample is cheap: crop, flip, rotate, zoom and warp in one resample
-            y = resample(x, crop_matrices(boxes, signs) @ geo, self.size)
+            y = resample_pictures(p, crop_matrices(boxes, signs) @ geo, self.size)
         if self.trivial:
             y = trivial_augment(to_unit(y), g)
         if self.max_lighting > 0 and self.p_lighting > 0:
             y = lighting(to_unit(y), self.max_lighting, self.p_lighting, g)
         return y.contiguous(memory_format=_CL)  # one relayout at the end, for channels_last convs
 
-    def _two_stage(self, x: Tensor, boxes: Tensor, signs: Tensor, geo: Tensor) -> Tensor:
+    def _two_stage(self, p: Pictures, boxes: Tensor, signs: Tensor, geo: Tensor) -> Tensor:
         """CPU path: uint8 crop-resize (fast, antialiased), then rotate/zoom/warp where drawn."""
-        y = crop_resize(x, boxes, signs, self.size)
+        y = crop_resize(p, boxes, signs, self.size)
         moved = ((geo - torch.eye(3)).abs().amax(dim=(1, 2)) > 1e-6).nonzero().flatten()
         if len(moved):  # a second bilinear resample, only of the images that rotate/zoom/warp
             y = to_unit(y)
@@ -282,41 +335,56 @@ def _resize_pixels(x: Tensor, size: int) -> Tensor:
     return y.contiguous(memory_format=_CL)
 
 
-def _resize_unit(x: Tensor, size: int) -> Tensor:  # antialiased, float in [0, 1], channels_last
-    return to_unit(_resize_pixels(x, size))
-
-
-def _crop_side(x: Tensor, size: int, crop_frac: float) -> int:  # validated crop side in pixels
-    _check_batch(x)
+def _check_crop(size: int, crop_frac: float) -> None:
     _check_size(size)
     _check_range("crop_frac", crop_frac, 1e-3, 1.0)
-    return max(1, round(crop_frac * min(x.shape[-2:])))
 
 
-def center_crop_resize(x: Tensor, size: int, crop_frac: float = 1.0) -> Tensor:
-    """Centre square of side crop_frac*min(H, W), resized to (B, 3, size, size) float in [0, 1]."""
-    return _resize_unit(_centre(x, _crop_side(x, size, crop_frac)), size)
+def square_boxes(sizes: Tensor, crop_frac: float, where: str = "centre") -> Tensor:
+    """(n, 4) boxes of the square of side crop_frac * min(h, w) at the centre or a corner (tl, tr, bl, br)."""
+    h, w = sizes.double().unbind(dim=1)
+    side = (crop_frac * torch.minimum(h, w)).round().clamp(min=1)
+    bw, bh = side / w, side / h
+    sx = {"centre": 0, "tl": -1, "tr": 1, "bl": -1, "br": 1}[where]
+    sy = {"centre": 0, "tl": -1, "tr": -1, "bl": 1, "br": 1}[where]
+    return torch.stack([sx * (1 - bw), sy * (1 - bh), bw, bh], dim=1).float()
 
 
-def _centre(x: Tensor, side: int) -> Tensor:  # the central side x side square (a view)
-    top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
-    return x[..., top:top + side, left:left + side]
+def center_crop_resize(x: Pictures | Tensor, size: int, crop_frac: float = 1.0) -> Tensor:
+    """Centre square of side crop_frac*min(h, w) of each image, resized to (B, 3, size, size) float in [0, 1]."""
+    _check_crop(size, crop_frac)
+    p = as_pictures(x)
+    return to_unit(crop_resize(p, square_boxes(p.sizes, crop_frac), torch.ones(len(p)), size))
 
 
-def five_crop(x: Tensor, size: int, crop_frac: float = 0.875) -> list[Tensor]:
-    """Centre, top-left, top-right, bottom-left, bottom-right crops, each (B, 3, size, size)."""
-    c = _crop_side(x, size, crop_frac)
-    h, w = x.shape[-2:]
-    corners = [x[..., :c, :c], x[..., :c, w - c:], x[..., h - c:, :c], x[..., h - c:, w - c:]]
-    return [center_crop_resize(x, size, crop_frac)] + [_resize_unit(t, size) for t in corners]
+def five_crop(x: Pictures | Tensor, size: int, crop_frac: float = 0.875) -> list[Tensor]:
+    """Centre, top-left, top-right, bottom-left, bottom-right squares, each (B, 3, size, size) float in [0, 1]."""
+    _check_crop(size, crop_frac)
+    p = as_pictures(x)
+    keep = torch.ones(len(p))
+    return [to_unit(crop_resize(p, square_boxes(p.sizes, crop_frac, where), keep, size))
+            for where in ("centre", "tl", "tr", "bl", "br")]
+
+
+VAL_XTRA = 0.14  # fastai's RandomResizedCrop: validation resizes to size + xtra, then centre-crops
+
+
+def fastai_valid_crop(size: int) -> float:
+    """The fraction of each side fastai's RandomResizedCrop shows in validation at `size`.
+
+    It squashes the whole image to size + xtra square (xtra = 14 % of size, rounded up to a
+    multiple of 8) and centre-crops `size`: 128 / 152 = 0.842 at 128 px, 224 / 256 at 224.
+    """
+    return size / (size + math.ceil(size * VAL_XTRA / 8) * 8)
 
 
 class ValidResize:
-    """Validation transform: the centre square (all of it, or its central `crop` fraction, like
-    timm's crop_pct), antialiased-resized to (size, size).
+    """Validation transform, fastai's: each image squashed whole to (size / crop) square, antialiased,
+    then its central (size, size) cut out (crop < 1 shows objects larger, as training's crops did).
 
-    A crop below 1 shows objects larger, as random-resized crops did in training: 0.875 measured
-    +1.2 % on xresnet50 and +1.2-1.8 % on the speedrun model (docs/BENCHMARKS.md).
+    `crop=fastai_valid_crop(size)` is exactly fastai's RandomResizedCrop in validation. On square
+    images this is the centre `crop` fraction resized (timm's crop_pct): 0.875 measured +1.2 % on
+    xresnet50 and +1.2-1.8 % on the speedrun model (docs/notes/benchmarks-journal.md).
     """
 
     def __init__(self, size: int, crop: float = 1.0):
@@ -324,13 +392,22 @@ class ValidResize:
         _check_range("crop", crop, 1e-3, 1.0)
         self.size, self.crop = size, crop
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """uint8 (B, 3, P, P) -> float (B, 3, size, size) in [0, 1], channels_last."""
+    def __call__(self, x: Pictures | Tensor) -> Tensor:
+        """uint8 Pictures (or a (B, 3, H, W) batch) -> float (B, 3, size, size) in [0, 1], channels_last."""
         return to_unit(self.pixels(x))
 
-    def pixels(self, x: Tensor) -> Tensor:
+    @property
+    def resized(self) -> int:
+        """The side each image is squashed to before the centre crop."""
+        return max(self.size, round(self.size / self.crop))
+
+    def pixels(self, x: Pictures | Tensor) -> Tensor:
         """As calling it, but uint8 (0..255) on the CPU: `Normalize` scales it in its own pass."""
-        _check_batch(x)
-        if self.crop < 1.0:
-            x = _centre(x, _crop_side(x, self.size, self.crop))
-        return _resize_pixels(x, self.size)
+        p = as_pictures(x)
+        if p.fill_canvas:  # one shape for the whole batch (square data): one batched resize
+            y = _resize_pixels(p.pixels, self.resized)
+        else:
+            y = crop_resize(p, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(p), 4), torch.ones(len(p)),
+                            self.resized)
+        margin = (self.resized - self.size) // 2
+        return y[..., margin:margin + self.size, margin:margin + self.size].contiguous(memory_format=_CL)

@@ -44,7 +44,8 @@ def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: in
     return {"arch": "xresnet", "config": config, "vocab": [str(v) for v in learn.dls.vocab],
             "normalize": norm.as_dict() if norm is not None else None,
             "size": int(learn.dls.valid.size), "crop": float(learn.dls.valid.transform.resize.crop),
-            "presize": int(learn.dls.cache.presize), "tta": tta, "weights": weights, "epoch": epoch}
+            "presize": int(learn.dls.cache.presize), "max_aspect": float(learn.dls.cache.max_aspect),
+            "tta": tta, "weights": weights, "epoch": epoch}
 
 
 def export_learner(learn: Any, path: str | Path, tta: str = "none", weights: str = "final",
@@ -119,6 +120,9 @@ def check_info(path: Path, info: Any, tensors: dict[str, Tensor]) -> None:
     crop = info.get("crop", 1.0)  # bundles from before valid_crop resized the whole square
     if not _finite_number(crop) or not 0 < crop <= 1:
         raise bad("crop", "a number in (0, 1]", crop)
+    max_aspect = info.get("max_aspect", 1.0)  # bundles from before 12-05 cached centre squares
+    if not _finite_number(max_aspect) or not 1 <= max_aspect <= 100:
+        raise bad("max_aspect", "a number in [1, 100]", max_aspect)
     if info.get("tta") not in TTA_MODES:
         raise bad("tta", f"one of {', '.join(TTA_MODES)}", info.get("tta"))
     if info.get("weights", "final") not in ("final", "best"):  # bundles before the weights policy: final
@@ -187,4 +191,5 @@ def load(path: str | Path, device: str | torch.device | None = None, amp: str = 
     return Predictor(build_model(info, tensors), info["vocab"],
                      Normalize(norm["mean"], norm["std"]) if norm is not None else None,
                      size=info["size"], presize=info["presize"], tta=info["tta"], device=device,
-                     crop=info.get("crop", 1.0), amp=amp)  # bundles before valid_crop resized it all
+                     crop=info.get("crop", 1.0),  # bundles before valid_crop resized it all
+                     max_aspect=info.get("max_aspect", 1.0), amp=amp)  # before 12-05: centre squares

@@ -1,6 +1,6 @@
 """Inference: images (paths, folders, PIL images) -> class probabilities, preprocessed as in training.
 
-Each image goes the validation path: decode to the presize centre square (`load_image_rgb`, the
+Each image goes the validation path: decode it whole, shorter side `presize` (`load_image_rgb`, the
 cache's own code), then `ValidResize(size)` and `Normalize` on the device, batch by batch.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from .augment import ValidResize, to_unit
 from .normalize import Normalize
 from .runtime import autocast, autocast_dtype
-from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
+from .data.cache import DECODE_ERRORS, MAX_ASPECT, load_image_rgb, prepare_image
+from .pictures import Pictures
 from .data.names import display_name
 from .data.sources import find_images
 
@@ -85,8 +86,9 @@ class Predictor:
 
     Args:
         normalize: the training statistics (None if the model was trained unnormalized).
-        size: the validation crop side, px; presize: the cached centre-square side, px.
-        crop: the central fraction of the square that is resized to `size` (as in validation).
+        size: the validation crop side, px; presize: the cached images' shorter side, px.
+        crop: the central fraction of each side shown at `size` (as in validation, `ValidResize`).
+        max_aspect: the longest side / shortest side kept whole, as the cache (1 = centre squares).
         tta: default test-time augmentation, 'none' or 'flip' (average with the mirror image).
         device: None = CUDA if available, else CPU.
         amp: mixed precision as in training ('auto': bf16 on CUDA and AMX CPUs); see
@@ -95,7 +97,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, vocab: Sequence[str], normalize: Normalize | None, size: int,
                  presize: int, tta: str = "none", device: str | torch.device | None = None,
-                 crop: float = 1.0, amp: str = "auto"):
+                 crop: float = 1.0, max_aspect: float = MAX_ASPECT, amp: str = "auto"):
         if tta not in TTA_MODES:
             raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
         if presize < size:
@@ -107,6 +109,7 @@ class Predictor:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.vocab, self.normalize = list(vocab), normalize
         self.resize, self.presize, self.tta = ValidResize(size, crop), presize, tta
+        self.max_aspect = max_aspect
         self.amp_dtype = autocast_dtype(self.device, amp)
 
     @property
@@ -148,7 +151,7 @@ class Predictor:
             except DECODE_ERRORS as err:  # ValueError included: a refused decompression bomb
                 results.append(failed(_name(item), f"{_name(item)}: cannot read image ({err})"))
         if pixels:
-            probs = iter(self.probs(torch.from_numpy(np.stack(pixels)), tta).cpu())
+            probs = iter(self.probs(Pictures.pack(pixels), tta).cpu())
             for i, item in enumerate(items):
                 if results[i] is None:
                     p = next(probs)
@@ -157,18 +160,17 @@ class Predictor:
         return results
 
     def decode(self, item: Item) -> np.ndarray:
-        """An image as the cache stores it: uint8 (presize, presize, 3) RGB centre square."""
+        """An image as the cache stores it: uint8 (h, w, 3) RGB, shorter side `presize`."""
         if isinstance(item, Image.Image):
             # A copy, so the caller's image is not rotated in place. JPEG draft decoding (a
             # shortcut when opening files) does not apply: pass the path for bit-exact pixels.
-            return prepare_image(item.copy(), self.presize)
-        return load_image_rgb(Path(item), self.presize)
+            return prepare_image(item.copy(), self.presize, self.max_aspect)
+        return load_image_rgb(Path(item), self.presize, self.max_aspect)
 
     @torch.no_grad()
-    def probs(self, pixels: Tensor, tta: str = "none") -> Tensor:
-        """uint8 (B, P, P, 3) centre squares -> class probabilities (B, C) on the device."""
-        x = pixels.to(self.device).permute(0, 3, 1, 2)  # (B, 3, P, P), channels_last strides
-        x = self.resize.pixels(x)  # the validation transform exactly (data.Pipeline's steps)
+    def probs(self, pictures: Pictures, tta: str = "none") -> Tensor:
+        """uint8 Pictures (decoded as the cache does) -> class probabilities (B, C) on the device."""
+        x = self.resize.pixels(pictures.to(self.device))  # the validation transform exactly (data.Pipeline's steps)
         x = self.normalize(x) if self.normalize is not None else to_unit(x)
         with autocast(self.device, self.amp_dtype):
             p = F.softmax(self.model(x).float(), dim=-1)

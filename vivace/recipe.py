@@ -29,9 +29,10 @@ class Recipe:
     blur_pool: bool = False       # anti-aliased downsampling: strided convs and pools
     max_blur_pool: bool = False   # only the pools anti-aliased (MaxBlurPool, as the leaderboard's)
     size: int = 128               # final training and validation crop size, px
-    presize: int = 160            # side of the cached centre square, px (>= size)
+    presize: int = 160            # shorter side of the cached images, px (>= size)
+    max_aspect: float = 3.0       # longer side / shorter side the cache keeps whole; 1 = centre squares
     valid_size: int = 0           # validation (and export) crop side, px; 0 = size (FixRes: test a bit larger)
-    valid_crop: float = 1.0       # central fraction of the square that validation resizes (timm's crop_pct)
+    valid_crop: float = 1.0       # central fraction of each side validation shows; 0 = fastai's (0.842 at 128 px)
     epochs: int = 5
     bs: int = 64                  # training batch size (global, over all processes)
     lr: float = 3e-3              # peak learning rate for the global batch
@@ -144,7 +145,8 @@ def _in_range(name: str, value: float, low: float, high: float, low_open: bool =
 # bound, but a value must still be finite (`--mixup inf` is a typo, not a recipe).
 FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "widen": (0.0, math.inf, True, False),
-    "valid_crop": (0.0, 1.0, True, False),
+    "valid_crop": (0.0, 1.0, False, False),
+    "max_aspect": (1.0, 100.0, False, False),
     "lr": (0.0, 10.0, True, False),
     "wd": (0.0, math.inf, False, False),
     "mom": (0.0, 1.0, False, True),

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .augment import TrainAugment, ValidResize
+from .pictures import Pictures, as_pictures
 from .normalize import Normalize
 from .data import DataLoaders
 from .data.names import display_names
@@ -61,7 +62,7 @@ def two_classes(labels: np.ndarray) -> tuple[int, int]:
 def show_mixup(dls: DataLoaders, path: Path | None = None, lam: float = 0.7):
     """Two validation images of different classes, their Mixup blend and soft target."""
     i, j = two_classes(dls.valid.labels)
-    raw = dls.cache.gather(dls.valid.indices[[i, j]])  # uint8 (2, 3, P, P)
+    raw = dls.cache.gather(dls.valid.indices[[i, j]])  # uint8 Pictures, 2 images
     a, b = ValidResize(dls.valid.size)(raw)  # float (3, S, S) each, in [0, 1]
     y = torch.from_numpy(dls.valid.labels[[i, j]])
     # The library's own target mixing: item 0 keeps weight lam, its partner (perm) gets 1 - lam.
@@ -73,7 +74,7 @@ def show_mixup(dls: DataLoaders, path: Path | None = None, lam: float = 0.7):
 
 def show_augs(dls: DataLoaders, path: Path | None = None, n: int = 8):
     """The first training image under n draws of the training augmentation."""
-    x = dls.cache.gather(dls.train.indices[:1])  # uint8 (1, 3, P, P)
+    x = dls.cache.gather(dls.train.indices[:1])  # uint8 Pictures, 1 image
     return augmentation_grid(x, dls.train.transform.resize, n=n, path=path)
 
 
@@ -104,7 +105,7 @@ def image_grid(x: Tensor, labels: list[str], path: Path | None = None,
     return fig
 
 
-def augmentation_grid(x: Tensor, augment: TrainAugment, n: int = 8, path: Path | None = None):
-    """One image (1, 3, P, P) augmented n times, shown as a grid."""
-    batch = x.reshape(1, *x.shape[-3:]).expand(n, -1, -1, -1)  # a view, no copy
+def augmentation_grid(x: Pictures | Tensor, augment: TrainAugment, n: int = 8, path: Path | None = None):
+    """The first image of `x` (Pictures, or a (B, 3, H, W) batch) augmented n times, shown as a grid."""
+    batch = as_pictures(x).select([0] * n)
     return image_grid(augment(batch), [f"aug {i}" for i in range(n)], path)

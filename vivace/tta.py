@@ -25,8 +25,9 @@ from torch import Tensor
 from .augment import ValidResize, five_crop
 from .data import Pipeline
 from .metrics import accuracy, calibration_error, nll
+from .pictures import Pictures
 
-Views = Callable[[Tensor], Iterable[Tensor]]  # uint8 (B, 3, P, P) -> model inputs, one per view
+Views = Callable[[Pictures], Iterable[Tensor]]  # a cached batch -> model inputs, one per view
 TTAKind = Literal["none", "augment", "flip", "five-crop"]
 TTA_KINDS: tuple[str, ...] = ("none", "augment", "flip", "five-crop")
 
@@ -52,7 +53,7 @@ def view_probs(learn, dl, views: Views) -> tuple[Tensor, Tensor]:
     """Softmax probabilities (V, N, C) of every view of each batch of `dl`, and labels (N,), on the CPU."""
     learn.model.eval()
     probs, targets = [], []
-    for x, y in dl.iter_raw():  # uint8 (B, 3, P, P) on the loader's device
+    for x, y in dl.iter_raw():  # uint8 Pictures on the loader's device
         with learn.autocast():
             batch = [learn.model(v).float().softmax(-1) for v in views(x)]  # V x (B, C)
         probs.append(torch.stack(batch))
@@ -87,7 +88,7 @@ def tta_views(learn, size: int, n: int = 4, seed: int = 0) -> Views:
     """n augmented views, then the plain one (made one at a time: one batch in memory)."""
     aug, plain = augment_view(learn, size, seed), plain_view(learn, size)
 
-    def views(x: Tensor) -> Iterator[Tensor]:
+    def views(x: Pictures) -> Iterator[Tensor]:
         for _ in range(n):
             yield aug(x)
         yield plain(x)
@@ -98,7 +99,7 @@ def flip_views(learn, size: int) -> Views:
     """The plain view and its mirror image (normalize is per channel, so flipping after it is exact)."""
     plain = plain_view(learn, size)
 
-    def views(x: Tensor) -> tuple[Tensor, Tensor]:
+    def views(x: Pictures) -> tuple[Tensor, Tensor]:
         v = plain(x)  # (B, 3, S, S)
         return v, v.flip(-1)
     return views
@@ -108,7 +109,7 @@ def five_crop_views(learn, size: int, crop_frac: float = 0.875) -> Views:
     """Centre, top-left, top-right, bottom-left, bottom-right crops, each resized to `size`."""
     norm = learn.dls.normalize
 
-    def views(x: Tensor) -> list[Tensor]:
+    def views(x: Pictures) -> list[Tensor]:
         crops = five_crop(x, size, crop_frac)  # 5 x (B, 3, size, size) in [0, 1]
         return [norm(c) for c in crops] if norm is not None else crops
     return views

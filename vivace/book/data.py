@@ -169,7 +169,7 @@ class DataBlock:
         return make_dataloaders(self.source(source), size=aug.size or self.presize, presize=self.presize,
                                 bs=bs, valid_bs=val_bs or bs, augment=aug.augment_kwargs(),
                                 normalize=self.normalize is not None, stats=stats_from(self.normalize),
-                                seed=DEFAULT_SEED, device=device)
+                                seed=DEFAULT_SEED, device=device, max_aspect=1.0)  # Resize: squares
 
 
 def _check_blocks(blocks: Sequence[Any]) -> tuple[ImageBlock, CategoryBlock]:

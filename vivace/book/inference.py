@@ -35,7 +35,8 @@ def learner_predictor(learn: Any) -> Predictor:
     dls = learn.dls
     return Predictor(learn.eval_model, dls.vocab, dls.normalize, size=dls.valid.size,
                      presize=dls.cache.presize, device=learn.device,
-                     crop=dls.valid.transform.resize.crop, amp=_AMP_NAMES[learn.amp_dtype])
+                     crop=dls.valid.transform.resize.crop, max_aspect=dls.cache.max_aspect,
+                     amp=_AMP_NAMES[learn.amp_dtype])
 
 
 def predict_item(predictor: Predictor, item: Item) -> tuple[str, Tensor, Tensor]:

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..augment import TrainAugment, ValidResize, to_unit
+from ..augment import TrainAugment, ValidResize, fastai_valid_crop, to_unit
 from ..normalize import Normalize, compute_stats, imagenet_stats
-from .cache import ImageCache, build_cache
+from ..pictures import Pictures
+from .cache import MAX_ASPECT, ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
 from .names import display_name
@@ -38,7 +39,7 @@ class Pipeline:
     def size(self, px: int) -> None:
         self.resize.size = px
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Pictures | Tensor) -> Tensor:
         x = self.resize.pixels(x)  # (B, 3, size, size): uint8, or float in [0, 1]
         return self.normalize(x) if self.normalize is not None else to_unit(x)
 
@@ -90,25 +91,28 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
                      normalize: bool = True, stats: str | tuple = "imagenet", seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int | None = None, cache_dir: Path | None = None,
-                     progress: bool = True, valid_name: str = "") -> DataLoaders:
+                     progress: bool = True, valid_name: str = "",
+                     max_aspect: float = MAX_ASPECT) -> DataLoaders:
     """Build the cache (once) and the two loaders.
 
     Args:
         data: a dataset name, a folder, or a Source; None = the embedded Imagenette subset.
         valid_size: the validation crop side; None = size (larger tests the training crops'
             apparent object size, FixRes).
-        valid_crop: the central fraction of the cached square that validation resizes (timm's
-            crop_pct); 1 = all of it.
+        valid_crop: the central fraction of each side that validation shows (`ValidResize`);
+            1 = all of it, 0 = fastai's (`fastai_valid_crop`, 0.842 at 128 px).
         augment: keyword arguments for TrainAugment (min_scale, max_rotate, ...).
         stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
         progress: print the split used and the cache's progress bar (rank 0 of a distributed run).
         valid_name: the validation folder beside train/; "" = val/ or valid/ (see `make_source`).
+        max_aspect: the longest side / shortest side the cache keeps whole (1 = centre squares).
     """
     source = data if isinstance(data, Source) else make_source(resolve_data(data), valid_name=valid_name)
     if progress and source.split_note:
         print(source.split_note, flush=True)
     device = torch.device(device) if device is not None else _default_device()
-    cache = build_cache(source.train_files + source.valid_files, presize, cache_dir, workers, progress)
+    cache = build_cache(source.train_files + source.valid_files, presize, cache_dir, workers, progress,
+                        max_aspect)
     n_train = len(source.train_files)
     train_idx, train_y = _usable(cache, np.arange(n_train), source.train_labels)
     valid_idx, valid_y = _usable(cache, np.arange(n_train, len(cache)), source.valid_labels)
@@ -120,7 +124,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
     train.set_batch_size(min(bs, max(len(train_idx) // world_size, 1)))  # tiny data: >= one batch
     norm = _make_normalize(normalize, stats, cache, train_idx, size, device)
     train.transform = Pipeline(TrainAugment(size, seed=seed, **(augment or {})), norm)
-    valid.transform = Pipeline(ValidResize(valid_size or size, valid_crop), norm)
+    valid_size = valid_size or size
+    valid.transform = Pipeline(ValidResize(valid_size, valid_crop or fastai_valid_crop(valid_size)), norm)
     return DataLoaders(train, valid, source.vocab, norm, source, cache)
 
 

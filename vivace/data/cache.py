@@ -1,11 +1,17 @@
-"""The decoded presize cache: every image decoded once, stored as its centre square, in one memmap.
+"""The decoded presize cache: every image decoded once, kept whole (aspect ratio and all), in one memmap.
+
+Each image is resized so its shorter side is `presize` (no resample when it already is) and kept
+whole up to `max_aspect` (longer side / shorter side; wider images lose the ends of their long
+side). Images are stored as `Pictures` store them: landscape at the top-left of a canvas
+`presize` tall and as wide as the widest image, a portrait image transposed.
 
 Layout of a cache directory `<root>/<key[:16]>/`:
-- `pixels.u8`: raw uint8 array (N, presize, presize, 3), RGB, row i = files[i] (zeros if skipped).
-- `index.json`: presize, n, files, ok, skipped. Written last and atomically, so a directory
-  without it is an interrupted build and is rebuilt.
-The key hashes the format version, presize and each file's (absolute path, size, mtime_ns), so
-adding, removing or touching a file, or changing presize, builds a new cache.
+- `pixels.u8`: raw uint8 array (N, presize, width, 3), RGB, row i = files[i] (zeros if skipped).
+- `index.json`: presize, width, max_aspect, n, files, sizes (each (height, width) as seen), ok,
+  skipped. Written last and atomically, so a directory without it is an interrupted build and is
+  rebuilt.
+The key hashes the format version, presize, max_aspect and each file's (absolute path, size,
+mtime_ns), so adding, removing or touching a file, or changing either setting, builds a new cache.
 """
 
 from __future__ import annotations
@@ -27,8 +33,14 @@ from tqdm import tqdm
 
 from ..files import atomic_write
 from ..outputs import ensure_writable_folder
+from ..pictures import Pictures, stored_view
 
-FORMAT_VERSION = 1  # bump when the decoding or the file layout changes: old caches then miss
+FORMAT_VERSION = 2  # bump when the decoding or the file layout changes: old caches then miss
+# Longest side / shortest side kept whole. 3 keeps all but 0.1 % of Imagenette whole (12 of
+# 13,394 images are wider; 99 % are under 2.2) and fastai's crops reach the ends of a 3:1
+# panorama; the canvas costs at most 3x a centre-square cache, and no more than the widest
+# image needs (squares cost 1x). 1 = the centre square (what vivace cached before 12-05).
+MAX_ASPECT = 3.0
 PIXELS_NAME = "pixels.u8"
 INDEX_NAME = "index.json"
 N_NAMED_IN_WARNING = 5  # skipped files named in the post-build warning
@@ -41,8 +53,8 @@ ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 WHITE = (255, 255, 255, 255)
 
 
-def load_image_rgb(path: Path, presize: int) -> np.ndarray:
-    """Decode `path` to its centre square, `presize` px a side: uint8 (presize, presize, 3) RGB."""
+def load_image_rgb(path: Path, presize: int, max_aspect: float = MAX_ASPECT) -> np.ndarray:
+    """Decode `path`, shorter side `presize` px, whole up to `max_aspect`: uint8 (h, w, 3) RGB."""
     with warnings.catch_warnings():
         # Pillow only warns between 1x and 2x MAX_IMAGE_PIXELS; we refuse both.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,7 +62,7 @@ def load_image_rgb(path: Path, presize: int) -> np.ndarray:
             with Image.open(path) as img:
                 # JPEG only: decode at 1/2, 1/4 or 1/8 scale, keeping both sides >= presize.
                 img.draft("RGB", (presize, presize))
-                return prepare_image(img, presize)
+                return prepare_image(img, presize, max_aspect)
         except BOMB_ERRORS as exc:
             raise ValueError(
                 f"{path}: refused as a possible decompression bomb ({exc}). If you trust this "
@@ -58,13 +70,13 @@ def load_image_rgb(path: Path, presize: int) -> np.ndarray:
             ) from exc
 
 
-def prepare_image(img: Image.Image, presize: int) -> np.ndarray:
-    """An opened image (any mode) to its centre square: uint8 (presize, presize, 3) RGB.
+def prepare_image(img: Image.Image, presize: int, max_aspect: float = MAX_ASPECT) -> np.ndarray:
+    """An opened image (any mode), shorter side to `presize`, whole up to `max_aspect`: uint8 (h, w, 3) RGB.
 
     Rotates `img` in place by its EXIF orientation (pass a copy to keep yours unchanged).
     """
     ImageOps.exif_transpose(img, in_place=True)
-    return np.asarray(_centre_square(_to_rgb(img), presize))
+    return np.asarray(_presized(_to_rgb(img), presize, max_aspect))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -87,64 +99,89 @@ def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(a * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def _centre_square(img: Image.Image, presize: int) -> Image.Image:
-    """Shorter side to `presize`, longer side centre-cropped, in one resample of the crop box."""
+def presized_shape(width: int, height: int, presize: int, max_aspect: float) -> tuple[int, int]:
+    """(width, height) of an image once presized: shorter side `presize`, aspect capped at `max_aspect`."""
+    short, long = min(width, height), max(width, height)
+    long_px = max(presize, min(round(long * presize / short), int(presize * max_aspect)))
+    return (long_px, presize) if width >= height else (presize, long_px)
+
+
+def _presized(img: Image.Image, presize: int, max_aspect: float) -> Image.Image:
+    """Shorter side to `presize`, the longer one centre-cut to `max_aspect`, in one resample of the box."""
     w, h = img.size
-    side = min(w, h)
-    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    return img.resize((presize, presize), Image.Resampling.LANCZOS, box=box,
+    out_w, out_h = presized_shape(w, h, presize, max_aspect)
+    scale = min(w, h) / presize  # source pixels per output pixel, the same along both sides
+    box_w, box_h = min(w, out_w * scale), min(h, out_h * scale)  # rounding up may pass the edge
+    if (out_w, out_h) == (w, h):
+        return img  # already presized (imagenette2-160 at presize 160): the file's own pixels
+    box = ((w - box_w) / 2, (h - box_h) / 2, (w + box_w) / 2, (h + box_h) / 2)
+    return img.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box,
                       reducing_gap=RESAMPLE_REDUCING_GAP)
 
 
 class ImageCache:
-    """A built cache opened read-only: `pixels` (N, P, P, 3) uint8 memmap plus its index."""
+    """A built cache opened read-only: `pixels` (N, P, W, 3) uint8 memmap, `sizes` (N, 2), and its index."""
 
     def __init__(self, directory: Path, pixels: np.ndarray, files: list[Path], ok: np.ndarray,
-                 skipped: list[tuple[Path, str]]) -> None:
+                 skipped: list[tuple[Path, str]], sizes: np.ndarray | None = None,
+                 max_aspect: float = MAX_ASPECT) -> None:
         self.directory = directory
         self.pixels = pixels
         self.presize = int(pixels.shape[1])
+        if sizes is None:  # every image fills the canvas
+            sizes = np.tile(np.array(pixels.shape[1:3], dtype=np.int64), (len(pixels), 1))
+        self.sizes = sizes  # int64 (N, 2): each image's (height, width) as seen
+        self.transposed = sizes[:, 0] > sizes[:, 1]  # portrait images are stored transposed
         self.files = files
         self.ok = ok
         self.skipped = skipped
+        self.max_aspect = max_aspect
 
     @classmethod
     def open(cls, directory: Path) -> ImageCache:
         """Open a complete cache directory; ValueError if it is missing, partial or stale."""
         directory = Path(directory)
         index = _read_index(directory)
-        n, p = index["n"], index["presize"]
+        n, p, w = index["n"], index["presize"], index["width"]
         pixels_path = directory / PIXELS_NAME
-        expected = n * p * p * 3
+        expected = n * p * w * 3
         if not pixels_path.is_file() or pixels_path.stat().st_size != expected:
             raise ValueError(f"{pixels_path} is missing or not {expected} bytes; delete "
                              f"{directory} and build the cache again")
-        pixels = np.memmap(pixels_path, dtype=np.uint8, mode="r", shape=(n, p, p, 3))
+        pixels = np.memmap(pixels_path, dtype=np.uint8, mode="r", shape=(n, p, w, 3))
         files = [Path(f) for f in index["files"]]
         skipped = [(Path(f), reason) for f, reason in index["skipped"]]
-        return cls(directory, pixels, files, np.array(index["ok"], dtype=bool), skipped)
+        sizes = np.array(index["sizes"], dtype=np.int64).reshape(n, 2)
+        return cls(directory, pixels, files, np.array(index["ok"], dtype=bool), skipped, sizes,
+                   index["max_aspect"])
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def width(self) -> int:
+        """The canvas width, px: the longest side of any image (presize for squares)."""
+        return int(self.pixels.shape[2])
 
     def __reduce__(self) -> tuple:
         # Pickle as "reopen this directory": a memmap would otherwise pickle all its pixels.
         return (ImageCache.open, (self.directory,))
 
     def __repr__(self) -> str:
-        return (f"ImageCache({len(self)} images, {self.presize}px, "
-                f"{len(self.skipped)} skipped, {self.directory})")
+        return (f"ImageCache({len(self)} images, {self.presize}px short side, up to {self.width}px "
+                f"long, {len(self.skipped)} skipped, {self.directory})")
 
-    def gather(self, indices: np.ndarray, pin_memory: bool = False) -> Tensor:
-        """Rows `indices` as a uint8 (B, 3, P, P) tensor with channels_last strides."""
+    def gather(self, indices: np.ndarray, pin_memory: bool = False) -> Pictures:
+        """Rows `indices` as Pictures: a uint8 (B, 3, P, W) canvas with channels_last strides."""
         idx = np.asarray(indices, dtype=np.int64)
-        p = self.presize
-        out = torch.empty((len(idx), p, p, 3), dtype=torch.uint8, pin_memory=pin_memory)
+        out = torch.empty((len(idx), self.presize, self.width, 3), dtype=torch.uint8, pin_memory=pin_memory)
         # One fancy-index read in file order (page-cache friendly), then one scatter back into
         # batch order: two memcpy passes over the batch, no per-image Python work.
         order = np.argsort(idx, kind="stable")
         out.numpy()[order] = self.pixels[idx[order]]
-        return out.permute(0, 3, 1, 2)  # NHWC memory == NCHW channels_last view, no copy
+        # NHWC memory == NCHW channels_last view, no copy
+        return Pictures(out.permute(0, 3, 1, 2), torch.from_numpy(self.sizes[idx]),
+                        torch.from_numpy(self.transposed[idx]))
 
 
 def _read_index(directory: Path) -> dict:
@@ -160,9 +197,9 @@ def _read_index(directory: Path) -> dict:
     return index
 
 
-def cache_key(files: list[Path], presize: int) -> str:
-    """sha256 hex of the format version, presize and every file's (path, size, mtime_ns)."""
-    h = hashlib.sha256(f"vivace-cache {FORMAT_VERSION} {presize}\n".encode())
+def cache_key(files: list[Path], presize: int, max_aspect: float = MAX_ASPECT) -> str:
+    """sha256 hex of the format version, presize, max_aspect and every file's (path, size, mtime_ns)."""
+    h = hashlib.sha256(f"vivace-cache {FORMAT_VERSION} {presize} {max_aspect!r}\n".encode())
     for f in files:
         path = os.path.abspath(f)
         try:
@@ -175,19 +212,22 @@ def cache_key(files: list[Path], presize: int) -> str:
 
 
 def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
-                workers: int | None = None, progress: bool = True) -> ImageCache:
-    """Decode `files` once into a presize cache (reused while the files are unchanged)."""
+                workers: int | None = None, progress: bool = True,
+                max_aspect: float = MAX_ASPECT) -> ImageCache:
+    """Decode `files` once into a presize cache (reused while the files and settings are unchanged)."""
     if not files:
         raise ValueError("build_cache got no files; check the data folder and its extensions")
     if presize < 1:
         raise ValueError(f"presize must be a positive number of pixels, got {presize}")
+    if not 1.0 <= max_aspect <= 100.0:
+        raise ValueError(f"max_aspect={max_aspect} must be in [1, 100] (longer side / shorter side)")
     hint = ""
     if cache_dir is None:
         from .datasets import data_home  # lazy: datasets pulls in download code we don't need
 
         cache_dir = data_home() / "cache"
         hint = "point VIVACE_HOME at a writable folder (the cache goes to $VIVACE_HOME/cache)"
-    directory = Path(cache_dir) / cache_key(files, presize)[:16]
+    directory = Path(cache_dir) / cache_key(files, presize, max_aspect)[:16]
     if (directory / INDEX_NAME).is_file():
         try:
             return ImageCache.open(directory)
@@ -197,14 +237,16 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
     ensure_writable_folder(directory, f"the presize cache {cache_dir}", hint)
     paths = [os.path.abspath(f) for f in files]
     n_workers = min(workers or _available_cpus(), len(paths))
+    shape = (len(paths), presize, canvas_width(paths, presize, max_aspect), 3)
     # Decode into a private file, then rename: two processes building the same key (say, DDP
     # ranks) each write a whole file instead of truncating each other's. A build killed here
     # leaves its temp file, deleted by the next build once that process is gone.
     with atomic_write(directory / PIXELS_NAME) as tmp_pixels:
-        reasons = _decode_all(paths, tmp_pixels, presize, n_workers, progress)
-    skipped = [(p, r) for p, r in zip(paths, reasons) if r is not None]
-    index = {"version": FORMAT_VERSION, "presize": presize, "n": len(paths), "files": paths,
-             "ok": [r is None for r in reasons], "skipped": skipped}
+        rows = _decode_all(paths, tmp_pixels, shape, max_aspect, n_workers, progress)
+    skipped = [(p, r) for p, (r, _) in zip(paths, rows) if r is not None]
+    index = {"version": FORMAT_VERSION, "presize": presize, "width": shape[2], "max_aspect": max_aspect,
+             "n": len(paths), "files": paths, "sizes": [size for _, size in rows],
+             "ok": [r is None for r, _ in rows], "skipped": skipped}
     with atomic_write(directory / INDEX_NAME) as tmp:
         tmp.write_text(json.dumps(index), encoding="utf-8")
     if skipped:
@@ -219,60 +261,79 @@ def _available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _decode_all(paths: list[str], pixels_path: Path, presize: int, workers: int,
-                progress: bool) -> list[str | None]:
-    """Decode every path into its row of a fresh pixels file; returns a reason per skipped row."""
-    n = len(paths)
-    # w+ creates a sparse zero-filled file: skipped rows stay black.
-    pixels = np.memmap(pixels_path, dtype=np.uint8, mode="w+", shape=(n, presize, presize, 3))
-    reasons: list[str | None] = [None] * n
+def canvas_width(paths: list[str], presize: int, max_aspect: float) -> int:
+    """The longest presized side over `paths`, read from the file headers (no decoding)."""
+    width = presize
+    for path in paths:
+        try:
+            with Image.open(path) as img:  # reads the header only
+                width = max(width, max(presized_shape(*img.size, presize, max_aspect)))
+        except (*DECODE_ERRORS, *BOMB_ERRORS):
+            continue  # reported when the decode fails
+    return width
+
+
+Row = tuple[str | None, tuple[int, int]]  # (why it was skipped or None, (height, width) as seen)
+
+
+def _decode_all(paths: list[str], pixels_path: Path, shape: tuple[int, int, int, int],
+                max_aspect: float, workers: int, progress: bool) -> list[Row]:
+    """Decode every path into its row of a fresh pixels file; a (reason, size) per row."""
+    n, presize = shape[0], shape[1]
+    # w+ creates a sparse zero-filled file: skipped rows and the canvas beyond each image stay black.
+    pixels = np.memmap(pixels_path, dtype=np.uint8, mode="w+", shape=shape)
+    rows: list[Row] = [(None, (0, 0))] * n
     show = progress and sys.stderr.isatty()
     with tqdm(total=n, desc=f"caching at {presize}px", unit="img", disable=not show) as bar:
         if workers <= 1:
             for i, path in enumerate(paths):
-                reasons[i] = _decode_row(pixels, i, path, presize)
+                rows[i] = _decode_row(pixels, i, path, max_aspect)
                 bar.update()
         else:
             # fork is fast and inherits the parent's Pillow settings; elsewhere spawn works
             # because the worker functions are module-level and the settings are passed on.
             ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            init_args = (str(pixels_path), n, presize, Image.MAX_IMAGE_PIXELS)
+            init_args = (str(pixels_path), shape, Image.MAX_IMAGE_PIXELS)
             chunk = max(1, min(64, n // (workers * 8)))
             with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-                jobs = [(i, path, presize) for i, path in enumerate(paths)]
-                for i, reason in pool.imap_unordered(_decode_in_worker, jobs, chunksize=chunk):
-                    reasons[i] = reason
+                jobs = [(i, path, max_aspect) for i, path in enumerate(paths)]
+                for i, row in pool.imap_unordered(_decode_in_worker, jobs, chunksize=chunk):
+                    rows[i] = row
                     bar.update()
     pixels.flush()
     del pixels
-    return reasons
+    return rows
 
 
-def _decode_row(pixels: np.ndarray, i: int, path: str, presize: int) -> str | None:
-    """Write row i from `path`; the reason it was skipped, or None on success."""
+def _decode_row(pixels: np.ndarray, i: int, path: str, max_aspect: float) -> Row:
+    """Write row i from `path`: (None, its size as seen) on success, (the reason, (0, 0)) if skipped."""
     try:
-        pixels[i] = load_image_rgb(Path(path), presize)
+        image = load_image_rgb(Path(path), pixels.shape[1], max_aspect)
     except DECODE_ERRORS as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", (0, 0)
+    stored = stored_view(image)
+    # A JPEG decoded at reduced scale may round its long side one pixel past the header's.
+    stored = stored[:, :pixels.shape[2]]
+    pixels[i, :stored.shape[0], :stored.shape[1]] = stored
+    h, w = (stored.shape[1], stored.shape[0]) if image.shape[0] > image.shape[1] else stored.shape[:2]
+    return None, (int(h), int(w))
 
 
 _worker_pixels: np.ndarray | None = None  # per worker process: the memmap opened r+ once
 
 
-def _init_worker(pixels_path: str, n: int, presize: int, max_image_pixels: int | None) -> None:
+def _init_worker(pixels_path: str, shape: tuple[int, int, int, int], max_image_pixels: int | None) -> None:
     """Pool initializer: open the pixels file for writing, match the parent's bomb limit."""
     global _worker_pixels
-    _worker_pixels = np.memmap(pixels_path, dtype=np.uint8, mode="r+",
-                               shape=(n, presize, presize, 3))
+    _worker_pixels = np.memmap(pixels_path, dtype=np.uint8, mode="r+", shape=shape)
     Image.MAX_IMAGE_PIXELS = max_image_pixels  # spawned workers would otherwise use the default
 
 
-def _decode_in_worker(job: tuple[int, str, int]) -> tuple[int, str | None]:
+def _decode_in_worker(job: tuple[int, str, float]) -> tuple[int, Row]:
     """Pool task: decode one file straight into the shared memmap, return only its status."""
-    i, path, presize = job
+    i, path, max_aspect = job
     assert _worker_pixels is not None, "_init_worker did not run"
-    return i, _decode_row(_worker_pixels, i, path, presize)
+    return i, _decode_row(_worker_pixels, i, path, max_aspect)
 
 
 def _warn_skipped(skipped: list[tuple[str, str]], n: int) -> None:

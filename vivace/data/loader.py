@@ -1,7 +1,7 @@
 """Batches from the presize cache: shuffle and shard indices, gather uint8 on a background thread.
 
-Per batch: one fancy-index read of the memmap -> (pinned) uint8 (B, 3, P, P) channels_last ->
-non-blocking copy to the device, all in a prefetch thread that runs ahead by `prefetch` batches;
+Per batch: one fancy-index read of the memmap -> (pinned) uint8 `Pictures` (B, 3, P, W canvas,
+channels_last) -> non-blocking copy of the pixels to the device, all in a prefetch thread that runs ahead by `prefetch` batches;
 the consuming thread then applies `transform` (augmentation, normalization) on the device.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..pictures import Pictures
 from .cache import ImageCache
 
 PUT_POLL_S = 0.05  # how often a blocked producer checks whether the consumer has gone away
@@ -52,12 +53,12 @@ _DONE = object()  # end-of-epoch marker on the queue
 
 
 class BatchLoader:
-    """Yields `(x, y)`: x uint8 (B, 3, P, P) channels_last (or `transform(x)`), y int64 (B,)."""
+    """Yields `(x, y)`: x uint8 `Pictures` (or `transform(x)`, a (B, 3, S, S) tensor), y int64 (B,)."""
 
     def __init__(self, cache: ImageCache, indices: np.ndarray, labels: np.ndarray,
                  batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0,
                  device: torch.device | str = "cpu",
-                 transform: Callable[[Tensor], Tensor] | None = None, rank: int = 0,
+                 transform: Callable[[Pictures], Tensor] | None = None, rank: int = 0,
                  world_size: int = 1, prefetch: int = 2) -> None:
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)  # positions into the cache
@@ -118,11 +119,11 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.iter_from(0)
 
-    def iter_raw(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """This epoch's batches as cached, before `transform`: uint8 (B, 3, P, P) (for TTA views)."""
+    def iter_raw(self) -> Iterator[tuple[Pictures, Tensor]]:
+        """This epoch's batches as cached, before `transform`: uint8 Pictures (for TTA views)."""
         return self.iter_from(0, raw=True)
 
-    def iter_from(self, start_batch: int, raw: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    def iter_from(self, start_batch: int, raw: bool = False) -> Iterator[tuple[Tensor | Pictures, Tensor]]:
         """This epoch's batches from `start_batch` on (a resumed run skips what it already did)."""
         order = shard_indices(len(self.indices), self.epoch, self.seed, self.shuffle, self.rank,
                               self.world_size, self.drop_last, self.batch_size)
@@ -171,7 +172,7 @@ class BatchLoader:
     def _load(self, batch: np.ndarray, stream: torch.cuda.Stream | None) -> tuple:
         """One batch to the device: (x, y, copy-done event or None)."""
         pin = stream is not None
-        x = self.cache.gather(self.indices[batch], pin_memory=pin)  # (B, 3, P, P) uint8
+        x = self.cache.gather(self.indices[batch], pin_memory=pin)  # uint8 Pictures (B, 3, P, W)
         y = torch.from_numpy(self.labels[batch])  # fancy index: a fresh, owned array
         if stream is None:
             return x.to(self.device), y.to(self.device), None
@@ -182,15 +183,15 @@ class BatchLoader:
             done.record(stream)
         return x, y, done
 
-    def _arrived(self, x: Tensor, y: Tensor,
-                 done: torch.cuda.Event | None) -> tuple[Tensor, Tensor]:
+    def _arrived(self, x: Pictures, y: Tensor,
+                 done: torch.cuda.Event | None) -> tuple[Pictures, Tensor]:
         """Make the consumer's stream wait for the copy (GPU-side; no host sync)."""
         if done is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(done)
             # The tensors were allocated on the copy stream; tell the caching allocator they are
             # used on this one too, so their memory is not reused while kernels still read it.
-            x.record_stream(current)
+            x.pixels.record_stream(current)
             y.record_stream(current)
         return x, y
 
