@@ -5,9 +5,11 @@
 
 Each run is `vivace train --preset NAME --seed 42+i` on the --data folder. Printed
 per run: accuracy, training seconds (training + per-epoch evaluation, after the cache is built)
-and minutes; then the mean. `--record` writes `<preset>_accuracy_mean` and `_runs` (and for the
-speedrun, `speedrun_minutes_to_85` (the mean minutes, if every run reached 85 %) and the
-machine's fp32 matmul peak measured just after).
+and minutes; then the mean. `--record` writes `<key>_accuracy_mean` and `<key>_runs`, where the
+key names the data and the preset: `imagenette160_128_5ep` for `imagenette-128-5ep` on the
+imagenette2-160 files, `imagenette_128_5ep` on the 224 px squares (the key every figure before
+12-05 has). For the speedrun it also writes `<data>speedrun_minutes_to_85` (the mean minutes, if
+every run reached 85 %) and the machine's fp32 matmul peak measured just after.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def read_run(run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     check_is_preset(run_dir, config)
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"dir": str(run_dir), "preset": config["preset"], "seed": summary["seed"],
+    return {"dir": str(run_dir), "preset": config["preset"], "data": config.get("data", ""), "seed": summary["seed"],
             "accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"],
             "valid_size": config.get("valid_size") or config["size"], "amp": config.get("amp", "auto")}
 
@@ -72,19 +74,32 @@ def run_precision(runs: list[dict]) -> str:
     return ", ".join(sorted({PRECISION_NAMES[autocast_dtype(device, r["amp"])] for r in runs}))
 
 
+# Data folders (or names) whose figures get their own key prefix; anything else is "imagenette",
+# the 224 px squares every figure before 12-05 was taken on.
+DATA_PREFIXES = {"imagenette2-160": "imagenette160", "imagenette-160": "imagenette160",
+                 "imagewoof2-160": "imagewoof160", "imagewoof-160": "imagewoof160"}
+
+
+def figure_key(preset: str, data: str) -> str:
+    """The benchmarks.json key of `preset` trained on `data`: imagenette-128-5ep on imagenette2-160 ->
+    imagenette160_128_5ep."""
+    prefix = DATA_PREFIXES.get(Path(data.rstrip("/")).name, "imagenette")
+    return preset.replace("-", "_").replace("imagenette", prefix, 1)
+
+
 def summarize(runs: list[dict]) -> dict:
     """Mean accuracy, and for the speedrun the minutes of the runs that reached the target."""
-    presets = {r["preset"] for r in runs}
+    presets = {(r["preset"], figure_key(r["preset"], r["data"])) for r in runs}
     if len(presets) != 1:
-        raise SystemExit(f"runs of different presets can't be averaged: {sorted(presets)}")
-    preset = presets.pop()
-    key = preset.replace("-", "_")
+        raise SystemExit(f"runs of different presets or data can't be averaged: {sorted(presets)}")
+    preset, key = presets.pop()
     out = {f"{key}_accuracy_mean": round(statistics.mean(r["accuracy"] for r in runs), 4),
            f"{key}_runs": [round(r["accuracy"], 4) for r in runs]}
     if preset == SPEEDRUN:
         reached = [r["train_seconds"] / 60 for r in runs if r["accuracy"] >= SPEEDRUN_TARGET]
         # None unless every run reached the target: a mean over the lucky seeds would flatter.
-        out["speedrun_minutes_to_85"] = round(statistics.mean(reached), 2) if len(reached) == len(runs) else None
+        minutes = round(statistics.mean(reached), 2) if len(reached) == len(runs) else None
+        out[key.replace("imagenette_speedrun", "speedrun") + "_minutes_to_85"] = minutes
     return out
 
 
@@ -108,7 +123,7 @@ def main(argv: list[str]) -> None:
               f"(validated at {r['valid_size']} px) in {r['train_seconds']:.0f} s = {r['train_seconds'] / 60:.1f} min")
     figures = summarize(runs)
     peak = {}
-    if "speedrun_minutes_to_85" in figures:  # minutes only compare across machines with the peak
+    if any(k.endswith("_minutes_to_85") for k in figures):  # minutes only compare across machines with the peak
         peak["speedrun_matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
     print(json.dumps({**figures, **peak}))
     if args.record:

@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from vivace.data.cache import build_cache
+from vivace.data.cache import MAX_ASPECT, build_cache
 from vivace.data.loader import BatchLoader
 from vivace.data.sources import find_images
 from vivace.runtime import reuse_freed_memory
@@ -48,7 +48,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = make_parser("pipeline", __doc__)
     add_data_arg(p)
-    p.add_argument("--presize", type=int, default=160, help="cache side, px")
+    p.add_argument("--presize", type=int, default=160, help="cache: shorter side, px")
+    p.add_argument("--max-aspect", type=float, nargs="+", default=[MAX_ASPECT],
+                   help="cache: longest/shortest side kept whole; several values are measured side "
+                        "by side (1 = the centre-square cache vivace had before 12-05)")
     p.add_argument("--size", type=int, default=128, help="training crop side, px")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--n-batches", type=int, default=30, help="timed batches for (b) and (c)")
@@ -161,6 +164,27 @@ def reference_batches(files: list[Path], labels: np.ndarray, args: argparse.Name
     return epoch
 
 
+def cache_rates(files: list[Path], labels: np.ndarray, args: argparse.Namespace, device: torch.device,
+                max_aspect: float) -> dict[str, float]:
+    """Print and return (a) and (b) for a fresh cache with `max_aspect`."""
+    with tempfile.TemporaryDirectory(prefix="vivace-bench-cache-") as cache_dir:
+        start = time.perf_counter()
+        cache = build_cache(files, args.presize, Path(cache_dir), args.workers, progress=False, max_aspect=max_aspect)
+        build_rate = len(files) / (time.perf_counter() - start)
+        print(f"max_aspect {max_aspect:g}: canvas {cache.presize} x {cache.width} px")
+        print(f"(a) cache build:          {build_rate:8.0f} img/s  ({len(cache.skipped)} skipped)")
+        loader = BatchLoader(cache, np.arange(len(cache)), labels, args.bs, shuffle=True,
+                             drop_last=True, device=device)
+        raw_rate = timed_batches(lambda: iter(loader), args.n_batches, device)
+        print(f"    uint8 batches only:   {raw_rate:8.0f} img/s  (BatchLoader, no transform)")
+        rates = {}
+        for name, augment in make_augments(args.size).items():
+            loader.transform = augment
+            rates[name] = timed_batches(lambda: iter(loader), args.n_batches, device)
+            print(f"(b) cache + BatchLoader:  {rates[name]:8.0f} img/s  ({name}, Normalize)")
+    return rates
+
+
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if not args.no_reuse_memory:
@@ -173,22 +197,8 @@ def main(argv: list[str]) -> None:
     print(f"data {args.data}: {len(files)} train images; presize {args.presize}, size {args.size}, "
           f"bs {args.bs}, {args.n_batches} timed batches")
 
-    with tempfile.TemporaryDirectory(prefix="vivace-bench-cache-") as cache_dir:
-        start = time.perf_counter()
-        cache = build_cache(files, args.presize, Path(cache_dir), args.workers, progress=False)
-        build_rate = len(files) / (time.perf_counter() - start)
-        print(f"(a) cache build:          {build_rate:8.0f} img/s  ({len(cache.skipped)} skipped)")
-
-        loader = BatchLoader(cache, np.arange(len(cache)), labels, args.bs, shuffle=True,
-                             drop_last=True, device=device)
-        raw_rate = timed_batches(lambda: iter(loader), args.n_batches, device)
-        print(f"    uint8 batches only:   {raw_rate:8.0f} img/s  (BatchLoader, no transform)")
-        rates = {}
-        for name, augment in make_augments(args.size).items():
-            loader.transform = augment
-            rates[name] = timed_batches(lambda: iter(loader), args.n_batches, device)
-            print(f"(b) cache + BatchLoader:  {rates[name]:8.0f} img/s  ({name}, Normalize)")
-
+    for max_aspect in args.max_aspect:  # the last one's rates are compared with (c)
+        rates = cache_rates(files, labels, args, device, max_aspect)
     ref_rate = timed_batches(reference_batches(files, labels, args, device), args.n_batches, device)
     print(f"(c) Pillow DataLoader:    {ref_rate:8.0f} img/s  ({args.ref_workers} workers, "
           "Pillow RRC + flip)")

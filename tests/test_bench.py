@@ -100,3 +100,16 @@ def test_the_data_folder_comes_from_the_flag_or_the_environment(monkeypatch):
     assert parser.parse_args([]).data == Path("/from/env")
     assert parser.parse_args(["--data", "/from/flag"]).data == Path("/from/flag")
     assert common.data_folder("example", Path("/x")) == Path("/x")
+
+
+def test_accuracy_figures_are_keyed_by_data_and_preset():
+    from bench.accuracy import figure_key, summarize
+    assert figure_key("imagenette-128-5ep", "../shared/data/imagenette2-160/") == "imagenette160_128_5ep"
+    assert figure_key("imagenette-128-5ep", "/data/imagenette2-224") == "imagenette_128_5ep"  # the squares
+    runs = [{"preset": "imagenette-speedrun", "data": "/d/imagenette2-160", "accuracy": a, "train_seconds": s}
+            for a, s in ((0.86, 600.0), (0.851, 660.0))]
+    assert summarize(runs) == {"imagenette160_speedrun_accuracy_mean": 0.8555,
+                               "imagenette160_speedrun_runs": [0.86, 0.851],
+                               "imagenette160_speedrun_minutes_to_85": 10.5}
+    squares = [dict(r, data="/d/imagenette2-224", accuracy=0.84) for r in runs]
+    assert summarize(squares)["speedrun_minutes_to_85"] is None  # not every run reached 85 %
