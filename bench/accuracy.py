@@ -10,6 +10,14 @@ key names the data and the preset: `imagenette160_128_5ep` for `imagenette-128-5
 imagenette2-160 files, `imagenette_128_5ep` on the 224 px squares (the key every figure before
 12-05 has). For the speedrun it also writes `<data>speedrun_minutes_to_85` (the mean minutes, if
 every run reached 85 %) and the machine's fp32 matmul peak measured just after.
+
+    python -m bench accuracy --preset imagenette-speedrun --data imagenette2-160 --runs 2 \
+        --reference ../shared/data/imagenette2-224 --record
+
+`--reference DATA` also trains the speedrun as it was tuned on the 224 px squares (12-04: presize
+224, 12 epochs) once on DATA and records its minutes as `speedrun_reference_minutes`: this small
+model's speed moves 2x from day to day, so the speedrun's minutes mean something only beside a
+reference timed in the same session.
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ from .common import add_data_arg, data_folder, machine, make_parser, matmul_peak
 
 SPEEDRUN = "imagenette-speedrun"
 SPEEDRUN_TARGET = 0.85
+# The speedrun preset as it stood on 12-04, tuned on the 224 px squares: the time reference.
+SQUARES_SPEEDRUN = dict(presize=224, valid_size=160, valid_crop=0.875, epochs=12)
 
 
 def trained_runs(preset: str, runs: int, data: str, out: Path) -> list[Path]:
@@ -44,9 +54,10 @@ def trained_runs(preset: str, runs: int, data: str, out: Path) -> list[Path]:
 RUN_FIELDS = ("data", "seed", "out", "runs", "resume", "preset", "workers", "checkpoint_every")
 
 
-def check_is_preset(run_dir: Path, config: dict) -> None:
-    """Refuse a run whose settings are not its preset's (a probe with overrides, say)."""
-    preset = make_recipe(config["preset"], **{k: config[k] for k in RUN_FIELDS if k in config and k != "preset"})
+def check_is_preset(run_dir: Path, config: dict, overrides: dict | None = None) -> None:
+    """Refuse a run whose settings are not its preset's plus `overrides` (a probe, say)."""
+    kept = {k: config[k] for k in RUN_FIELDS if k in config and k != "preset"}
+    preset = make_recipe(config["preset"], **{**kept, **(overrides or {})})
     # Fields newer than the run's config.json take their defaults; reuse_memory is speed only.
     differ = [k for k, v in preset.to_dict().items()
               if k in config and k != "reuse_memory" and config[k] != v]
@@ -55,10 +66,10 @@ def check_is_preset(run_dir: Path, config: dict) -> None:
                          + ", ".join(f"{k}={config[k]!r} (preset: {getattr(preset, k)!r})" for k in differ))
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: Path, overrides: dict | None = None) -> dict:
     """A run directory's preset, accuracy and time (from config.json and summary.json)."""
     config = json.loads((run_dir / "config.json").read_text())
-    check_is_preset(run_dir, config)
+    check_is_preset(run_dir, config, overrides)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"dir": str(run_dir), "preset": config["preset"], "data": config.get("data", ""), "seed": summary["seed"],
             "accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"],
@@ -103,6 +114,18 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def reference_minutes(data: Path | None, run_dir: Path | None, out: Path) -> dict:
+    """Train (or read) the squares' speedrun once; its accuracy and minutes, to time the speedrun against."""
+    if run_dir is None:
+        run_dir = out / "speedrun-reference"
+        train(replace(make_recipe(SPEEDRUN, data=str(data), **SQUARES_SPEEDRUN), out=str(run_dir)))
+    run = read_run(run_dir, SQUARES_SPEEDRUN)
+    print(f"{run['dir']}: reference (speedrun of 12-04 on {run['data']}): accuracy {run['accuracy']:.4f} "
+          f"in {run['train_seconds'] / 60:.1f} min")
+    return {"speedrun_reference_accuracy": round(run["accuracy"], 4),
+            "speedrun_reference_minutes": round(run["train_seconds"] / 60, 2)}
+
+
 def main(argv: list[str]) -> None:
     p = make_parser("accuracy", __doc__)
     p.add_argument("--preset", default="imagenette-128-5ep")
@@ -111,6 +134,10 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     p.add_argument("--from-runs", nargs="+", type=Path, default=None,
                    help="report (and record) runs already trained instead of training new ones")
+    p.add_argument("--reference", type=Path, default=None, metavar="DATA",
+                   help="also time the speedrun of 12-04 (tuned on the 224 px squares) once on DATA")
+    p.add_argument("--reference-run", type=Path, default=None, metavar="DIR",
+                   help="a reference run already trained, instead of --reference")
     p.add_argument("--record", action="store_true", help="write the figures to docs/benchmarks.json")
     args = p.parse_args(argv)
     if args.from_runs is None:
@@ -122,6 +149,9 @@ def main(argv: list[str]) -> None:
         print(f"{r['dir']}: {r['preset']} seed {r['seed']}: accuracy {r['accuracy']:.4f} "
               f"(validated at {r['valid_size']} px) in {r['train_seconds']:.0f} s = {r['train_seconds'] / 60:.1f} min")
     figures = summarize(runs)
+    if args.reference or args.reference_run:
+        reference = args.reference and data_folder(p.prog, args.reference)
+        figures.update(reference_minutes(reference, args.reference_run, args.out))
     peak = {}
     if any(k.endswith("_minutes_to_85") for k in figures):  # minutes only compare across machines with the peak
         peak["speedrun_matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)

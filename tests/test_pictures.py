@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vivace.augment import (TrainAugment, ValidResize, crop_resize, fastai_valid_crop, random_resized_crop_params,
-                            resample_pictures, crop_matrices)
+                            random_square_boxes, resample_pictures, crop_matrices)
 from vivace.data.cache import build_cache
 from vivace.pictures import Pictures
 
@@ -75,6 +75,25 @@ def test_fastai_boxes_on_a_wide_image_stay_inside_and_keep_the_pixel_ratio():
     assert (cx - bw).min() < -0.99 and (cx + bw).max() > 0.99  # some reach each end
     area = bw * bh
     assert area.max() <= 100 * 133.5 / 30000  # the largest crop that fits has the widest allowed ratio
+
+
+def test_square_crop_is_fastais_resize_the_largest_square_anywhere_along_the_long_side(tmp_path):
+    sizes = torch.tensor([[100, 300], [300, 100], [128, 128]]).repeat(500, 1)
+    cx, cy, bw, bh = random_square_boxes(sizes, torch.Generator().manual_seed(0)).unbind(1)
+    side_px = torch.stack([bw * sizes[:, 1], bh * sizes[:, 0]], 1)
+    assert torch.allclose(side_px, sizes.min(1, keepdim=True).values.float().expand(-1, 2))  # largest square
+    wide, tall, square = slice(0, None, 3), slice(1, None, 3), slice(2, None, 3)
+    assert cy[wide].abs().max() == 0 and cx[tall].abs().max() == 0 and cx[square].abs().max() == 0
+    assert cx[wide].min() <= -0.66 and cx[wide].max() >= 0.66  # both ends of the long side are reached
+    assert cy[tall].min() <= -0.66 and cy[tall].max() >= 0.66
+
+    cache = build_cache([_three_to_one(tmp_path / "pano.png")], 48, tmp_path / "c", workers=1, progress=False)
+    aug = TrainAugment(32, crop="square", flip=False, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0, seed=0)
+    y = aug(cache.gather(np.zeros(200, dtype=np.int64)))
+    red_column = ((y[:, 0] > 0.9) & (y[:, 1] < 0.1))[:, :, 0].all(1)
+    assert red_column.any() and not red_column.all()  # the left end, sometimes
+    with pytest.raises(ValueError, match="crop='centre' is not one of"):
+        TrainAugment(32, crop="centre")
 
 
 def _mixed() -> Pictures:

@@ -45,6 +45,20 @@ def random_resized_crop_params(sizes: Tensor, scale: tuple[float, float] = (0.35
     u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
     left = torch.where(found, (u[:, 0] * (w - crop_w + 1)).floor(), ((w - crop_w) / 2).floor())
     top = torch.where(found, (u[:, 1] * (h - crop_h + 1)).floor(), ((h - crop_h) / 2).floor())
+    return _pixel_boxes_to_unit(left, top, crop_w, crop_h, w, h)
+
+
+def random_square_boxes(sizes: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """fastai's `Resize(size)` in training: each image's largest square, at a uniformly random place
+    along its longer side (whole pixels). (n, 4) boxes as `random_resized_crop_params`'."""
+    h, w = sizes.double().unbind(dim=1)
+    side = torch.minimum(h, w)
+    u = torch.rand(len(h), 2, dtype=torch.float64, generator=generator)
+    return _pixel_boxes_to_unit((u[:, 0] * (w - side)).round(), (u[:, 1] * (h - side)).round(), side, side, w, h)
+
+
+def _pixel_boxes_to_unit(left: Tensor, top: Tensor, crop_w: Tensor, crop_h: Tensor, w: Tensor, h: Tensor) -> Tensor:
+    """Pixel boxes (left, top, width, height) of (h, w) images -> (cx, cy, w, h) with the centre in [-1, 1]."""
     boxes = torch.stack([(2 * left + crop_w) / w - 1, (2 * top + crop_h) / h - 1, crop_w / w, crop_h / h], dim=1)
     return boxes.float()
 
@@ -253,18 +267,25 @@ def _check_size(size: int) -> None:
         raise ValueError(f"size={size!r} must be a positive int (pixels)")
 
 
+TRAIN_CROPS = ("random_resized", "square")  # fastai's RandomResizedCrop, or its Resize (crop method)
+
+
 class TrainAugment:
     """fastai `aug_transforms` + `RandomResizedCrop` on a uint8 batch, as one resample per image.
 
-    `trivial=True` adds TrivialAugment-Wide after the crop (one random operation per image, see
-    `vivace.trivial_augment`), before lighting.
+    `crop="square"` replaces the random-resized crop by fastai's `Resize(size)`: the largest square
+    at a random place (`min_scale` is then unused). `trivial=True` adds TrivialAugment-Wide after
+    the crop (one random operation per image, see `vivace.trivial_augment`), before lighting.
     """
 
     def __init__(self, size: int, min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  flip: bool = True, max_rotate: float = 10.0, max_zoom: float = 1.1,
                  max_warp: float = 0.2, p_affine: float = 0.75, max_lighting: float = 0.2,
-                 p_lighting: float = 0.75, trivial: bool = False, seed: int | None = None):
+                 p_lighting: float = 0.75, trivial: bool = False, crop: str = "random_resized",
+                 seed: int | None = None):
         _check_size(size)
+        if crop not in TRAIN_CROPS:
+            raise ValueError(f"crop={crop!r} is not one of: {', '.join(TRAIN_CROPS)}")
         _check_range("min_scale", min_scale, 1e-3, 1.0)
         _check_range("ratio[0]", ratio[0], 1e-3, ratio[1])
         _check_range("max_rotate", max_rotate, 0.0, 180.0)
@@ -277,7 +298,7 @@ class TrainAugment:
         self.scale, self.ratio = (min_scale, 1.0), (float(ratio[0]), float(ratio[1]))
         self.max_rotate, self.max_zoom, self.max_warp = max_rotate, max_zoom, max_warp
         self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
-        self.trivial = trivial
+        self.trivial, self.crop = trivial, crop
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def __call__(self, x: Pictures | Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -295,7 +316,8 @@ class TrainAugment:
         g = generator if generator is not None else self.generator
         # Parameters are drawn and composed on the CPU (tiny); one (B, 3, 3) copy to the device.
         n = len(p)
-        boxes = random_resized_crop_params(p.sizes, self.scale, self.ratio, g)
+        boxes = (random_square_boxes(p.sizes, g) if self.crop == "square"
+                 else random_resized_crop_params(p.sizes, self.scale, self.ratio, g))
         signs = flip_signs(n, self.flip_p, g)
         geo = rotate_zoom_matrices(n, self.max_rotate, self.max_zoom, self.p_affine, g)
         geo = geo @ warp_matrices(n, self.max_warp, self.p_affine, g)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .augment import TRAIN_CROPS
 from .models import MODELS
 
 Optimizer = ("sgd", "adamw", "ranger")
@@ -46,6 +47,7 @@ class Recipe:
     cutmix: float = 0.0           # CutMix alpha; 0 = off (both > 0: alternate per batch)
     normalize: bool = True        # normalize inputs by channel statistics
     stats: str = "imagenet"       # imagenet, or computed (from a sample of the training set)
+    train_crop: str = "random_resized"  # fastai's RandomResizedCrop, or square: its Resize (largest square, random place)
     min_scale: float = 0.35       # smallest crop area fraction of random-resized-crop
     flip: bool = True             # random horizontal flips
     max_rotate: float = 10.0      # degrees, fastai aug_transforms default
@@ -82,6 +84,7 @@ class Recipe:
         _choice("act", self.act, Activations)
         _choice("amp", self.amp, AmpModes)
         _choice("stats", self.stats, ("imagenet", "computed"))
+        _choice("train_crop", self.train_crop, TRAIN_CROPS)
         for name in ("size", "presize", "epochs", "bs", "valid_bs", "runs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

@@ -43,7 +43,7 @@ def build_dataloaders(recipe: Recipe, world: World = World(), progress: bool = T
     """
     augment = dict(min_scale=recipe.min_scale, flip=recipe.flip, max_rotate=recipe.max_rotate,
                    max_zoom=recipe.max_zoom, max_warp=recipe.max_warp, max_lighting=recipe.max_lighting,
-                   trivial=recipe.trivial_augment)
+                   trivial=recipe.trivial_augment, crop=recipe.train_crop)
     if not world.is_main:
         distributed.barrier()
     dls = make_dataloaders(recipe.data or None, size=recipe.size, valid_size=recipe.valid_size or None,
