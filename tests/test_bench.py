@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import common
 from bench.__main__ import BENCHMARKS
 
@@ -113,3 +115,23 @@ def test_accuracy_figures_are_keyed_by_data_and_preset():
                                "imagenette160_speedrun_minutes_to_85": 10.5}
     squares = [dict(r, data="/d/imagenette2-224", accuracy=0.84) for r in runs]
     assert summarize(squares)["speedrun_minutes_to_85"] is None  # not every run reached 85 %
+
+
+def _finished_run(run_dir: Path, accuracy: float, seconds: float, **overrides) -> Path:
+    """A run directory as `vivace train` leaves it: config.json and summary.json."""
+    from vivace.recipe import make_recipe
+    run_dir.mkdir(parents=True)
+    recipe = make_recipe("imagenette-speedrun", data="/d/imagenette2-224", out=str(run_dir), **overrides)
+    (run_dir / "config.json").write_text(json.dumps(recipe.to_dict()))
+    (run_dir / "summary.json").write_text(json.dumps({"seed": 42, "accuracy": accuracy, "train_seconds": seconds}))
+    return run_dir
+
+
+def test_the_speedrun_reference_is_the_squares_preset_timed_once(tmp_path):
+    from bench.accuracy import SQUARES_SPEEDRUN, reference_minutes
+    reference = _finished_run(tmp_path / "ref", 0.8527, 690.0, **SQUARES_SPEEDRUN)
+    assert reference_minutes(None, reference, tmp_path) == {"speedrun_reference_accuracy": 0.8527,
+                                                             "speedrun_reference_minutes": 11.5}
+    today = _finished_run(tmp_path / "today", 0.85, 600.0)  # today's preset is not the reference
+    with pytest.raises(SystemExit, match=r"presize=160 \(preset: 224\)"):
+        reference_minutes(None, today, tmp_path)

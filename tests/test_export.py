@@ -39,16 +39,18 @@ def test_round_trip_predicts_exactly_like_the_learner(learn, bundle):
     assert [p.index for p in preds] == logits.argmax(-1).tolist()
 
 
-def test_round_trip_keeps_the_validation_centre_crop(learn, tmp_path):
+@pytest.mark.parametrize("square", [False, True])
+def test_round_trip_keeps_the_validation_centre_crop(learn, tmp_path, square):
     resize = learn.dls.valid.transform.resize
     full_logits, _ = learn.get_preds()
-    resize.crop = 0.75
+    resize.crop, resize.square = 0.75, square
     try:
         logits, _ = learn.get_preds()
         predictor = load(export_learner(learn, tmp_path / "crop.vivace"), device="cpu")
     finally:
-        resize.crop = 1.0
+        resize.crop, resize.square = 1.0, False
     assert not torch.allclose(logits, full_logits)  # the crop matters on these images
+    assert predictor.resize.square == square
     probs = torch.stack([p.probs for p in predictor.predict(learn.dls.source.valid_files)])
     assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)
 
@@ -210,6 +212,7 @@ def _set(key, value):
     (_set("presize", "24"), "presize", "an integer >= 1"),
     (_set("presize", 8), "presize", ">= size=16"),
     (_set("crop", float("inf")), "crop", r"a number in \(0, 1\]"),
+    (_set("square", "yes"), "square", "true or false"),
     (_set("tta", "five-crop"), "tta", "one of none, flip"),
     (_set("config", None), "config", "a JSON object"),
     (_set("config.n_out", -3), "config.n_out", "an integer >= 1"),

@@ -8,6 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from vivace.augment import fastai_valid_crop
+from vivace.data import make_dataloaders
 from vivace.data.cache import ImageCache, build_cache
 from vivace.data.loader import BatchLoader, shard_indices
 
@@ -193,3 +195,16 @@ def test_loader_over_built_cache(tmp_path):
     assert x1.pixels[:, 0, 4, 4].tolist() == [200, 40] and y1.tolist() == [2, 0]
     assert x2.pixels[:, 0, 4, 4].tolist() == [120] and y2.tolist() == [1]
     assert x1.sizes.tolist() == [[8, 15], [8, 12]]  # (12 + i) x 9, shorter side to 8: kept whole
+
+
+@pytest.mark.parametrize("crop, valid_crop, view", [
+    ("random_resized", 0.0, (fastai_valid_crop(16), False)),  # fastai's RandomResizedCrop view
+    ("square", 0.0, (1.0, True)),                              # fastai's Resize view: the centre square
+    ("square", 0.9, (0.9, True)),
+])
+def test_the_training_crop_decides_the_validation_view_as_in_fastai(tiny_folder, crop, valid_crop, view):
+    dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu", workers=1,
+                           progress=False, valid_crop=valid_crop, augment=dict(crop=crop))
+    resize = dls.valid.transform.resize
+    assert (resize.crop, resize.square) == view
+    assert dls.train.transform.resize.crop == crop

@@ -65,6 +65,19 @@ def test_validation_matches_fastai_view(tmp_path, shape):
     assert np.abs(ours - theirs).mean() < 1.5  # same view; only the two bilinear kernels' rounding differs
 
 
+@pytest.mark.parametrize("shape", [(160, 213), (213, 160)])
+def test_square_validation_matches_fastai_resize_view(tmp_path, shape):
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = np.stack([xx * 255 // (w - 1), yy * 255 // (h - 1), (xx + yy) % 64 * 4], axis=-1).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "known.png")
+    cache = build_cache([tmp_path / "known.png"], 160, tmp_path / "c", workers=1, progress=False)
+    ours = ValidResize(128, 1.0, square=True)(cache.gather(np.array([0])))[0].permute(1, 2, 0).numpy() * 255
+    top, left = (h - 160) // 2, (w - 160) // 2  # fastai's Resize in validation: the centre square, resized
+    theirs = Image.fromarray(a[top:top + 160, left:left + 160]).resize((128, 128), Image.Resampling.BILINEAR)
+    assert np.abs(ours - np.asarray(theirs, np.float32)).mean() < 1.5
+
+
 def test_fastai_boxes_on_a_wide_image_stay_inside_and_keep_the_pixel_ratio():
     sizes = torch.tensor([[100, 300]]).expand(3000, 2)
     boxes = random_resized_crop_params(sizes, (0.35, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))

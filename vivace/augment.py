@@ -403,16 +403,18 @@ def fastai_valid_crop(size: int) -> float:
 class ValidResize:
     """Validation transform, fastai's: each image squashed whole to (size / crop) square, antialiased,
     then its central (size, size) cut out (crop < 1 shows objects larger, as training's crops did).
+    `square=True` is the view of fastai's `Resize` (training with `crop="square"`) instead: the
+    central square of side crop * the shorter side, resized to `size`; no squash.
 
     `crop=fastai_valid_crop(size)` is exactly fastai's RandomResizedCrop in validation. On square
     images this is the centre `crop` fraction resized (timm's crop_pct): 0.875 measured +1.2 % on
     xresnet50 and +1.2-1.8 % on the speedrun model (docs/notes/benchmarks-journal.md).
     """
 
-    def __init__(self, size: int, crop: float = 1.0):
+    def __init__(self, size: int, crop: float = 1.0, square: bool = False):
         _check_size(size)
         _check_range("crop", crop, 1e-3, 1.0)
-        self.size, self.crop = size, crop
+        self.size, self.crop, self.square = size, crop, square
 
     def __call__(self, x: Pictures | Tensor) -> Tensor:
         """uint8 Pictures (or a (B, 3, H, W) batch) -> float (B, 3, size, size) in [0, 1], channels_last."""
@@ -426,6 +428,8 @@ class ValidResize:
     def pixels(self, x: Pictures | Tensor) -> Tensor:
         """As calling it, but uint8 (0..255) on the CPU: `Normalize` scales it in its own pass."""
         p = as_pictures(x)
+        if self.square:
+            return crop_resize(p, square_boxes(p.sizes, self.crop), torch.ones(len(p)), self.size)
         if p.fill_canvas:  # one shape for the whole batch (square data): one batched resize
             y = _resize_pixels(p.pixels, self.resized)
         else:

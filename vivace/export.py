@@ -44,6 +44,7 @@ def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: in
     return {"arch": "xresnet", "config": config, "vocab": [str(v) for v in learn.dls.vocab],
             "normalize": norm.as_dict() if norm is not None else None,
             "size": int(learn.dls.valid.size), "crop": float(learn.dls.valid.transform.resize.crop),
+            "square": bool(learn.dls.valid.transform.resize.square),
             "presize": int(learn.dls.cache.presize), "max_aspect": float(learn.dls.cache.max_aspect),
             "tta": tta, "weights": weights, "epoch": epoch}
 
@@ -123,6 +124,8 @@ def check_info(path: Path, info: Any, tensors: dict[str, Tensor]) -> None:
     max_aspect = info.get("max_aspect", 1.0)  # bundles from before 12-05 cached centre squares
     if not _finite_number(max_aspect) or not 1 <= max_aspect <= 100:
         raise bad("max_aspect", "a number in [1, 100]", max_aspect)
+    if not isinstance(info.get("square", False), bool):  # bundles before 12-05 squashed
+        raise bad("square", "true or false", info.get("square"))
     if info.get("tta") not in TTA_MODES:
         raise bad("tta", f"one of {', '.join(TTA_MODES)}", info.get("tta"))
     if info.get("weights", "final") not in ("final", "best"):  # bundles before the weights policy: final
@@ -191,5 +194,5 @@ def load(path: str | Path, device: str | torch.device | None = None, amp: str = 
     return Predictor(build_model(info, tensors), info["vocab"],
                      Normalize(norm["mean"], norm["std"]) if norm is not None else None,
                      size=info["size"], presize=info["presize"], tta=info["tta"], device=device,
-                     crop=info.get("crop", 1.0),  # bundles before valid_crop resized it all
+                     crop=info.get("crop", 1.0), square=info.get("square", False),  # see read_bundle
                      max_aspect=info.get("max_aspect", 1.0), amp=amp)  # before 12-05: centre squares

@@ -87,7 +87,8 @@ class Predictor:
     Args:
         normalize: the training statistics (None if the model was trained unnormalized).
         size: the validation crop side, px; presize: the cached images' shorter side, px.
-        crop: the central fraction of each side shown at `size` (as in validation, `ValidResize`).
+        crop, square: the central fraction of each side shown at `size`, and whether the image
+            is squashed first or its central square cut (as in validation, `ValidResize`).
         max_aspect: the longest side / shortest side kept whole, as the cache (1 = centre squares).
         tta: default test-time augmentation, 'none' or 'flip' (average with the mirror image).
         device: None = CUDA if available, else CPU.
@@ -97,7 +98,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, vocab: Sequence[str], normalize: Normalize | None, size: int,
                  presize: int, tta: str = "none", device: str | torch.device | None = None,
-                 crop: float = 1.0, max_aspect: float = MAX_ASPECT, amp: str = "auto"):
+                 crop: float = 1.0, max_aspect: float = MAX_ASPECT, amp: str = "auto", square: bool = False):
         if tta not in TTA_MODES:
             raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
         if presize < size:
@@ -108,7 +109,7 @@ class Predictor:
         # channels_last as in training: the same conv kernels, so the same numbers.
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.vocab, self.normalize = list(vocab), normalize
-        self.resize, self.presize, self.tta = ValidResize(size, crop), presize, tta
+        self.resize, self.presize, self.tta = ValidResize(size, crop, square), presize, tta
         self.max_aspect = max_aspect
         self.amp_dtype = autocast_dtype(self.device, amp)
 

@@ -196,9 +196,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenette-128-20ep": dict(_LEADERBOARD, max_blur_pool=True, mom=0.95, epochs=20),
     "imagenette-128-80ep": dict(_LEADERBOARD, mom=0.95, mixup=0.4, epochs=80),
     # The speedrun: half-width xresnet18, SGD-Nesterov, sizes 64->128 cropped from the whole image
-    # (imagenette2-160, presize 160), tested on the central 87.5 % square at 160 px (FixRes: random
-    # crops make objects look larger in training), validated once at the end. Tuned on the 224 px
-    # squares (12-02, presize 224); 9 epochs on imagenette2-160 read 81.7 %, so it keeps 12.
+    # (imagenette2-160, presize 160), tested at 160 px on the central 87.5 % of the squashed image
+    # (FixRes: random crops make objects look larger in training), validated once at the end.
+    # Tuned on the 224 px squares (12-02, presize 224); 9 epochs on imagenette2-160 read 81.7 %.
     # docs/BENCHMARKS.md has the timed runs beside the squares' reference.
     "imagenette-speedrun": dict(data="imagenette-160", arch="xresnet18", widen=0.5, size=128, presize=160,
                                 valid_size=160, valid_crop=0.875, valid_every=0, epochs=12, bs=128,

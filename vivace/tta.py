@@ -73,7 +73,8 @@ def eval_size(dl, size: int | None) -> int:
 
 def plain_view(learn, size: int) -> Pipeline:
     """The validation transform at `size` (its centre crop too), then normalize."""
-    return Pipeline(ValidResize(size, learn.dls.valid.transform.resize.crop), learn.dls.normalize)
+    view = learn.dls.valid.transform.resize
+    return Pipeline(ValidResize(size, view.crop, view.square), learn.dls.normalize)
 
 
 def augment_view(learn, size: int, seed: int = 0) -> Pipeline:

@@ -125,7 +125,9 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
     norm = _make_normalize(normalize, stats, cache, train_idx, size, device)
     train.transform = Pipeline(TrainAugment(size, seed=seed, **(augment or {})), norm)
     valid_size = valid_size or size
-    valid.transform = Pipeline(ValidResize(valid_size, valid_crop or fastai_valid_crop(valid_size)), norm)
+    square = (augment or {}).get("crop") == "square"  # as fastai's Resize, the training crop decides the view
+    valid_crop = valid_crop or (1.0 if square else fastai_valid_crop(valid_size))  # 0: fastai's view
+    valid.transform = Pipeline(ValidResize(valid_size, valid_crop, square), norm)
     return DataLoaders(train, valid, source.vocab, norm, source, cache)
 
 

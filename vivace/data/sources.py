@@ -209,7 +209,7 @@ def _split_note(root: Path, train_name: str, valid_name: str, valid_pct: float, 
         return (f"no train/val folders in {root}: random split, {round(valid_pct * 100, 1):g} % validation, "
                 f"seed {seed} ({n_train:,} train and {n_valid:,} validation images, {n_classes} classes)")
     ignored = n_all - n_train - n_valid
-    rest = f"; {ignored:,} images outside them ignored" if ignored else ""
+    rest = f"; {ignored:,} {'image' if ignored == 1 else 'images'} outside them ignored" if ignored else ""
     return (f"split: {train_name}/ ({n_train:,} images) and {valid_name}/ ({n_valid:,} images), "
             f"{n_classes} classes{rest}")
 
