@@ -9,7 +9,7 @@ and minutes; then the mean. `--record` writes `<key>_accuracy_mean` and `<key>_r
 key names the data and the preset: `imagenette160_128_5ep` for `imagenette-128-5ep` on the
 imagenette2-160 files, `imagenette_128_5ep` on the 224 px squares (the key every figure before
 12-05 has). For the speedrun it also writes `<data>speedrun_minutes_to_85` (the mean minutes, if
-every run reached 85 %) and the machine's fp32 matmul peak measured just after.
+every run reached 85 %) and, when it trained them, the machine's fp32 matmul peak measured just after.
 
     python -m bench accuracy --preset imagenette-speedrun --data imagenette2-160 --runs 2 \
         --reference ../shared/data/imagenette2-224 --record
@@ -153,7 +153,8 @@ def main(argv: list[str]) -> None:
         reference = args.reference and data_folder(p.prog, args.reference)
         figures.update(reference_minutes(reference, args.reference_run, args.out))
     peak = {}
-    if any(k.endswith("_minutes_to_85") for k in figures):  # minutes only compare across machines with the peak
+    # Minutes compare across machines only beside the peak, measured right after the runs it explains.
+    if args.from_runs is None and any(k.endswith("_minutes_to_85") and v is not None for k, v in figures.items()):
         peak["speedrun_matmul_peak_gflops"] = round(matmul_peak_gflops(), 1)
     print(json.dumps({**figures, **peak}))
     if args.record:
