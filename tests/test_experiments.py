@@ -56,13 +56,15 @@ def test_evaluate_a_run_with_every_tta(experiment, capsys):
     assert main(["evaluate", str(out / "normalize" / "run0"), "--size", "99"]) == 2  # above the presize
 
 
-def test_evaluate_on_another_central_crop(experiment, capsys):
+@pytest.mark.parametrize("view", [None, "square"])
+def test_evaluate_on_another_central_crop(experiment, capsys, view):
     _, out, _ = experiment
     run = out / "normalize" / "run0"
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--tta", "none", "--crop", "0.5"]) == 0
+    assert main(["evaluate", str(run), "--tta", "none", "--crop", "0.5"] + (["--view", view] if view else [])) == 0
     printed = float(capsys.readouterr().out.strip().splitlines()[3].split()[2])  # below weights, split, header
-    learn = load_run(run, valid_crop=0.5)
+    learn = load_run(run, valid_crop=0.5, **({"valid_view": view} if view else {}))
+    assert learn.dls.valid.transform.resize.square == (view == "square")
     assert printed == pytest.approx(evaluate(learn, "none")["accuracy"], abs=1e-4)  # printed to 4 places
     assert main(["evaluate", str(run), "--crop", "1.5"]) == 2  # not a fraction
 

@@ -197,14 +197,16 @@ def test_loader_over_built_cache(tmp_path):
     assert x1.sizes.tolist() == [[8, 15], [8, 12]]  # (12 + i) x 9, shorter side to 8: kept whole
 
 
-@pytest.mark.parametrize("crop, valid_crop, view", [
-    ("random_resized", 0.0, (fastai_valid_crop(16), False)),  # fastai's RandomResizedCrop view
-    ("square", 0.0, (1.0, True)),                              # fastai's Resize view: the centre square
-    ("square", 0.9, (0.9, True)),
+@pytest.mark.parametrize("crop, valid_view, valid_crop, view", [
+    ("random_resized", "auto", 0.0, (fastai_valid_crop(16), False)),  # fastai's RandomResizedCrop view
+    ("square", "auto", 0.0, (1.0, True)),                              # fastai's Resize view: the centre square
+    ("square", "auto", 0.9, (0.9, True)),
+    ("random_resized", "square", 0.875, (0.875, True)),                # chosen, whatever the training crop
+    ("square", "squash", 0.0, (fastai_valid_crop(16), False)),
 ])
-def test_the_training_crop_decides_the_validation_view_as_in_fastai(tiny_folder, crop, valid_crop, view):
+def test_the_training_crop_decides_the_validation_view_unless_told(tiny_folder, crop, valid_view, valid_crop, view):
     dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu", workers=1,
-                           progress=False, valid_crop=valid_crop, augment=dict(crop=crop))
+                           progress=False, valid_crop=valid_crop, augment=dict(crop=crop), valid_view=valid_view)
     resize = dls.valid.transform.resize
     assert (resize.crop, resize.square) == view
     assert dls.train.transform.resize.crop == crop

@@ -268,6 +268,7 @@ def _check_size(size: int) -> None:
 
 
 TRAIN_CROPS = ("random_resized", "square")  # fastai's RandomResizedCrop, or its Resize (crop method)
+VALID_VIEWS = ("auto", "squash", "square")  # auto: the training crop's view in fastai (see ValidResize)
 
 
 class TrainAugment:

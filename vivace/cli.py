@@ -91,7 +91,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .train import load_run_weights
     from .tta import TTA_KINDS, evaluate, format_evaluation
-    overrides = {} if args.crop is None else {"valid_crop": args.crop}
+    overrides = {k: v for k, v in (("valid_crop", args.crop), ("valid_view", args.view)) if v is not None}
     learn, weights = load_run_weights(Path(args.run), args.weights, **overrides)
     print(f"weights: {weights}\n{learn.dls.source.split_note}", flush=True)
     plan = [("none", None)]  # plain, at the size the run was trained at
@@ -139,7 +139,9 @@ def add_chapter_commands(sub) -> None:
     evaluate.add_argument("--tta", default="all", choices=("none", "augment", "flip", "five-crop", "all"))
     evaluate.add_argument("--size", type=int, default=None, help="evaluate at this size, px (<= the run's presize)")
     evaluate.add_argument("--crop", type=float, default=None,
-                          help="central fraction of the cached square to resize (default: the run's --valid-crop)")
+                          help="central fraction of each side shown (default: the run's --valid-crop)")
+    evaluate.add_argument("--view", default=None, choices=("squash", "square"),
+                          help="squash the whole image or cut its central square (default: the run's --valid-view)")
     add_weights_flag(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
     exp = sub.add_parser("experiments", help="the book chapter's techniques compared in one table")

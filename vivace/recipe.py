@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .augment import TRAIN_CROPS
+from .augment import TRAIN_CROPS, VALID_VIEWS
 from .models import MODELS
 
 Optimizer = ("sgd", "adamw", "ranger")
@@ -34,6 +34,7 @@ class Recipe:
     max_aspect: float = 3.0       # longer side / shorter side the cache keeps whole; 1 = centre squares
     valid_size: int = 0           # validation (and export) crop side, px; 0 = size (FixRes: test a bit larger)
     valid_crop: float = 1.0       # central fraction of each side validation shows; 0 = fastai's (0.842 at 128 px)
+    valid_view: str = "auto"      # squash (whole image: fastai's RandomResizedCrop) or square (centre: Resize); auto: train_crop's
     epochs: int = 5
     bs: int = 64                  # training batch size (global, over all processes)
     lr: float = 3e-3              # peak learning rate for the global batch
@@ -85,6 +86,7 @@ class Recipe:
         _choice("amp", self.amp, AmpModes)
         _choice("stats", self.stats, ("imagenet", "computed"))
         _choice("train_crop", self.train_crop, TRAIN_CROPS)
+        _choice("valid_view", self.valid_view, VALID_VIEWS)
         for name in ("size", "presize", "epochs", "bs", "valid_bs", "runs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..augment import TrainAugment, ValidResize, fastai_valid_crop, to_unit
+from ..augment import VALID_VIEWS, TrainAugment, ValidResize, fastai_valid_crop, to_unit
 from ..normalize import Normalize, compute_stats, imagenet_stats
 from ..pictures import Pictures
 from .cache import MAX_ASPECT, ImageCache, build_cache
@@ -92,7 +92,7 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int | None = None, cache_dir: Path | None = None,
                      progress: bool = True, valid_name: str = "",
-                     max_aspect: float = MAX_ASPECT) -> DataLoaders:
+                     max_aspect: float = MAX_ASPECT, valid_view: str = "auto") -> DataLoaders:
     """Build the cache (once) and the two loaders.
 
     Args:
@@ -100,13 +100,17 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
         valid_size: the validation crop side; None = size (larger tests the training crops'
             apparent object size, FixRes).
         valid_crop: the central fraction of each side that validation shows (`ValidResize`);
-            1 = all of it, 0 = fastai's (`fastai_valid_crop`, 0.842 at 128 px).
+            1 = all of it, 0 = fastai's (`fastai_valid_crop`, 0.842 at 128 px; 1 for the square view).
+        valid_view: 'squash' (the whole image squashed, fastai's RandomResizedCrop), 'square' (its
+            central square, fastai's Resize) or 'auto' (square when augment's crop is 'square').
         augment: keyword arguments for TrainAugment (min_scale, max_rotate, ...).
         stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
         progress: print the split used and the cache's progress bar (rank 0 of a distributed run).
         valid_name: the validation folder beside train/; "" = val/ or valid/ (see `make_source`).
         max_aspect: the longest side / shortest side the cache keeps whole (1 = centre squares).
     """
+    if valid_view not in VALID_VIEWS:
+        raise ValueError(f"valid_view={valid_view!r} is not one of: {', '.join(VALID_VIEWS)}")
     source = data if isinstance(data, Source) else make_source(resolve_data(data), valid_name=valid_name)
     if progress and source.split_note:
         print(source.split_note, flush=True)
@@ -125,7 +129,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
     norm = _make_normalize(normalize, stats, cache, train_idx, size, device)
     train.transform = Pipeline(TrainAugment(size, seed=seed, **(augment or {})), norm)
     valid_size = valid_size or size
-    square = (augment or {}).get("crop") == "square"  # as fastai's Resize, the training crop decides the view
+    # auto: as in fastai, the training crop decides the view (Resize validates on the centre square).
+    square = valid_view == "square" or (valid_view == "auto" and (augment or {}).get("crop") == "square")
     valid_crop = valid_crop or (1.0 if square else fastai_valid_crop(valid_size))  # 0: fastai's view
     valid.transform = Pipeline(ValidResize(valid_size, valid_crop, square), norm)
     return DataLoaders(train, valid, source.vocab, norm, source, cache)
