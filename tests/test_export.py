@@ -168,8 +168,8 @@ def test_xresnet_config_rebuilds_the_same_model():
     assert [k for k, _ in twin.named_parameters()] == [k for k, _ in model.named_parameters()]
 
 
-def test_learner_export_and_tta_default(learn, tmp_path):
-    path = learn.export(tmp_path / "via_learner.vivace")
+def test_export_tta_default(learn, tmp_path):
+    path = export_learner(learn, tmp_path / "plain.vivace")
     assert load(path).tta == "none"
     assert load(export_learner(learn, tmp_path / "flip.vivace", tta="flip")).tta == "flip"
 

@@ -5,6 +5,7 @@ from torch import nn
 
 from vivace.callbacks import Callback, StopAfter
 from vivace.learner import Learner, TrainingFailed
+from vivace.lr_finder import lr_find
 from vivace.metrics import accuracy
 
 
@@ -151,7 +152,7 @@ def test_lr_find_suggests_and_restores(tiny_dls, tmp_path):
     model = tiny_model()
     learn = Learner(tiny_dls, model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = learn.lr_find(num_it=20)
+    result = lr_find(learn, num_it=20)
     assert 1e-7 <= result.suggestion <= 10 and len(result.lrs) == len(result.losses) <= 20
     assert result.lrs == sorted(result.lrs)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

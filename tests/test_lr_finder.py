@@ -94,7 +94,7 @@ def test_lr_find_restores_weights_optimizer_and_loop_state(tiny_dls):
     weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
     opt, cbs, rows = learn.opt, list(learn.cbs), list(learn.recorder.rows)
     opt_state = {k: {n: t.clone() for n, t in v.items()} for k, v in opt.state_dict()["state"].items()}
-    result = learn.lr_find(num_it=10)
+    result = lr_finder.lr_find(learn, num_it=10)
     assert len(result.lrs) == len(result.losses) <= 10 and result.lrs == sorted(result.lrs)
     assert all(torch.equal(weights[k], v) for k, v in learn.model.state_dict().items())
     assert learn.opt is opt and learn.cbs == cbs and learn.recorder.rows == rows and learn.n_epochs == 1
@@ -118,7 +118,7 @@ def test_lr_find_restores_the_learner_when_the_sweep_fails(tiny_dls):
     weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
     cbs = list(learn.cbs)
     with pytest.raises(RuntimeError, match="batch source failed"):
-        learn.lr_find(num_it=10)
+        lr_finder.lr_find(learn, num_it=10)
     assert all(torch.equal(weights[k], v) for k, v in learn.model.state_dict().items())
     assert learn.cbs == cbs and learn.opt is None
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vivace.mixing import (CutMix, Mixup, MixupOrCutMix, cutmix, cutmix_boxes, mix_loss, mixup,
-                           mixup_params)
+from vivace.callbacks import CutMix, Mixup, MixupOrCutMix
+from vivace.mixing import cutmix, cutmix_boxes, mix_loss, mixup, mixup_params
 
 C = 5
 

@@ -13,7 +13,7 @@ from vivace.callbacks import CHECK_EVERY, Callback
 from vivace.checkpoint import CheckpointSaver, load_checkpoint
 from vivace.learner import Learner, TrainingFailed
 from vivace.losses import LabelSmoothingCrossEntropy
-from vivace.mixing import Mixup
+from vivace.callbacks import Mixup
 
 # Tensor methods that copy a value to the host: on a GPU each waits for the device to catch up.
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vivace.cli import main
-from vivace.show import mixup_figure, show_mixup, two_classes
+from vivace.show import mixup_figure, show_batch, show_mixup, two_classes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -39,5 +39,5 @@ def test_figures_name_imagenette_classes(wordnet_folder):
     mixup = show_mixup(dls, lam=0.7)
     assert {t.get_text() for t in mixup.axes[3].get_yticklabels()} == names
     assert mixup.axes[0].get_title().split(" (")[0] in names
-    batch = dls.show_batch(max_n=4)
+    batch = show_batch(dls, max_n=4)
     assert all(ax.get_title() in names for ax in batch.axes)

@@ -153,7 +153,7 @@ def test_real_learner_tta_kinds_sizes_and_training_rng(tiny_dls):
     learn = Learner(tiny_dls, model)
     learn.dls.train.set_size(8)  # a progressive-resizing run may leave training elsewhere
     rng = learn.dls.train.transform.resize.generator.get_state()
-    probs, y = learn.tta(n=2)
+    probs, y = tta(learn, n=2)
     assert probs.shape == (12, 3) and y.shape == (12,)
     torch.testing.assert_close(probs.sum(-1), torch.ones(12))
     assert set(model.sizes) == {16}  # augmented and plain views at the validation size

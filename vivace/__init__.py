@@ -1,14 +1,14 @@
 """vivace: train state-of-the-art image classifiers from scratch, fast."""
 from .augment import TrainAugment, ValidResize
 from .normalize import Normalize, compute_stats, imagenet_stats
-from .callbacks import EMA, Callback, EarlyStopping, ProgressiveResize, StopAfter
+from .callbacks import EMA, Callback, CutMix, EarlyStopping, Mixup, MixupOrCutMix, ProgressiveResize, StopAfter
 from .checkpoint import CheckpointSaver, load_checkpoint, save_checkpoint
 from .data import DataLoaders, make_dataloaders, make_source
 from .export import export_learner, load
 from .learner import Learner
 from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, error_rate, nll, top_k_accuracy
-from .mixing import CutMix, Mixup, MixupOrCutMix, cutmix, mixup
+from .mixing import cutmix, mixup
 from .models import MODELS, create_model, xresnet18, xresnet34, xresnet50, xresnet101, xresnet152
 from .recipe import PRESETS, Recipe, make_recipe
 from .schedule import SizeSchedule, flat_cos, one_cycle

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from . import distributed
 from . import progress
+from .mixing import check_alpha, cutmix, mixup
 from .progress import ProgressFront
 from .schedule import SizeSchedule
 
@@ -395,3 +396,71 @@ class EMA(Callback):
         self.saved = state.get("weights")
         if self.ema is not None and self.saved is not None:
             self.ema.load_state_dict(self.saved)
+
+
+# -- batch mixing: the one kind of callback that changes the training batch (transform_batch) --
+
+class _SeededCallback(Callback):
+    """A callback with its own RNG (or the global one when seed is None), checkpointed with it."""
+
+    def __init__(self, seed: int | None):
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.generator.get_state()} if self.generator is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.generator is not None and "rng" in state:
+            self.generator.set_state(state["rng"])
+
+
+class Mixup(_SeededCallback):
+    """Callback: mixup on every training batch (fastai `MixUp`, per-item lambda)."""
+
+    def __init__(self, alpha: float = 0.4, seed: int | None = None):
+        check_alpha("alpha", alpha)
+        super().__init__(seed)
+        self.alpha = alpha
+
+    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Mix a training batch; anything else passes through."""
+        if not learn.training:
+            return x, y
+        return mixup(x, y, learn.n_classes, self.alpha, self.generator)
+
+
+class CutMix(_SeededCallback):
+    """Callback: CutMix on every training batch (per-item boxes)."""
+
+    def __init__(self, alpha: float = 1.0, seed: int | None = None):
+        check_alpha("alpha", alpha)
+        super().__init__(seed)
+        self.alpha = alpha
+
+    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Cut-and-paste a training batch; anything else passes through."""
+        if not learn.training:
+            return x, y
+        return cutmix(x, y, learn.n_classes, self.alpha, self.generator)
+
+
+class MixupOrCutMix(_SeededCallback):
+    """Callback: per batch, CutMix with probability switch_prob, otherwise mixup (timm style)."""
+
+    def __init__(self, mixup_alpha: float = 0.4, cutmix_alpha: float = 1.0,
+                 switch_prob: float = 0.5, seed: int | None = None):
+        check_alpha("mixup_alpha", mixup_alpha)
+        check_alpha("cutmix_alpha", cutmix_alpha)
+        if not 0.0 <= switch_prob <= 1.0:
+            raise ValueError(f"switch_prob={switch_prob} must be in [0, 1]")
+        super().__init__(seed)
+        self.mixup_alpha, self.cutmix_alpha, self.switch_prob = mixup_alpha, cutmix_alpha, switch_prob
+
+    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Mixup or CutMix a training batch; anything else passes through."""
+        if not learn.training:
+            return x, y
+        use_cutmix = float(torch.rand(1, generator=self.generator)) < self.switch_prob  # CPU draw
+        if use_cutmix:
+            return cutmix(x, y, learn.n_classes, self.cutmix_alpha, self.generator)
+        return mixup(x, y, learn.n_classes, self.mixup_alpha, self.generator)

@@ -274,6 +274,7 @@ def add_deploy_commands(sub) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lr_finder import lr_find
     from .runtime import configure_process
     from .train import build_dataloaders, build_learner
     if args.out is not None:
@@ -282,7 +283,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     recipe.validate()
     configure_process(recipe.threads, recipe.reuse_memory)
     learn = build_learner(recipe, build_dataloaders(recipe), Path("."))  # the sweep writes no checkpoint or log
-    result = learn.lr_find(args.start_lr, args.end_lr, args.num_it)
+    result = lr_find(learn, args.start_lr, args.end_lr, args.num_it)
     plot = Path(args.plot) if args.plot else _unused_path(Path("lr_find.png"))
     result.plot(plot)
     print(f"valley   {result.valley:.2e}  (suggested: --lr {result.valley:.2g})")

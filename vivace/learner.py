@@ -24,6 +24,10 @@ class TrainingFailed(RuntimeError):
 class Learner:
     """Trains `model` on `dls` with `loss_func`, reporting `metrics` each epoch.
 
+    What runs on a trained Learner takes it as an argument, so the loop imports none of it:
+    `vivace.lr_finder.lr_find(learn)`, `vivace.tta.tta(learn)`, `vivace.export.export_learner(learn,
+    path)`. The book's Learner (`vivace.book`) has them as methods, as fastai's does.
+
     Args:
         dls: a DataLoaders (train and valid loaders, vocab) from `vivace.data`.
         opt_func: an optimizer name ('sgd', 'adamw', 'ranger') or a function(model, lr) -> optimizer.
@@ -106,14 +110,6 @@ class Learner:
         if freeze_epochs > 0:
             self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99)
         self.fit_one_cycle(epochs, base_lr / 2, div=div, pct_start=pct_start)
-
-    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100):
-        """Sweep learning rates; fastai's `valley`, `steep` and `minimum` suggestions, `.plot()`.
-
-        The weights, optimizer and loop state are restored afterwards, also when the sweep fails.
-        """
-        from .lr_finder import lr_find
-        return lr_find(self, start_lr, end_lr, num_it)
 
     # -- the loop ------------------------------------------------------------------------
     def _fit(self, n_epochs: int, lr_schedule: sched.Schedule, mom_schedule: sched.Schedule | None,
@@ -224,16 +220,6 @@ class Learner:
         # Under torchrun each rank scored its shard of the validation set: gather them all.
         preds, targets = distributed.gather_all(torch.cat(preds)), distributed.gather_all(torch.cat(targets))
         return preds.cpu(), targets.cpu()
-
-    def tta(self, dl=None, n: int = 4, beta: float = 0.25, use_max: bool = False) -> tuple[Tensor, Tensor]:
-        """The book's test-time augmentation: see `vivace.tta.tta`."""
-        from .tta import tta
-        return tta(self, dl, n=n, beta=beta, use_max=use_max)
-
-    def export(self, path: str = "export.vivace"):
-        """Write a safe, self-contained model bundle: see `vivace.export.export_learner`."""
-        from .export import export_learner
-        return export_learner(self, path)
 
     def validate(self, dl=None) -> dict[str, float]:
         """Validation loss and every metric over the whole validation set."""

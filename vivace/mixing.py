@@ -1,4 +1,4 @@
-"""Mixup and CutMix: pure functions returning soft targets, plus thin per-batch callbacks.
+"""Mixup and CutMix: pure functions returning soft targets (the callbacks that apply them: callbacks.py).
 
 Both draw one lambda *per item* (as fastai v2's MixUp does) and pair every item with a random
 permutation of the batch. Targets come back soft, (B, C) summing to 1, so any loss linear in
@@ -15,17 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .callbacks import Callback
 
-
-def _check_alpha(name: str, alpha: float) -> None:
+def check_alpha(name: str, alpha: float) -> None:
     if not (alpha > 0 and math.isfinite(alpha)):
         raise ValueError(f"{name}={alpha} must be a finite number > 0")
 
 
 def sample_beta(n: int, alpha: float, generator: torch.Generator | None = None) -> Tensor:
     """n draws of Beta(alpha, alpha) on the CPU, reproducible from a torch generator, (n,)."""
-    _check_alpha("alpha", alpha)
+    check_alpha("alpha", alpha)
     # torch's Beta sampler takes no generator; seed numpy's from ours (CPU only, no device sync).
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size=n)).float()
@@ -113,69 +111,3 @@ def mix_loss(loss_func: Callable[[Tensor, Tensor], Tensor], pred: Tensor, y: Ten
 def _check_float(x: Tensor) -> None:
     if not x.is_floating_point() or x.ndim < 2:
         raise ValueError(f"mixing needs a float batch (B, ...), got {x.dtype} {tuple(x.shape)}")
-
-
-class _SeededCallback(Callback):
-    """A callback with its own RNG (or the global one when seed is None), checkpointed with it."""
-
-    def __init__(self, seed: int | None):
-        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> dict:
-        return {"rng": self.generator.get_state()} if self.generator is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.generator is not None and "rng" in state:
-            self.generator.set_state(state["rng"])
-
-
-class Mixup(_SeededCallback):
-    """Callback: mixup on every training batch (fastai `MixUp`, per-item lambda)."""
-
-    def __init__(self, alpha: float = 0.4, seed: int | None = None):
-        _check_alpha("alpha", alpha)
-        super().__init__(seed)
-        self.alpha = alpha
-
-    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Mix a training batch; anything else passes through."""
-        if not learn.training:
-            return x, y
-        return mixup(x, y, learn.n_classes, self.alpha, self.generator)
-
-
-class CutMix(_SeededCallback):
-    """Callback: CutMix on every training batch (per-item boxes)."""
-
-    def __init__(self, alpha: float = 1.0, seed: int | None = None):
-        _check_alpha("alpha", alpha)
-        super().__init__(seed)
-        self.alpha = alpha
-
-    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Cut-and-paste a training batch; anything else passes through."""
-        if not learn.training:
-            return x, y
-        return cutmix(x, y, learn.n_classes, self.alpha, self.generator)
-
-
-class MixupOrCutMix(_SeededCallback):
-    """Callback: per batch, CutMix with probability switch_prob, otherwise mixup (timm style)."""
-
-    def __init__(self, mixup_alpha: float = 0.4, cutmix_alpha: float = 1.0,
-                 switch_prob: float = 0.5, seed: int | None = None):
-        _check_alpha("mixup_alpha", mixup_alpha)
-        _check_alpha("cutmix_alpha", cutmix_alpha)
-        if not 0.0 <= switch_prob <= 1.0:
-            raise ValueError(f"switch_prob={switch_prob} must be in [0, 1]")
-        super().__init__(seed)
-        self.mixup_alpha, self.cutmix_alpha, self.switch_prob = mixup_alpha, cutmix_alpha, switch_prob
-
-    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Mixup or CutMix a training batch; anything else passes through."""
-        if not learn.training:
-            return x, y
-        use_cutmix = float(torch.rand(1, generator=self.generator)) < self.switch_prob  # CPU draw
-        if use_cutmix:
-            return cutmix(x, y, learn.n_classes, self.cutmix_alpha, self.generator)
-        return mixup(x, y, learn.n_classes, self.mixup_alpha, self.generator)

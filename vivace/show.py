@@ -78,9 +78,12 @@ def show_augs(dls: DataLoaders, path: Path | None = None, n: int = 8):
     return augmentation_grid(x, dls.train.transform.resize, n=n, path=path)
 
 
-def show_batch(dls: DataLoaders, path: Path | None = None, max_n: int = 9):
-    """An augmented, labelled training batch (`DataLoaders.show_batch`)."""
-    return dls.show_batch(path, max_n=max_n)
+def show_batch(dls: DataLoaders, path: Path | None = None, max_n: int = 9, ncols: int = 3):
+    """A grid of augmented training images with their labels (saved to `path` if given)."""
+    x, y = dls.one_batch()
+    names = display_names(dls.vocab)
+    labels = [names[i] for i in y[:max_n].tolist()]
+    return image_grid(x[:max_n].cpu(), labels, path=path, normalize=dls.normalize, ncols=ncols)
 
 
 def image_grid(x: Tensor, labels: list[str], path: Path | None = None,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 
 from . import distributed
-from .callbacks import EMA, Callback, ProgressiveResize
+from .callbacks import EMA, Callback, CutMix, Mixup, MixupOrCutMix, ProgressiveResize
 from .checkpoint import CheckpointSaver, load_checkpoint, restore_learner
 from .data import DataLoaders, make_dataloaders, resolve_data
 from .data.datasets import DATASETS
@@ -20,7 +20,6 @@ from .distributed import World
 from .learner import Learner, TrainingFailed
 from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, nll, top_k_accuracy
-from .mixing import CutMix, Mixup, MixupOrCutMix
 from .models import create_model
 from .outputs import ensure_writable_folder
 from .recipe import Recipe, load_recipe

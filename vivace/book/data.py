@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vivace.data import DataLoaders, Source, make_dataloaders
+from vivace import data, show
+from vivace.data import Source, make_dataloaders
 from vivace.data.datasets import DATASETS, ensure_dataset
 from vivace.data.sources import find_images, label_from_parent
 
@@ -166,10 +167,23 @@ class DataBlock:
                     device: str | torch.device | None = None) -> DataLoaders:
         """vivace DataLoaders: presize cache, batches on the device, augmentation, normalization."""
         aug = self.aug if self.aug is not None else no_augmentation()
-        return make_dataloaders(self.source(source), size=aug.size or self.presize, presize=self.presize,
-                                bs=bs, valid_bs=val_bs or bs, augment=aug.augment_kwargs(),
-                                normalize=self.normalize is not None, stats=stats_from(self.normalize),
-                                seed=DEFAULT_SEED, device=device, max_aspect=1.0)  # Resize: squares
+        dls = make_dataloaders(self.source(source), size=aug.size or self.presize, presize=self.presize,
+                               bs=bs, valid_bs=val_bs or bs, augment=aug.augment_kwargs(),
+                               normalize=self.normalize is not None, stats=stats_from(self.normalize),
+                               seed=DEFAULT_SEED, device=device, max_aspect=1.0)  # Resize: squares
+        return DataLoaders.of(dls)
+
+
+class DataLoaders(data.DataLoaders):
+    """vivace's DataLoaders with the book's `show_batch` (the core keeps plotting out of `vivace.data`)."""
+
+    @classmethod
+    def of(cls, dls: data.DataLoaders) -> DataLoaders:
+        return cls(**{f.name: getattr(dls, f.name) for f in fields(dls)})
+
+    def show_batch(self, path: str | Path | None = None, max_n: int = 9, ncols: int = 3):
+        """A grid of augmented training images with their labels (saved to `path` if given): a Figure."""
+        return show.show_batch(self, path, max_n=max_n, ncols=ncols)
 
 
 def _check_blocks(blocks: Sequence[Any]) -> tuple[ImageBlock, CategoryBlock]:

@@ -9,12 +9,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from vivace import learner
-from vivace.callbacks import Callback
+from vivace.callbacks import Callback, Mixup
 from vivace.inference import Item
 from vivace.losses import CrossEntropy
-from vivace.lr_finder import LRFindResult
-from vivace.mixing import Mixup
+from vivace.export import export_learner
+from vivace.lr_finder import LRFindResult, lr_find
 from vivace.runtime import reuse_freed_memory
+from vivace.tta import tta
 
 from .inference import learner_predictor, predict_item, show_results
 
@@ -59,8 +60,17 @@ class Learner(learner.Learner):
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> SuggestedLRs:
         """vivace's LR sweep; `.valley` is fastai's suggestion (and vivace's `suggestion`)."""
-        found = super().lr_find(start_lr, end_lr, num_it)
+        found = lr_find(self, start_lr, end_lr, num_it)
         return SuggestedLRs(found.lrs, found.losses, found.suggestion, found.valley, found.steep, found.minimum)
+
+    def tta(self, dl: Any = None, n: int = 4, beta: float | None = 0.25,
+            use_max: bool = False) -> tuple[Tensor, Tensor]:
+        """fastai's test-time augmentation: probabilities and targets (see `vivace.tta.tta`)."""
+        return tta(self, dl, n=n, beta=beta, use_max=use_max)
+
+    def export(self, path: str | Path = "export.vivace") -> Path:
+        """A safe, self-contained model bundle at `path` (see `vivace.export.export_learner`)."""
+        return export_learner(self, path)
 
     def predict(self, item: Item) -> tuple[str, Tensor, Tensor]:
         """fastai's predict: (label, index, probs) for one image file or PIL image, as validation sees it."""

@@ -15,7 +15,6 @@ from ..pictures import Pictures
 from .cache import MAX_ASPECT, ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
-from .names import display_name
 from .sources import Source, make_source
 
 STATS_SAMPLE = 1024  # training images used to compute normalization statistics
@@ -66,13 +65,6 @@ class DataLoaders:
     def one_batch(self) -> tuple[Tensor, Tensor]:
         """The first augmented training batch: x (B, 3, S, S) float, y (B,)."""
         return next(iter(self.train))
-
-    def show_batch(self, path: Path | None = None, max_n: int = 9, ncols: int = 3):
-        """A grid of augmented training images with their labels (saved to `path` if given)."""
-        from ..show import image_grid
-        x, y = self.one_batch()
-        labels = [display_name(self.vocab[i]) for i in y[:max_n].tolist()]
-        return image_grid(x[:max_n].cpu(), labels, path=path, normalize=self.normalize, ncols=ncols)
 
     def state_dict(self) -> dict[str, Any]:
         """The augmentation RNG state, so a resumed run draws the same augmentations."""
