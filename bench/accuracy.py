@@ -51,7 +51,7 @@ def trained_runs(preset: str, runs: int, data: str, out: Path) -> list[Path]:
 
 
 # Fields that may differ from the preset's own values without changing what was trained.
-RUN_FIELDS = ("data", "seed", "out", "runs", "resume", "preset", "workers", "checkpoint_every")
+RUN_FIELDS = ("data", "seed", "out", "runs", "resume", "preset", "workers", "checkpoint_every", "data_on_device")
 
 
 def check_is_preset(run_dir: Path, config: dict, overrides: dict | None = None) -> None:

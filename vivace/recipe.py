@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .augment import TRAIN_CROPS, VALID_VIEWS
+from .data.resident import DATA_ON_DEVICE
 from .models import MODELS
 
 Optimizer = ("sgd", "adamw", "ranger")
@@ -68,6 +69,7 @@ class Recipe:
     threads: int = 0              # torch intra-op threads; 0 = all cores
     reuse_memory: bool = True     # glibc keeps freed memory, no re-faulting per step (1.04-1.2x on CPU)
     workers: int = 0              # processes for building the cache; 0 = all cores
+    data_on_device: str = "auto"  # keep the cache in device memory: auto (a CUDA device it fits on), on, off
     seed: int = 42
     runs: int = 1                 # repeat with seeds seed, seed+1, ... and report mean and std
     out: str = ""                 # run directory; "" = runs/<timestamp>
@@ -87,6 +89,7 @@ class Recipe:
         _choice("stats", self.stats, ("imagenet", "computed"))
         _choice("train_crop", self.train_crop, TRAIN_CROPS)
         _choice("valid_view", self.valid_view, VALID_VIEWS)
+        _choice("data_on_device", self.data_on_device, DATA_ON_DEVICE)
         for name in ("size", "presize", "epochs", "bs", "valid_bs", "runs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

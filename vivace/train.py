@@ -52,7 +52,8 @@ def build_dataloaders(recipe: Recipe, world: World = World(), progress: bool = T
                            stats=recipe.stats, seed=recipe.seed, device=world.device, rank=world.rank,
                            world_size=world.world_size, workers=recipe.workers or None,
                            progress=progress and world.is_main, valid_name=recipe.valid_name,
-                           max_aspect=recipe.max_aspect, valid_view=recipe.valid_view)
+                           max_aspect=recipe.max_aspect, valid_view=recipe.valid_view,
+                           data_on_device=recipe.data_on_device)
     if world.is_main:
         distributed.barrier()
     return dls

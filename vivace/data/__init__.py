@@ -15,6 +15,7 @@ from ..pictures import Pictures
 from .cache import MAX_ASPECT, ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
+from .resident import DATA_ON_DEVICE, DeviceCache, choose_data_on_device
 from .sources import Source, make_source
 
 STATS_SAMPLE = 1024  # training images used to compute normalization statistics
@@ -84,7 +85,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int | None = None, cache_dir: Path | None = None,
                      progress: bool = True, valid_name: str = "",
-                     max_aspect: float = MAX_ASPECT, valid_view: str = "auto") -> DataLoaders:
+                     max_aspect: float = MAX_ASPECT, valid_view: str = "auto",
+                     data_on_device: str = "auto") -> DataLoaders:
     """Build the cache (once) and the two loaders.
 
     Args:
@@ -100,6 +102,9 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
         progress: print the split used and the cache's progress bar (rank 0 of a distributed run).
         valid_name: the validation folder beside train/; "" = val/ or valid/ (see `make_source`).
         max_aspect: the longest side / shortest side the cache keeps whole (1 = centre squares).
+        data_on_device: 'auto' (on a CUDA device when the cache fits), 'on' or 'off': batches are
+            gathered from a copy of the cache in device memory instead of prefetched from the host
+            (`vivace.data.resident`); the batches are the same.
     """
     if valid_view not in VALID_VIEWS:
         raise ValueError(f"valid_view={valid_view!r} is not one of: {', '.join(VALID_VIEWS)}")
@@ -113,9 +118,13 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
     train_idx, train_y = _usable(cache, np.arange(n_train), source.train_labels)
     valid_idx, valid_y = _usable(cache, np.arange(n_train, len(cache)), source.valid_labels)
     _check_usable(train_idx, valid_idx, source)
-    train = BatchLoader(cache, train_idx, train_y, bs, shuffle=True, drop_last=True, seed=seed,
+    resident, line = choose_data_on_device(data_on_device, cache, device)
+    if progress and line:
+        print(line, flush=True)
+    batches_from = DeviceCache(cache, device) if resident else cache
+    train = BatchLoader(batches_from, train_idx, train_y, bs, shuffle=True, drop_last=True, seed=seed,
                         device=device, rank=rank, world_size=world_size)
-    valid = BatchLoader(cache, valid_idx, valid_y, valid_bs, shuffle=False, drop_last=False,
+    valid = BatchLoader(batches_from, valid_idx, valid_y, valid_bs, shuffle=False, drop_last=False,
                         device=device, rank=rank, world_size=world_size)
     train.set_batch_size(min(bs, max(len(train_idx) // world_size, 1)))  # tiny data: >= one batch
     norm = _make_normalize(normalize, stats, cache, train_idx, size, device)
@@ -166,4 +175,4 @@ def sample_stats(cache: ImageCache, indices: np.ndarray, size: int, device: torc
 
 
 __all__ = ["DataLoaders", "Pipeline", "make_dataloaders", "make_source", "Source", "build_cache",
-           "ImageCache", "BatchLoader", "data_home", "embedded_path", "resolve_data", "sample_stats"]
+           "ImageCache", "BatchLoader", "DeviceCache", "DATA_ON_DEVICE", "data_home", "embedded_path", "resolve_data", "sample_stats"]

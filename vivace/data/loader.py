@@ -1,8 +1,11 @@
-"""Batches from the presize cache: shuffle and shard indices, gather uint8 on a background thread.
+"""Batches from the presize cache: shuffle and shard indices, gather uint8, transform on the device.
 
-Per batch: one fancy-index read of the memmap -> (pinned) uint8 `Pictures` (B, 3, P, W canvas,
-channels_last) -> non-blocking copy of the pixels to the device, all in a prefetch thread that runs ahead by `prefetch` batches;
-the consuming thread then applies `transform` (augmentation, normalization) on the device.
+Two paths to the same batches. From host memory (a CPU, or a cache too large for the GPU): per
+batch, one fancy-index read of the memmap -> (pinned) uint8 `Pictures` (B, 3, P, W canvas,
+channels_last) -> non-blocking copy of the pixels to the device, all in a prefetch thread that
+runs ahead by `prefetch` batches. From a `DeviceCache` (resident.py): the epoch's order is copied
+to the device once and each batch is one gather there, in the consuming thread. Either way the
+consumer then applies `transform` (augmentation, normalization) on the device.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import Tensor
 
 from ..pictures import Pictures
 from .cache import ImageCache
+from .resident import DeviceCache
 
 PUT_POLL_S = 0.05  # how often a blocked producer checks whether the consumer has gone away
 GET_POLL_S = 1.0  # how often a waiting consumer checks that the producer is still alive
@@ -55,7 +59,7 @@ _DONE = object()  # end-of-epoch marker on the queue
 class BatchLoader:
     """Yields `(x, y)`: x uint8 `Pictures` (or `transform(x)`, a (B, 3, S, S) tensor), y int64 (B,)."""
 
-    def __init__(self, cache: ImageCache, indices: np.ndarray, labels: np.ndarray,
+    def __init__(self, cache: ImageCache | DeviceCache, indices: np.ndarray, labels: np.ndarray,
                  batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0,
                  device: torch.device | str = "cpu",
                  transform: Callable[[Pictures], Tensor] | None = None, rank: int = 0,
@@ -129,6 +133,28 @@ class BatchLoader:
                               self.world_size, self.drop_last, self.batch_size)
         batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         batches = batches[start_batch:]
+        gathered = self._gathered(batches) if isinstance(self.cache, DeviceCache) else self._prefetched(batches)
+        try:
+            for x, y in gathered:
+                if self.transform is not None and not raw:
+                    x = self.transform(x)
+                yield x, y
+        finally:
+            gathered.close()  # a consumer that stops early stops the prefetch thread now
+
+    def _gathered(self, batches: list[np.ndarray]) -> Iterator[tuple[Pictures, Tensor]]:
+        """Batches gathered on the device from the resident cache: one small copy per epoch, none per batch."""
+        positions = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+        rows = torch.from_numpy(self.indices[positions]).to(self.device)
+        labels = torch.from_numpy(self.labels[positions]).to(self.device)
+        start = 0
+        for batch in batches:
+            end = start + len(batch)
+            yield self.cache.gather(self.indices[batch], rows[start:end]), labels[start:end]
+            start = end
+
+    def _prefetched(self, batches: list[np.ndarray]) -> Iterator[tuple[Pictures, Tensor]]:
+        """Batches read from host memory and copied to the device by a thread running ahead."""
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         thread = threading.Thread(target=self._produce, args=(batches, q, stop),
@@ -141,10 +167,7 @@ class BatchLoader:
                     return
                 if isinstance(item, _Failure):
                     raise item.error
-                x, y = self._arrived(*item)
-                if self.transform is not None and not raw:
-                    x = self.transform(x)
-                yield x, y
+                yield self._arrived(*item)
         finally:
             # Runs on normal end, on error and when the consumer breaks out (generator close):
             # the producer sees `stop` within PUT_POLL_S and exits, so no thread outlives us.

@@ -1,0 +1,107 @@
+"""The device-resident cache: the same batches as the prefetching loader, and when it is chosen."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vivace.data import make_dataloaders, resident
+from vivace.data.resident import DeviceCache, choose_data_on_device
+from vivace.learner import Learner
+from vivace.models import create_model
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> Path:
+    """Landscape, portrait and square images of three colours: the canvas, sizes and transposes all used."""
+    root = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(0)
+    shapes = [(40, 30), (30, 50), (32, 32), (60, 24)]  # (width, height)
+    for split, n in (("train", 6), ("val", 3)):
+        for c, name in enumerate(("red", "green", "blue")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                w, h = shapes[(i + c) % len(shapes)]
+                pixels = rng.integers(0, 90, (h, w, 3))
+                pixels[..., c] += 150
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def loaders(folder: Path, data_on_device: str, **kwargs):
+    return make_dataloaders(folder, size=16, presize=24, bs=4, valid_bs=5, seed=0, device="cpu", workers=1,
+                            progress=False, data_on_device=data_on_device, **kwargs)
+
+
+def assert_same_batches(a, b):
+    pairs = list(zip(a, b, strict=True))
+    assert pairs
+    for (xa, ya), (xb, yb) in pairs:
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_resident_cache_holds_the_cached_pixels(mixed_folder, monkeypatch):
+    monkeypatch.setattr(resident, "COPY_ROWS", 4)  # several copy chunks, the last one short
+    dls = loaders(mixed_folder, "off")
+    on_device = DeviceCache(dls.cache, "cpu")
+    assert torch.equal(on_device.pixels, torch.from_numpy(np.array(dls.cache.pixels)))
+    rows = np.array([7, 0, 3, 3, 20])
+    host, there = dls.cache.gather(rows), on_device.gather(rows)
+    assert torch.equal(host.pixels, there.pixels) and there.pixels.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(host.sizes, there.sizes) and torch.equal(host.transposed, there.transposed)
+    assert there.transposed.any() and not there.transposed.all()  # portrait and landscape images
+
+
+@pytest.mark.parametrize("augment", [{}, {"crop": "square"}, {"max_rotate": 20.0, "max_lighting": 0.3}])
+def test_both_paths_give_the_same_batches(mixed_folder, augment):
+    host, device = loaders(mixed_folder, "off", augment=augment), loaders(mixed_folder, "on", augment=augment)
+    assert isinstance(device.train.cache, DeviceCache) and not isinstance(host.train.cache, DeviceCache)
+    for epoch in range(2):  # shuffled differently per epoch, augmented from the same seeded generator
+        host.train.set_epoch(epoch)
+        device.train.set_epoch(epoch)
+        assert_same_batches(host.train, device.train)
+    assert_same_batches(host.valid, device.valid)
+    assert_same_batches(host.train.iter_from(2), device.train.iter_from(2))  # a resumed epoch
+    for (a, ya), (b, yb) in zip(host.valid.iter_raw(), device.valid.iter_raw(), strict=True):  # TTA's input
+        assert torch.equal(a.pixels, b.pixels) and torch.equal(a.sizes, b.sizes) and torch.equal(ya, yb)
+
+
+def test_a_few_training_steps_are_the_same_on_both_paths(mixed_folder):
+    weights = []
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        learn = Learner(loaders(mixed_folder, mode), create_model("xresnet18", n_out=3, widen=0.25),
+                        cbs=[], metrics=None)
+        learn.recorder.print_table = False
+        learn.fit(2, 1e-2)
+        weights.append(torch.cat([p.detach().flatten() for p in learn.model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_a_consumer_that_stops_early_leaves_no_thread(mixed_folder):
+    import threading
+    for mode in ("off", "on"):
+        dls = loaders(mixed_folder, mode)
+        next(iter(dls.train))
+        assert not any(t.name == "vivace-prefetch" for t in threading.enumerate())
+
+
+def test_the_choice_and_the_line_that_says_it(mixed_folder, monkeypatch, capsys):
+    cache = loaders(mixed_folder, "off").cache
+    assert choose_data_on_device("auto", cache, torch.device("cpu")) == (False, "")  # a CPU prefetches
+    on, line = choose_data_on_device("on", cache, torch.device("cpu"))
+    assert on and line.startswith("data: the cache (0.00 GB) is resident on cpu")
+    cuda = torch.device("cuda", 0)
+    nbytes = cache.pixels.nbytes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * nbytes, 8 * nbytes))
+    assert choose_data_on_device("auto", cache, cuda)[0]  # exactly half the free memory: it fits
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * nbytes - 2, 8 * nbytes))
+    on, line = choose_data_on_device("auto", cache, cuda)
+    assert not on and "prefetched" in line and "over 50% of the free" in line
+    on, line = choose_data_on_device("off", cache, cuda)
+    assert not on and line.endswith("prefetched from the cache (0.00 GB) in host memory (data_on_device off)")
+    with pytest.raises(ValueError, match="data_on_device='gpu' is not one of: auto, on, off"):
+        choose_data_on_device("gpu", cache, cuda)
+    make_dataloaders(mixed_folder, size=16, presize=24, bs=4, device="cpu", workers=1, data_on_device="on")
+    assert "is resident on cpu; batches are gathered there" in capsys.readouterr().out

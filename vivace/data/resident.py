@@ -1,0 +1,77 @@
+"""The cache resident on the device: copied there once, batches gathered there.
+
+Imagenette at 160 px is ~1-3 GB of uint8, a few per cent of a GPU's memory. Kept there, a batch
+is one `index_select` kernel on rows already on the device: no prefetch thread, no pinned host
+copy and no host-to-device transfer per batch (the epoch's order is copied once). Where the
+cache would take more than FREE_FRACTION of the free device memory, the loader prefetches from
+host memory instead (`BatchLoader`'s thread), as on a CPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..pictures import Pictures
+from .cache import ImageCache
+
+DATA_ON_DEVICE = ("auto", "on", "off")
+FREE_FRACTION = 0.5  # auto: the cache may take at most this share of the device's free memory
+COPY_ROWS = 256  # images per host-to-device copy while filling (bounds the host buffer)
+
+
+class DeviceCache:
+    """An ImageCache's pixels in device memory, (N, P, W, 3) uint8; sizes stay with the cache (CPU)."""
+
+    def __init__(self, cache: ImageCache, device: torch.device | str):
+        self.cache, self.device = cache, torch.device(device)
+        self.pixels = copy_to_device(cache.pixels, self.device)
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    @property
+    def presize(self) -> int:
+        return self.cache.presize
+
+    def gather(self, indices: np.ndarray, rows: Tensor | None = None) -> Pictures:
+        """Rows `indices` as Pictures on the device; `rows`: the same indices already there."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if rows is None:
+            rows = torch.from_numpy(idx).to(self.device)
+        x = self.pixels.index_select(0, rows)  # (B, P, W, 3): NHWC memory = NCHW channels_last
+        return Pictures(x.permute(0, 3, 1, 2), torch.from_numpy(self.cache.sizes[idx]),
+                        torch.from_numpy(self.cache.transposed[idx]))
+
+
+def copy_to_device(pixels: np.ndarray, device: torch.device) -> Tensor:
+    """A (possibly memory-mapped) uint8 array as one device tensor, copied COPY_ROWS at a time."""
+    out = torch.empty(pixels.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(pixels), COPY_ROWS):
+        chunk = torch.from_numpy(np.array(pixels[start:start + COPY_ROWS]))  # a writable host copy
+        out[start:start + len(chunk)].copy_(chunk)
+    return out
+
+
+def choose_data_on_device(mode: str, cache: ImageCache, device: torch.device) -> tuple[bool, str]:
+    """Whether batches come from a device-resident copy of the cache, and the line saying which.
+
+    'on' always copies (also on a CPU: the cache then sits in RAM instead of being memory-mapped);
+    'off' never does; 'auto' copies onto a CUDA device when the cache takes at most FREE_FRACTION
+    of its free memory. On a CPU, auto says nothing: prefetching from the memory map is the path.
+    """
+    if mode not in DATA_ON_DEVICE:
+        raise ValueError(f"data_on_device={mode!r} is not one of: {', '.join(DATA_ON_DEVICE)}")
+    size = f"{cache.pixels.nbytes / 1e9:.2f} GB"
+    resident = f"data: the cache ({size}) is resident on {device}; batches are gathered there"
+    if mode == "on":
+        return True, resident
+    if device.type != "cuda":
+        return False, ""
+    prefetched = f"data: batches are prefetched from the cache ({size}) in host memory"
+    if mode == "off":
+        return False, prefetched + " (data_on_device off)"
+    free, _ = torch.cuda.mem_get_info(device)
+    if cache.pixels.nbytes <= FREE_FRACTION * free:
+        return True, resident
+    return False, prefetched + f": on {device} it would take over {FREE_FRACTION:.0%} of the free {free / 1e9:.1f} GB"
