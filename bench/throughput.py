@@ -20,16 +20,17 @@ from vivace.data import make_dataloaders
 from vivace.learner import Learner
 from vivace.models import count_macs, create_model
 from vivace.optim import make_optimizer
-from vivace.runtime import autocast, autocast_dtype, reuse_freed_memory
+from vivace.runtime import autocast, autocast_dtype, compile_mode, reuse_freed_memory
 
 WARMUP = 2  # batches not timed: allocator and thread pools warming up
 
 
-def end_to_end(arch: str, dls, batches: int, amp: str = "auto") -> float:
+def end_to_end(arch: str, dls, batches: int, amp: str = "auto", compile: bool | str = False) -> float:
     """vivace's own loop on real cached data with augmentation (its defaults for the device)."""
     torch.manual_seed(0)
     watch = Stopwatch(WARMUP + 1, batches, dls.device)
-    learn = Learner(dls, create_model(arch, n_out=len(dls.vocab)), cbs=[VivaceClock(watch)], amp=amp)
+    learn = Learner(dls, create_model(arch, n_out=len(dls.vocab)), cbs=[VivaceClock(watch)], amp=amp,
+                    compile=compile)
     learn.recorder.print_table = False
     learn.fit_one_cycle(1, 1e-3)
     return watch.images_per_s(dls.train.batch_size)
@@ -37,17 +38,17 @@ def end_to_end(arch: str, dls, batches: int, amp: str = "auto") -> float:
 
 def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_last: bool = True,
             opt_name: str = "sgd", device: torch.device = torch.device("cpu"),
-            amp_dtype: torch.dtype | None = None, compile: bool = False, **model_kwargs) -> float:
+            amp_dtype: torch.dtype | None = None, compile: bool | str = False, **model_kwargs) -> float:
     """The same training step on one random batch already in memory (model_kwargs: act, ...).
 
-    With `compile` the model is torch.compile'd (default mode); the compile happens in the untimed
-    warm-up steps.
+    With `compile` (True or a mode) the model is torch.compile'd; the compile happens in the
+    untimed warm-up steps.
     """
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(arch, n_out=n_out, **model_kwargs).to(device, memory_format=layout).train()
     opt = make_optimizer(model, opt_name, lr=1e-3)
-    step_model = torch.compile(model) if compile else model
+    step_model = torch.compile(model, mode=compile_mode(compile)) if compile else model
     x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, n_out, (bs,), device=device)
     watch, done = Stopwatch(WARMUP + 1, batches, device), False

@@ -58,12 +58,14 @@ def test_an_unknown_benchmark_is_named_in_the_error():
 
 def test_gpu_check_measures_on_the_cpu_without_recording():
     before = RESULTS.read_bytes()
-    out = run_bench("gpu", "--arch", "xresnet18", "--bs", "8", "--size", "32", "--batches", "60")
+    out = run_bench("gpu", "--arch", "xresnet18", "--bs", "8", "16", "--size", "32", "--batches", "20",
+                    "--compile-bs", "0")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "no CUDA" in out.stdout
-    rates = re.search(r"model step ([\d.]+) img/s, end to end ([\d.]+) img/s", out.stdout)
-    assert rates is not None, out.stdout
-    assert float(rates[1]) > 0 and float(rates[2]) > 0
+    rates = re.findall(r"batch (\d+), compile off: model step ([\d.]+) img/s, end to end ([\d.]+) img/s .*"
+                       r"from the host instead: ([\d.]+)", out.stdout)
+    assert [r[0] for r in rates] == ["8", "16"], out.stdout
+    assert all(float(v) > 0 for r in rates for v in r[1:])
     assert RESULTS.read_bytes() == before
 
 
@@ -135,3 +137,13 @@ def test_the_speedrun_reference_is_the_squares_preset_timed_once(tmp_path):
     today = _finished_run(tmp_path / "today", 0.85, 600.0)  # today's preset is not the reference
     with pytest.raises(SystemExit, match=r"presize=160 \(preset: 224\)"):
         reference_minutes(None, today, tmp_path)
+
+
+def test_gpu_peers_say_when_their_library_is_missing(monkeypatch, capsys):
+    from bench import gpu
+
+    monkeypatch.setattr(gpu.importlib.util, "find_spec", lambda name: None)
+    assert gpu.peer_results("xresnet50", 256, 128, 10) == {
+        "peer_fastai": "fastai is not installed here: not measured",
+        "peer_timm": "timm is not installed here: not measured"}
+    assert "peer_timm: timm is not installed here" in capsys.readouterr().out

@@ -81,3 +81,29 @@ def test_autocast_context_is_a_no_op_for_fp32():
         assert (x @ x).dtype == torch.float32
     with runtime.autocast(torch.device("cpu"), torch.bfloat16):
         assert (x @ x).dtype == torch.bfloat16
+
+
+def test_compile_modes_map_onto_torch_compile(monkeypatch, tiny_dls):
+    from vivace.learner import Learner
+    from vivace.models import create_model
+    from vivace.runtime import compile_mode
+
+    assert compile_mode(True) is None and compile_mode("default") is None
+    assert compile_mode("reduce-overhead") == "reduce-overhead"
+    with pytest.raises(ValueError, match="compile='graphs' is not True or one of: default, reduce-overhead"):
+        compile_mode("graphs")
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    model = create_model("xresnet18", n_out=3, widen=0.25)
+    Learner(tiny_dls, model, compile="reduce-overhead")
+    Learner(tiny_dls, model, compile=True)
+    Learner(tiny_dls, model)
+    assert seen == ["reduce-overhead", None]
+
+
+def test_recipe_compile_mode_is_checked():
+    from vivace.recipe import make_recipe
+
+    assert make_recipe(compile=True, compile_mode="max-autotune").compile_mode == "max-autotune"
+    with pytest.raises(ValueError, match="compile_mode"):
+        make_recipe(compile_mode="fast")

@@ -35,13 +35,15 @@ class Learner:
             not set it: `fit_one_cycle` cycles it, `fit_flat_cos` keeps it.
         amp: 'auto' (bf16 on CUDA and on CPUs with AMX, else fp32), 'bf16', 'fp16' or 'off':
             see `vivace.runtime.autocast_dtype`. Training and evaluation both run under it.
+        compile: False, True, or a torch.compile mode (`vivace.runtime.COMPILE_MODES`; 'reduce-overhead'
+            replays the training forward and backward as CUDA graphs, one per input size).
     """
 
     def __init__(self, dls, model: nn.Module, loss_func: nn.Module | Callable | None = None,
                  metrics: Metric | Sequence[Metric] | None = accuracy,
                  cbs: Callback | type | Iterable[Callback | type] | None = None,
                  opt_func: str | Callable = "sgd", wd: float = 5e-5, mom: float = 0.9, channels_last: bool = True,
-                 amp: str = "auto", compile: bool = False, sync_bn: bool = False):
+                 amp: str = "auto", compile: bool | str = False, sync_bn: bool = False):
         self.dls, self.device = dls, dls.device
         self.model = model.to(self.device)
         if channels_last:
@@ -53,7 +55,7 @@ class Learner:
         self.train_model = distributed.wrap_model(self.model)
         self.eval_model = self.model  # the EMA callback evaluates its average instead
         if compile:
-            self.train_model = torch.compile(self.train_model)
+            self.train_model = torch.compile(self.train_model, mode=runtime.compile_mode(compile))
         self.loss_func = loss_func if loss_func is not None else CrossEntropy()
         self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, Sequence) else [metrics]
         self.opt_func, self.wd, self.mom, self.opt = opt_func, wd, mom, None

@@ -11,6 +11,7 @@ from typing import Any
 from .augment import TRAIN_CROPS, VALID_VIEWS
 from .data.resident import DATA_ON_DEVICE
 from .models import MODELS
+from .runtime import COMPILE_MODES
 
 Optimizer = ("sgd", "adamw", "ranger")
 Schedules = ("one_cycle", "flat_cos")
@@ -65,6 +66,7 @@ class Recipe:
     channels_last: bool = True    # NHWC memory format: measured ~1.4x faster on CPU for xresnet50
     amp: str = "auto"             # mixed precision: auto (bf16 on CUDA and AMX CPUs, else off), bf16, fp16, off
     compile: bool = False         # torch.compile the model (slow start, no gain measured on CPU)
+    compile_mode: str = "default" # with --compile: default, reduce-overhead (CUDA graphs), max-autotune, ...
     sync_bn: bool = False         # SyncBatchNorm across processes under torchrun
     threads: int = 0              # torch intra-op threads; 0 = all cores
     reuse_memory: bool = True     # glibc keeps freed memory, no re-faulting per step (1.04-1.2x on CPU)
@@ -90,6 +92,7 @@ class Recipe:
         _choice("train_crop", self.train_crop, TRAIN_CROPS)
         _choice("valid_view", self.valid_view, VALID_VIEWS)
         _choice("data_on_device", self.data_on_device, DATA_ON_DEVICE)
+        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
         for name in ("size", "presize", "epochs", "bs", "valid_bs", "runs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

@@ -73,6 +73,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+# torch.compile's modes. reduce-overhead replays each input size's step as a CUDA graph (a
+# progressive-resizing run captures one per size): the launch-free step of issue #22, unmeasured
+# until a GPU is lent; default mode gave nothing on CPU or on an H200 (docs/BENCHMARKS.md).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(compile: bool | str) -> str | None:
+    """torch.compile's `mode` for a Learner's `compile` (True = "default" = None); ValueError if unknown."""
+    mode = "default" if compile is True else compile
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile={compile!r} is not True or one of: {', '.join(COMPILE_MODES)}")
+    return None if mode == "default" else mode
+
+
 def configure_process(threads: int, reuse_memory: bool) -> None:
     """The settings a training run applies once at start (Recipe.threads, Recipe.reuse_memory)."""
     set_threads(threads)
