@@ -1,6 +1,6 @@
 """The prepared GPU benchmark (issue #22): model step and end to end per batch size, each switch on and off.
 
-    python -m bench gpu [--arch xresnet50] [--bs 64 256 512] [--batches 30] [--compile-bs 256] [--peers]
+    python -m bench gpu [--arch xresnet50] [--bs 64 256 512] [--batches 30] [--switch-bs 256] [--peers]
 
 Meant for a lent CUDA GPU, in under 8 minutes. For each batch size it times, after WARMUP untimed
 batches (bf16 autocast on CUDA, channels_last, SGD):
@@ -8,8 +8,9 @@ batches (bf16 autocast on CUDA, channels_last, SGD):
 - vivace's Learner end to end, presize cache -> augmentation on the device -> model -> optimizer,
   with the cache resident on the device (`data_on_device on`, the CUDA default where it fits)
   and prefetched from host memory (`off`);
-and at `--compile-bs` (0 skips it) both again under `torch.compile(mode="reduce-overhead")`:
-the step replayed as CUDA graphs. The device machine sees only the repository, so the data is the
+and at `--switch-bs` (0 skips it) both again under `torch.compile(mode="reduce-overhead")` (the
+step replayed as CUDA graphs), and the model step with each optimizer's foreach and fused
+implementations (SGD, AdamW; Ranger's RAdam has no fused one). The device machine sees only the repository, so the data is the
 embedded Imagenette subset, its training list repeated until an epoch holds every timed batch.
 `--peers` also runs `python -m bench peer_fastai` and `peer_timm` on that folder, each in its own
 process, where fastai and timm are installed (their own vivace-vs-peer ratios, printed).
@@ -59,6 +60,19 @@ def measure(source: Source, arch: str, bs: int, size: int, batches: int, compile
     return row
 
 
+def optimizer_rows(arch: str, bs: int, size: int, batches: int, device: torch.device) -> list[dict]:
+    """The model step with each optimizer's default implementation (foreach on CUDA) and its fused one."""
+    rows = []
+    for opt in ("sgd", "adamw", "ranger"):
+        for fused in ((False, True) if opt != "ranger" else (False,)):
+            step = ceiling(arch, bs, size, 10, batches, opt_name=opt, device=device,
+                           amp_dtype=autocast_dtype(device, "auto"), fused=fused or None)
+            impl = "fused" if fused else "default"  # torch's default: foreach on CUDA
+            rows.append({"bs": bs, "opt": opt, "impl": impl, "model_step": round(step, 1)})
+            print(f"{arch} {size} px, batch {bs}, {opt} {rows[-1]['impl']}: model step {step:.1f} img/s", flush=True)
+    return rows
+
+
 def describe(row: dict) -> str:
     step, on, off = row["model_step"], row["end_to_end_data_on"], row["end_to_end_data_off"]
     return (f"batch {row['bs']}, compile {row['compile']}: model step {step:.1f} img/s, end to end {on:.1f} img/s "
@@ -87,8 +101,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--bs", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
-    parser.add_argument("--compile-bs", type=int, default=256,
-                        help=f"the batch size also timed under torch.compile mode {GRAPHS!r}; 0 skips it")
+    parser.add_argument("--switch-bs", type=int, default=256,
+                        help=f"the batch size also timed under torch.compile mode {GRAPHS!r} and with each "
+                             "optimizer implementation; 0 skips them")
     parser.add_argument("--peers", action="store_true", help="also run the fastai and timm benchmarks, where installed")
     args = parser.parse_args(argv)
     source = repeated_source((args.batches + WARMUP + 1) * max(args.bs))
@@ -99,15 +114,17 @@ def main(argv: list[str]) -> None:
     for bs in args.bs:
         rows.append(measure(source, args.arch, bs, args.size, args.batches))
         print(f"{args.arch} {args.size} px, {describe(rows[-1])}", flush=True)
-    if args.compile_bs:
-        rows.append(measure(source, args.arch, args.compile_bs, args.size, args.batches, compile=GRAPHS))
+    optimizers = []
+    if args.switch_bs:
+        rows.append(measure(source, args.arch, args.switch_bs, args.size, args.batches, compile=GRAPHS))
         print(f"{args.arch} {args.size} px, {describe(rows[-1])}", flush=True)
+        optimizers = optimizer_rows(args.arch, args.switch_bs, args.size, args.batches, device)
     peers = peer_results(args.arch, 256, args.size, args.batches) if args.peers else {}
     if device.type == "cuda":
         record(stamp=False, gpu=dict(
             device=name, host=cpu_name(), date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
             arch=args.arch, size=args.size, autocast=str(autocast_dtype(device, "auto")), channels_last=True,
-            opt="sgd", images_per_s=rows, peers=peers))
+            opt="sgd", images_per_s=rows, optimizers=optimizers, peers=peers))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def end_to_end(arch: str, dls, batches: int, amp: str = "auto", compile: bool | 
 
 def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_last: bool = True,
             opt_name: str = "sgd", device: torch.device = torch.device("cpu"),
-            amp_dtype: torch.dtype | None = None, compile: bool | str = False, **model_kwargs) -> float:
+            amp_dtype: torch.dtype | None = None, compile: bool | str = False, fused: bool | None = None,
+            **model_kwargs) -> float:
     """The same training step on one random batch already in memory (model_kwargs: act, ...).
 
     With `compile` (True or a mode) the model is torch.compile'd; the compile happens in the
@@ -47,7 +48,7 @@ def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_la
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(arch, n_out=n_out, **model_kwargs).to(device, memory_format=layout).train()
-    opt = make_optimizer(model, opt_name, lr=1e-3)
+    opt = make_optimizer(model, opt_name, lr=1e-3, fused=fused)
     step_model = torch.compile(model, mode=compile_mode(compile)) if compile else model
     x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, n_out, (bs,), device=device)

@@ -59,7 +59,7 @@ def test_an_unknown_benchmark_is_named_in_the_error():
 def test_gpu_check_measures_on_the_cpu_without_recording():
     before = RESULTS.read_bytes()
     out = run_bench("gpu", "--arch", "xresnet18", "--bs", "8", "16", "--size", "32", "--batches", "20",
-                    "--compile-bs", "0")
+                    "--switch-bs", "0")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "no CUDA" in out.stdout
     rates = re.findall(r"batch (\d+), compile off: model step ([\d.]+) img/s, end to end ([\d.]+) img/s .*"

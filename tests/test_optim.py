@@ -72,3 +72,25 @@ def test_set_hyper_sets_lr_and_momentum_or_beta():
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="'lamb'"):
         make_optimizer(small_model(), "lamb")
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_and_foreach_optimizers_take_the_same_step(name):
+    results = []
+    for impl in ({"foreach": True}, {"fused": True}):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+        opt = make_optimizer(model, name, lr=1e-2, weight_decay=1e-2, **impl)
+        for _ in range(3):
+            loss = model(torch.randn(16, 4, generator=torch.Generator().manual_seed(1))).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    # The same update computed in another order: equal to rounding (Adam divides by sqrt(v) + 1e-6).
+    torch.testing.assert_close(results[0], results[1], rtol=1e-3, atol=1e-4)
+
+
+def test_ranger_has_no_fused_implementation():
+    with pytest.raises(ValueError, match="'ranger' has no fused implementation"):
+        make_optimizer(torch.nn.Linear(2, 2), "ranger", fused=True)

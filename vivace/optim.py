@@ -59,14 +59,21 @@ class Lookahead:
 
 
 def make_optimizer(model: nn.Module, name: OptName = "sgd", lr: float = 1e-3, weight_decay: float = 5e-5,
-                   momentum: float = 0.9, foreach: bool | None = None) -> torch.optim.Optimizer:
-    """Build the named optimizer over `param_groups(model, weight_decay)`."""
+                   momentum: float = 0.9, foreach: bool | None = None,
+                   fused: bool | None = None) -> torch.optim.Optimizer:
+    """Build the named optimizer over `param_groups(model, weight_decay)`.
+
+    `foreach` and `fused` pick torch's implementation (None: torch's choice, foreach on CUDA);
+    fused (one kernel for all parameters) exists for sgd and adamw, not for Ranger's RAdam.
+    """
     groups = param_groups(model, weight_decay)
     if name == "sgd":
         # SGD's weight_decay is L2, which with plain SGD equals decoupled decay scaled by lr.
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, foreach=foreach)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, foreach=foreach, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.99), eps=1e-6, foreach=foreach)
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.99), eps=1e-6, foreach=foreach, fused=fused)
+    if fused:
+        raise ValueError(f"optimizer {name!r} has no fused implementation in torch: use sgd or adamw")
     if name == "ranger":
         radam = torch.optim.RAdam(groups, lr=lr, betas=(momentum, 0.99), eps=1e-6,
                                   decoupled_weight_decay=True, foreach=foreach)
