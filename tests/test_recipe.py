@@ -58,3 +58,22 @@ def test_recipe_mom_reaches_the_learner(tiny_folder, tmp_path):
     from vivace.train import build_dataloaders, build_learner
     recipe = make_recipe(data=str(tiny_folder), size=16, presize=24, workers=1, opt="ranger", mom=0.95)
     assert build_learner(recipe, build_dataloaders(recipe), tmp_path).mom == 0.95
+
+
+def test_every_field_describes_itself_and_literal_fields_give_the_cli_its_choices():
+    import argparse
+    import dataclasses
+
+    from vivace.cli import add_recipe_flags
+    from vivace.recipe import field_choices
+
+    assert all(f.metadata["help"] for f in dataclasses.fields(Recipe))
+    assert field_choices()["opt"] == ("sgd", "adamw", "ranger")
+    assert field_choices()["data_on_device"] == ("auto", "on", "off")
+    parser = argparse.ArgumentParser()
+    add_recipe_flags(parser)
+    actions = {a.dest: a for a in parser._actions}
+    assert actions["amp"].choices == ("auto", "bf16", "fp16", "off") and actions["lr"].choices is None
+    assert actions["opt"].help.startswith("adamw, sgd (Nesterov) or ranger")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--opt", "adam"])

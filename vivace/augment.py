@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -267,8 +268,9 @@ def _check_size(size: int) -> None:
         raise ValueError(f"size={size!r} must be a positive int (pixels)")
 
 
-TRAIN_CROPS = ("random_resized", "square")  # fastai's RandomResizedCrop, or its Resize (crop method)
-VALID_VIEWS = ("auto", "squash", "square")  # auto: the training crop's view in fastai (see ValidResize)
+TrainCrop = Literal["random_resized", "square"]  # fastai's RandomResizedCrop, or its Resize (crop method)
+ValidView = Literal["auto", "squash", "square"]  # auto: the training crop's view in fastai (see ValidResize)
+TRAIN_CROPS, VALID_VIEWS = get_args(TrainCrop), get_args(ValidView)
 
 
 class TrainAugment:

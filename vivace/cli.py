@@ -13,34 +13,24 @@ from typing import Any, Sequence
 
 from .distributed import rank
 from .outputs import check_new_file
-from .recipe import PRESETS, Recipe, load_recipe, make_recipe
+from .recipe import PRESETS, Recipe, field_choices, load_recipe, make_recipe
 from .runtime import reuse_freed_memory
 
-FIELD_HELP_SOURCE = Path(__file__).with_name("recipe.py")
 DEFAULT_PRESET = "quick"
 
 
-def _field_help() -> dict[str, str]:
-    """Each Recipe field's trailing comment, used as its --help text."""
-    helps = {}
-    for line in FIELD_HELP_SOURCE.read_text().splitlines():
-        name, sep, rest = line.strip().partition(":")
-        if sep and "#" in rest and name.isidentifier():
-            helps[name] = rest.split("#", 1)[1].strip()
-    return helps
-
-
 def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Recipe field; unset flags stay None so presets can fill them."""
-    helps = _field_help()
+    """One flag per Recipe field, help from its metadata, choices from its Literal type; unset flags
+    stay None so presets can fill them."""
+    choices = field_choices()
     for f in dataclasses.fields(Recipe):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        text = f"{helps.get(f.name, '')} (default: {default!r})"
+        text = f"{f.metadata['help']} (default: {default!r})"
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=text)
+            parser.add_argument(flag, type=type(default), default=None, help=text, choices=choices.get(f.name))
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:

@@ -6,93 +6,97 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from .augment import TRAIN_CROPS, VALID_VIEWS
-from .data.resident import DATA_ON_DEVICE
+from .augment import TrainCrop, ValidView
+from .data.resident import DataOnDevice
 from .models import MODELS
-from .runtime import COMPILE_MODES
+from .optim import OptName
+from .runtime import CompileMode
 
-Optimizer = ("sgd", "adamw", "ranger")
-Schedules = ("one_cycle", "flat_cos")
-Activations = ("relu", "mish", "silu")
-AmpModes = ("auto", "bf16", "fp16", "off")
+Schedule = Literal["one_cycle", "flat_cos"]
+Activation = Literal["relu", "mish", "silu"]
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+Stats = Literal["imagenet", "computed"]
+
+
+def knob(default: Any, help: str) -> Any:
+    """A Recipe field with its --help text (the CLI reads it; a Literal type gives the choices)."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
 class Recipe:
     """Everything a training run needs; `vivace train --help` lists each field."""
 
-    data: str = ""                # dataset name (imagenette, imagewoof-160, ...) or folder; "" = embedded
-    valid_name: str = ""          # validation folder beside train/ in --data; "" = val or valid
-    arch: str = "xresnet18"       # model name from vivace.models.MODELS
-    widen: float = 1.0            # channel width multiplier (0.5 = half-width)
-    act: str = "relu"             # activation: relu, mish or silu
-    self_attention: bool = False  # fastai's simple self-attention in the model
-    blur_pool: bool = False       # anti-aliased downsampling: strided convs and pools
-    max_blur_pool: bool = False   # only the pools anti-aliased (MaxBlurPool, as the leaderboard's)
-    size: int = 128               # final training and validation crop size, px
-    presize: int = 160            # shorter side of the cached images, px (>= size)
-    max_aspect: float = 3.0       # longer side / shorter side the cache keeps whole; 1 = centre squares
-    valid_size: int = 0           # validation (and export) crop side, px; 0 = size (FixRes: test a bit larger)
-    valid_crop: float = 1.0       # central fraction of each side validation shows; 0 = fastai's (0.842 at 128 px)
-    valid_view: str = "auto"      # squash (whole image: fastai's RandomResizedCrop) or square (centre: Resize); auto: train_crop's
-    epochs: int = 5
-    bs: int = 64                  # training batch size (global, over all processes)
-    lr: float = 3e-3              # peak learning rate for the global batch
-    opt: str = "adamw"            # adamw, sgd (Nesterov) or ranger (RAdam + lookahead)
-    wd: float = 0.01              # weight decay (decoupled for adamw/ranger), not on BatchNorm or biases
-    mom: float = 0.9              # momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)
-    schedule: str = "one_cycle"   # one_cycle or flat_cos
-    pct_start: float = 0.25       # fraction of training spent warming up (one_cycle) or flat (flat_cos)
-    label_smoothing: float = 0.0  # epsilon of label smoothing
-    mixup: float = 0.0            # Mixup alpha; 0 = off
-    cutmix: float = 0.0           # CutMix alpha; 0 = off (both > 0: alternate per batch)
-    normalize: bool = True        # normalize inputs by channel statistics
-    stats: str = "imagenet"       # imagenet, or computed (from a sample of the training set)
-    train_crop: str = "random_resized"  # fastai's RandomResizedCrop, or square: its Resize (largest square, random place)
-    min_scale: float = 0.35       # smallest crop area fraction of random-resized-crop
-    flip: bool = True             # random horizontal flips
-    max_rotate: float = 10.0      # degrees, fastai aug_transforms default
-    max_zoom: float = 1.1
-    max_warp: float = 0.2
-    max_lighting: float = 0.2
-    trivial_augment: bool = False # TrivialAugment-Wide: one random op of random strength per image
-    progressive: float = 0.0      # progressive resizing start fraction of size; 0 = off
-    progressive_end: float = 0.75 # fraction of training after which the size stays final
-    ema: float = 0.0              # EMA decay of weights for evaluation; 0 = off
-    valid_bs: int = 128           # evaluation batch size
-    valid_every: int = 1          # validate after every N-th epoch and always the last; 0 = the last only
-    channels_last: bool = True    # NHWC memory format: measured ~1.4x faster on CPU for xresnet50
-    amp: str = "auto"             # mixed precision: auto (bf16 on CUDA and AMX CPUs, else off), bf16, fp16, off
-    compile: bool = False         # torch.compile the model (slow start, no gain measured on CPU)
-    compile_mode: str = "default" # with --compile: default, reduce-overhead (CUDA graphs), max-autotune, ...
-    sync_bn: bool = False         # SyncBatchNorm across processes under torchrun
-    threads: int = 0              # torch intra-op threads; 0 = all cores
-    reuse_memory: bool = True     # glibc keeps freed memory, no re-faulting per step (1.04-1.2x on CPU)
-    workers: int = 0              # processes for building the cache; 0 = all cores
-    data_on_device: str = "auto"  # keep the cache in device memory: auto (a CUDA device it fits on), on, off
-    seed: int = 42
-    runs: int = 1                 # repeat with seeds seed, seed+1, ... and report mean and std
-    out: str = ""                 # run directory; "" = runs/<timestamp>
-    resume: bool = False          # continue the run in --out from its last checkpoint
-    overwrite: bool = False       # replace the run already in --out (its records and checkpoints are deleted)
-    checkpoint_every: float = 0.0 # minutes between in-epoch checkpoints; 0 = end of epoch only
-    preset: str = ""              # start from a named preset; explicit flags override it
-    dist_timeout_s: float = 0.0   # torchrun: seconds a rank waits for a silent one before failing; 0 = $VIVACE_DIST_TIMEOUT or 1800
+    data: str = knob("", 'dataset name (imagenette, imagewoof-160, ...) or folder; "" = embedded')
+    valid_name: str = knob("", 'validation folder beside train/ in --data; "" = val or valid')
+    arch: str = knob("xresnet18", "model name from vivace.models.MODELS")
+    widen: float = knob(1.0, "channel width multiplier (0.5 = half-width)")
+    act: Activation = knob("relu", "activation: relu, mish or silu")
+    self_attention: bool = knob(False, "fastai's simple self-attention in the model")
+    blur_pool: bool = knob(False, "anti-aliased downsampling: strided convs and pools")
+    max_blur_pool: bool = knob(False, "only the pools anti-aliased (MaxBlurPool, as the leaderboard's)")
+    size: int = knob(128, "final training and validation crop size, px")
+    presize: int = knob(160, "shorter side of the cached images, px (>= size)")
+    max_aspect: float = knob(3.0, "longer side / shorter side the cache keeps whole; 1 = centre squares")
+    valid_size: int = knob(0, "validation (and export) crop side, px; 0 = size (FixRes: test a bit larger)")
+    valid_crop: float = knob(1.0, "central fraction of each side validation shows; 0 = fastai's (0.842 at 128 px)")
+    valid_view: ValidView = knob("auto", "squash (whole image: fastai's RandomResizedCrop) or square "
+                                         "(centre: Resize); auto: train_crop's")
+    epochs: int = knob(5, "training epochs")
+    bs: int = knob(64, "training batch size (global, over all processes)")
+    lr: float = knob(3e-3, "peak learning rate for the global batch")
+    opt: OptName = knob("adamw", "adamw, sgd (Nesterov) or ranger (RAdam + lookahead)")
+    wd: float = knob(0.01, "weight decay (decoupled for adamw/ranger), not on BatchNorm or biases")
+    mom: float = knob(0.9, "momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)")
+    schedule: Schedule = knob("one_cycle", "one_cycle or flat_cos")
+    pct_start: float = knob(0.25, "fraction of training spent warming up (one_cycle) or flat (flat_cos)")
+    label_smoothing: float = knob(0.0, "epsilon of label smoothing")
+    mixup: float = knob(0.0, "Mixup alpha; 0 = off")
+    cutmix: float = knob(0.0, "CutMix alpha; 0 = off (both > 0: alternate per batch)")
+    normalize: bool = knob(True, "normalize inputs by channel statistics")
+    stats: Stats = knob("imagenet", "imagenet, or computed (from a sample of the training set)")
+    train_crop: TrainCrop = knob("random_resized", "fastai's RandomResizedCrop, or square: its Resize "
+                                                   "(largest square, random place)")
+    min_scale: float = knob(0.35, "smallest crop area fraction of random-resized-crop")
+    flip: bool = knob(True, "random horizontal flips")
+    max_rotate: float = knob(10.0, "degrees, fastai aug_transforms default")
+    max_zoom: float = knob(1.1, "largest random zoom; 1 = none")
+    max_warp: float = knob(0.2, "perspective warp strength; 0 = none")
+    max_lighting: float = knob(0.2, "brightness and contrast change; 0 = none")
+    trivial_augment: bool = knob(False, "TrivialAugment-Wide: one random op of random strength per image")
+    progressive: float = knob(0.0, "progressive resizing start fraction of size; 0 = off")
+    progressive_end: float = knob(0.75, "fraction of training after which the size stays final")
+    ema: float = knob(0.0, "EMA decay of weights for evaluation; 0 = off")
+    valid_bs: int = knob(128, "evaluation batch size")
+    valid_every: int = knob(1, "validate after every N-th epoch and always the last; 0 = the last only")
+    channels_last: bool = knob(True, "NHWC memory format: measured ~1.4x faster on CPU for xresnet50")
+    amp: AmpMode = knob("auto", "mixed precision: auto (bf16 on CUDA and AMX CPUs, else off), bf16, fp16, off")
+    compile: bool = knob(False, "torch.compile the model (slow start, no gain measured on CPU)")
+    compile_mode: CompileMode = knob("default", "with --compile: default, reduce-overhead (CUDA graphs), "
+                                               "max-autotune, ...")
+    sync_bn: bool = knob(False, "SyncBatchNorm across processes under torchrun")
+    threads: int = knob(0, "torch intra-op threads; 0 = all cores")
+    reuse_memory: bool = knob(True, "glibc keeps freed memory, no re-faulting per step (1.04-1.2x on CPU)")
+    workers: int = knob(0, "processes for building the cache; 0 = all cores")
+    data_on_device: DataOnDevice = knob("auto", "keep the cache in device memory: auto (a CUDA device it "
+                                                "fits on), on, off")
+    seed: int = knob(42, "random seed: initial weights, shuffling, augmentation")
+    runs: int = knob(1, "repeat with seeds seed, seed+1, ... and report mean and std")
+    out: str = knob("", 'run directory; "" = runs/<timestamp>')
+    resume: bool = knob(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = knob(False, "replace the run already in --out (its records and checkpoints are deleted)")
+    checkpoint_every: float = knob(0.0, "minutes between in-epoch checkpoints; 0 = end of epoch only")
+    preset: str = knob("", "start from a named preset; explicit flags override it")
+    dist_timeout_s: float = knob(0.0, "torchrun: seconds a rank waits for a silent one before failing; "
+                                      "0 = $VIVACE_DIST_TIMEOUT or 1800")
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its value and what is allowed."""
         _choice("arch", self.arch, tuple(MODELS))
-        _choice("opt", self.opt, Optimizer)
-        _choice("schedule", self.schedule, Schedules)
-        _choice("act", self.act, Activations)
-        _choice("amp", self.amp, AmpModes)
-        _choice("stats", self.stats, ("imagenet", "computed"))
-        _choice("train_crop", self.train_crop, TRAIN_CROPS)
-        _choice("valid_view", self.valid_view, VALID_VIEWS)
-        _choice("data_on_device", self.data_on_device, DATA_ON_DEVICE)
-        _choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        for name, allowed in field_choices().items():
+            _choice(name, getattr(self, name), allowed)
         for name in ("size", "presize", "epochs", "bs", "valid_bs", "runs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -134,6 +138,12 @@ def load_recipe(path: str | Path) -> Recipe:
         if not fits:
             raise ValueError(f"{path}: field {name} must be {expected.__name__}, got {value!r}")
     return Recipe(**saved)
+
+
+def field_choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of each Recipe field typed as a Literal (opt, amp, ...)."""
+    hints = get_type_hints(Recipe)
+    return {f.name: get_args(hints[f.name]) for f in dataclasses.fields(Recipe) if get_origin(hints[f.name]) is Literal}
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

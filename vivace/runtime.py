@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import os
 import platform
+from typing import Literal, get_args
 
 import torch
 
@@ -76,7 +77,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 # torch.compile's modes. reduce-overhead replays each input size's step as a CUDA graph (a
 # progressive-resizing run captures one per size): the launch-free step of issue #22, unmeasured
 # until a GPU is lent; default mode gave nothing on CPU or on an H200 (docs/BENCHMARKS.md).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODES = get_args(CompileMode)
 
 
 def compile_mode(compile: bool | str) -> str | None:

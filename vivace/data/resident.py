@@ -8,6 +8,8 @@ host memory instead (`BatchLoader`'s thread), as on a CPU.
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -15,7 +17,8 @@ from torch import Tensor
 from ..pictures import Pictures
 from .cache import ImageCache
 
-DATA_ON_DEVICE = ("auto", "on", "off")
+DataOnDevice = Literal["auto", "on", "off"]
+DATA_ON_DEVICE = get_args(DataOnDevice)
 FREE_FRACTION = 0.5  # auto: the cache may take at most this share of the device's free memory
 COPY_ROWS = 256  # images per host-to-device copy while filling (bounds the host buffer)
 
