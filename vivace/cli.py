@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .distributed import rank
+from .experiments import DEFAULTS as EXPERIMENT_DEFAULTS
 from .outputs import check_new_file
 from .recipe import PRESETS, Recipe, field_choices, load_recipe, make_recipe
 from .runtime import reuse_freed_memory
@@ -19,14 +20,18 @@ from .runtime import reuse_freed_memory
 DEFAULT_PRESET = "quick"
 
 
-def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Recipe field, help from its metadata, choices from its Literal type; unset flags
-    stay None so presets can fill them."""
+def add_recipe_flags(parser: argparse.ArgumentParser, names: Sequence[str] = (),
+                     defaults: dict[str, Any] | None = None) -> None:
+    """One flag per Recipe field (or per field in `names`), help from its metadata, choices from its
+    Literal type. Unset flags stay None so presets (or the command) can fill them; `defaults` are
+    the values a command other than train fills in, shown in the help instead of the Recipe's."""
     choices = field_choices()
     for f in dataclasses.fields(Recipe):
+        if names and f.name not in names:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        text = f"{f.metadata['help']} (default: {default!r})"
+        text = f"{f.metadata['help']} (default: {(defaults or {}).get(f.name, default)!r})"
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -94,11 +99,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPERIMENT_FIELDS = ("data", "valid_name", "arch", "widen", "size", "presize", "epochs", "bs", "lr", "seed", "workers")
+SHOW_FIELDS = ("data", "valid_name", "size", "presize", "seed", "workers")
+SHOW_DEFAULTS = dict(size=128, presize=160)
+
+
+def given_fields(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The Recipe flags among `names` given on the command line."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def cmd_experiments(args: argparse.Namespace) -> int:
     import time
     from .experiments import chapter7
-    given = {k: getattr(args, k) for k in ("data", "valid_name", "arch", "widen", "size", "presize", "epochs",
-                                           "bs", "lr", "seed", "workers") if getattr(args, k) is not None}
+    given = given_fields(args, EXPERIMENT_FIELDS)
     if "size" in given and "presize" not in given:
         given["presize"] = given["size"] * 3 // 2  # room for random crops and for larger-size TTA
     out = Path(args.out) if args.out else Path("runs") / f"chapter7-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -109,8 +123,10 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from . import show
     from .data import make_dataloaders
-    dls = make_dataloaders(args.data or None, size=args.size, presize=args.presize, bs=9, seed=args.seed,
-                           workers=args.workers, progress=False, valid_name=args.valid_name)
+    settings = {**dataclasses.asdict(Recipe()), **SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)}
+    dls = make_dataloaders(settings["data"] or None, size=settings["size"], presize=settings["presize"], bs=9,
+                           seed=settings["seed"], workers=settings["workers"] or None, progress=False,
+                           valid_name=settings["valid_name"])
     out = Path(args.out or f"{args.what}.png")
     if args.what == "mixup":
         show.show_mixup(dls, out, lam=args.lam)
@@ -136,29 +152,14 @@ def add_chapter_commands(sub) -> None:
     evaluate.set_defaults(func=cmd_evaluate)
     exp = sub.add_parser("experiments", help="the book chapter's techniques compared in one table")
     exp.add_argument("name", choices=("chapter7",))
-    exp.add_argument("--data", default=None, help="dataset name or folder (default: the embedded dataset)")
-    exp.add_argument("--valid-name", default=None, help="validation folder beside train/ (default: val or valid)")
-    exp.add_argument("--arch", default=None, help="model name (default: xresnet18)")
-    exp.add_argument("--widen", type=float, default=None, help="channel width multiplier (default: 0.5)")
-    exp.add_argument("--size", type=int, default=None, help="crop size, px (default: 64)")
-    exp.add_argument("--presize", type=int, default=None, help="cache side, px (default: 1.5x size)")
-    exp.add_argument("--epochs", type=int, default=None, help="epochs per technique (default: 8)")
-    exp.add_argument("--bs", type=int, default=None, help="batch size (default: 32)")
-    exp.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 5e-3)")
-    exp.add_argument("--seed", type=int, default=None, help="seed of the first run (default: 42)")
-    exp.add_argument("--workers", type=int, default=None, help="cache-building processes (default: all cores)")
+    add_recipe_flags(exp, EXPERIMENT_FIELDS, EXPERIMENT_DEFAULTS)  # presize, when only --size is given: 1.5x it
     exp.add_argument("--runs", type=int, default=1, help="seeded runs per technique; > 1 reports mean ± std")
     exp.add_argument("--out", default="", help="output folder (default: runs/chapter7-<timestamp>)")
     exp.set_defaults(func=cmd_experiments)
     show = sub.add_parser("show", help="save the chapter's pictures: mixup, a batch, augmentations")
     show.add_argument("what", choices=("mixup", "batch", "augs"))
-    show.add_argument("--data", default="", help="dataset name or folder (default: the embedded dataset)")
-    show.add_argument("--valid-name", default="", help="validation folder beside train/ (default: val or valid)")
-    show.add_argument("--size", type=int, default=128, help="image size, px")
-    show.add_argument("--presize", type=int, default=160, help="cache side, px (>= size)")
+    add_recipe_flags(show, SHOW_FIELDS, SHOW_DEFAULTS)
     show.add_argument("--lam", type=float, default=0.7, help="mixup: the weight of the first image")
-    show.add_argument("--seed", type=int, default=42)
-    show.add_argument("--workers", type=int, default=None, help="cache-building processes (default: all cores)")
     show.add_argument("--out", default="", help="PNG path (default: <what>.png)")
     show.set_defaults(func=cmd_show)
 
