@@ -22,7 +22,7 @@ def test_help_texts():
 def test_flags_map_onto_recipe_and_presets():
     args = build_parser().parse_args(["train", "--preset", "imagenette-128-5ep", "--epochs", "2", "--no-normalize"])
     recipe = recipe_from_args(args)
-    assert recipe.arch == "xresnet50" and recipe.epochs == 2 and recipe.normalize is False
+    assert recipe.arch == "xse_resnext50" and recipe.epochs == 2 and recipe.normalize is False
     default = recipe_from_args(build_parser().parse_args(["train"]))
     assert default.preset == "quick" and default.data == ""
 
