@@ -13,7 +13,7 @@ def test_every_preset_trains(name, tiny_folder, tmp_path):
     """Each preset's options (optimizer, schedule, activation, mixing, resizing) run end to end."""
     recipe = make_recipe(name, data=str(tiny_folder), size=32, presize=40, epochs=2, bs=8, valid_bs=12,
                          workers=1, out=str(tmp_path / name),
-                         valid_size=40 if PRESETS[name].get("valid_size") else 0)
+                         valid_size=40 if PRESETS[name].valid_size else 0)
     assert recipe.preset == name
     summary = train(recipe)
     assert 0.0 <= summary["accuracy"] <= 1.0 and summary["epochs"] == 2

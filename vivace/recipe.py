@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -194,44 +194,44 @@ _CROP_AND_FLIP = dict(max_rotate=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0
 # side 160, aspect kept), cached whole and cropped as fastai's RandomResizedCrop does, validated
 # as fastai validates (the whole image squashed to 152 px, centre 128); xresnet50 + Mish +
 # self-attention, Ranger, flat-cos, label smoothing. The 5-epoch preset departs where measured.
-_LEADERBOARD = dict(data="imagenette-160", arch="xresnet50", act="mish", self_attention=True, size=128,
-                    presize=160, valid_crop=0.0, bs=64, opt="ranger", schedule="flat_cos", pct_start=0.72,
-                    lr=8e-3, label_smoothing=0.1, **_CROP_AND_FLIP)
+_LEADERBOARD = Recipe(data="imagenette-160", arch="xresnet50", act="mish", self_attention=True, size=128,
+                      presize=160, valid_crop=0.0, bs=64, opt="ranger", schedule="flat_cos", pct_start=0.72,
+                      lr=8e-3, label_smoothing=0.1, **_CROP_AND_FLIP)
 
 # Named starting points. Numbers in docs/BENCHMARKS.md say what each was measured to reach.
-PRESETS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, Recipe] = {
     # The README's main job: the embedded dataset on 2 CPU cores in under 2 minutes.
     # Measured: 0.63 accuracy in 30 s (AdamW); SGD at lr 8e-3, wd 5e-5 reached 0.41 in 25 s.
-    "quick": dict(arch="xresnet18", widen=0.5, size=64, presize=96, epochs=16, bs=32, lr=5e-3,
-                  label_smoothing=0.1),
+    "quick": Recipe(arch="xresnet18", widen=0.5, size=64, presize=96, epochs=16, bs=32, lr=5e-3,
+                    label_smoothing=0.1),
     # The 5-epoch leaderboard entry's recipe exactly (87.43 %): xse_resnext50 + MaxBlurPool, Ranger
     # beta1 0.95, wd 1e-4, batch 32, Resize(128) crops (a random square) + flip, validated once at
     # the end on each image's central square. On imagenette2-160 it read 87.92 % (seed 42) where
     # the same levers on xresnet50 with RandomResizedCrop and wd 0.01 read 85.73 %.
     # Runs and ablations: docs/BENCHMARKS.md (target 88 %).
-    "imagenette-128-5ep": dict(_LEADERBOARD, arch="xse_resnext50", max_blur_pool=True, mom=0.95, wd=1e-4,
-                               bs=32, train_crop="square", valid_every=0, epochs=5),
+    "imagenette-128-5ep": replace(_LEADERBOARD, arch="xse_resnext50", max_blur_pool=True, mom=0.95, wd=1e-4,
+                                  bs=32, train_crop="square", valid_every=0, epochs=5),
     # The leaderboard entries' recipes on xresnet50, unmeasured here (20 epochs are ~4 h on 2
     # cores): 20 epochs as the 91.57 % entry (MaxBlurPool, Ranger beta1 0.95, no Mixup), 80 as
     # the 93.55 % one (no MaxBlurPool, Mixup). docs/BENCHMARKS.md.
-    "imagenette-128-20ep": dict(_LEADERBOARD, max_blur_pool=True, mom=0.95, epochs=20),
-    "imagenette-128-80ep": dict(_LEADERBOARD, mom=0.95, mixup=0.4, epochs=80),
+    "imagenette-128-20ep": replace(_LEADERBOARD, max_blur_pool=True, mom=0.95, epochs=20),
+    "imagenette-128-80ep": replace(_LEADERBOARD, mom=0.95, mixup=0.4, epochs=80),
     # The speedrun: half-width xresnet18, SGD-Nesterov, sizes 64->128 cropped from the whole image
     # (imagenette2-160, presize 160), tested at 160 px on the central 87.5 % of the squashed image
     # (FixRes: random crops make objects look larger in training), validated once at the end.
     # Tuned on the 224 px squares (12-02, presize 224); 9 epochs on imagenette2-160 read 81.7 %.
     # docs/BENCHMARKS.md has the timed runs beside the squares' reference.
-    "imagenette-speedrun": dict(data="imagenette-160", arch="xresnet18", widen=0.5, size=128, presize=160,
-                                valid_size=160, valid_crop=0.875, valid_every=0, epochs=12, bs=128,
-                                opt="sgd", lr=0.2, wd=5e-4, label_smoothing=0.1, progressive=0.5,
-                                **_CROP_AND_FLIP),
+    "imagenette-speedrun": Recipe(data="imagenette-160", arch="xresnet18", widen=0.5, size=128, presize=160,
+                                  valid_size=160, valid_crop=0.875, valid_every=0, epochs=12, bs=128,
+                                  opt="sgd", lr=0.2, wd=5e-4, label_smoothing=0.1, progressive=0.5,
+                                  **_CROP_AND_FLIP),
 }
 
 
 def make_recipe(preset: str = "", **overrides: Any) -> Recipe:
-    """A Recipe from a preset plus explicit overrides, validated."""
+    """A Recipe from a preset (a Recipe value) plus explicit overrides, validated."""
     if preset and preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not one of: {', '.join(PRESETS)}")
-    recipe = Recipe(**{**PRESETS.get(preset, {}), **overrides, "preset": preset})
+    recipe = replace(PRESETS[preset] if preset else Recipe(), **overrides, preset=preset)
     recipe.validate()
     return recipe
