@@ -170,7 +170,8 @@ def test_ema_averages_weights_and_becomes_the_model(tiny_dls):
     learn.fit(1, 1e-1)
     assert learn.eval_model is learn.model
     final = model.state_dict()
-    assert all(torch.equal(final[k], ema.ema.state_dict()[k]) for k in final)
+    assert all(torch.equal(final[k], ema.average.model.state_dict()[k]) for k in final)
+    assert learn.ema is None  # the step stops averaging once the fit is over
     assert any(not torch.equal(final[k], start[k]) for k in final)
     with pytest.raises(ValueError, match="decay"):
         EMA(1.5)
@@ -183,15 +184,15 @@ def test_ema_update_rule():
 
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)
-    learn = SimpleNamespace(model=model, eval_model=model)
+    learn = SimpleNamespace(model=model, eval_model=model, ema=None)
     ema = EMA(decay=0.75)
     ema.before_fit(learn)
-    assert learn.eval_model is ema.ema
+    assert learn.eval_model is ema.average.model and learn.ema is ema.average  # the step updates it
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.after_batch(learn)
-    ema.after_batch(learn)
-    assert ema.ema.weight.item() == pytest.approx(1 - 0.75 ** 2)  # 0 -> 0.25 -> 0.4375
+    learn.ema.update(model)
+    learn.ema.update(model)
+    assert ema.average.model.weight.item() == pytest.approx(1 - 0.75 ** 2)  # 0 -> 0.25 -> 0.4375
 
 
 @pytest.mark.parametrize("valid_every, validated", [(0, [False, False, True]), (2, [False, True, True])])

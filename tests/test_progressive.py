@@ -11,13 +11,13 @@ from vivace.schedule import SizeSchedule
 
 
 class Spy(Callback):
-    """Records, per training batch, the loader's size and the batch's real shape."""
+    """Records, per training batch, the step's size and the batch's real shape."""
 
     def __init__(self):
         self.sizes, self.shapes, self.batch_sizes = [], [], []
 
     def transform_batch(self, learn, x, y):
-        self.sizes.append(learn.dls.train.size)
+        self.sizes.append(learn.size)
         self.shapes.append(x.shape[-1])
         self.batch_sizes.append(x.shape[0])
         return x, y

@@ -304,18 +304,22 @@ class TrainAugment:
         self.trivial, self.crop = trivial, crop
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
-    def __call__(self, x: Pictures | Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 Pictures (or a (B, 3, H, W) batch) -> float (B, 3, size, size) in [0, 1], channels_last."""
-        return to_unit(self.pixels(x, generator))
+    def __call__(self, x: Pictures | Tensor, generator: torch.Generator | None = None,
+                 size: int | None = None) -> Tensor:
+        """uint8 Pictures (or a (B, 3, H, W) batch) -> float (B, 3, S, S) in [0, 1], channels_last;
+        S = `size`, else the augmentation's own (progressive resizing passes each step's)."""
+        return to_unit(self.pixels(x, generator, size))
 
-    def pixels(self, x: Pictures | Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def pixels(self, x: Pictures | Tensor, generator: torch.Generator | None = None,
+               size: int | None = None) -> Tensor:
         """As calling it, but left uint8 (0..255) where no stage needed floats (crop + flip on the CPU).
 
         `Normalize` reads uint8 as pixel / 255 in the same pass that scales it, so the float
         conversion of [0, 1] is never a pass of its own (see `Pipeline`).
         """
         p = as_pictures(x)
-        _check_size(self.size)  # a plain attribute: progressive resizing sets it between batches
+        size = size or self.size
+        _check_size(size)
         g = generator if generator is not None else self.generator
         # Parameters are drawn and composed on the CPU (tiny); one (B, 3, 3) copy to the device.
         n = len(p)
@@ -325,22 +329,22 @@ class TrainAugment:
         geo = rotate_zoom_matrices(n, self.max_rotate, self.max_zoom, self.p_affine, g)
         geo = geo @ warp_matrices(n, self.max_warp, self.p_affine, g)
         if p.device.type == "cpu":
-            y = self._two_stage(p, boxes, signs, geo)
+            y = self._two_stage(p, boxes, signs, geo, size)
         else:  # on the GPU grid_sample is cheap: crop, flip, rotate, zoom and warp in one resample
-            y = resample_pictures(p, crop_matrices(boxes, signs) @ geo, self.size)
+            y = resample_pictures(p, crop_matrices(boxes, signs) @ geo, size)
         if self.trivial:
             y = trivial_augment(to_unit(y), g)
         if self.max_lighting > 0 and self.p_lighting > 0:
             y = lighting(to_unit(y), self.max_lighting, self.p_lighting, g)
         return y.contiguous(memory_format=_CL)  # one relayout at the end, for channels_last convs
 
-    def _two_stage(self, p: Pictures, boxes: Tensor, signs: Tensor, geo: Tensor) -> Tensor:
+    def _two_stage(self, p: Pictures, boxes: Tensor, signs: Tensor, geo: Tensor, size: int) -> Tensor:
         """CPU path: uint8 crop-resize (fast, antialiased), then rotate/zoom/warp where drawn."""
-        y = crop_resize(p, boxes, signs, self.size)
+        y = crop_resize(p, boxes, signs, size)
         moved = ((geo - torch.eye(3)).abs().amax(dim=(1, 2)) > 1e-6).nonzero().flatten()
         if len(moved):  # a second bilinear resample, only of the images that rotate/zoom/warp
             y = to_unit(y)
-            y[moved] = resample(y[moved], geo[moved], self.size).contiguous(memory_format=_CL)
+            y[moved] = resample(y[moved], geo[moved], size).contiguous(memory_format=_CL)
         return y
 
 

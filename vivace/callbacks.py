@@ -1,8 +1,11 @@
 """Events: callbacks observe the loop through a few named events and may ask it to stop.
 
-Events, in order: before_fit, then per epoch before_epoch, per batch (before_batch,
-transform_batch, after_batch), after_validate, after_epoch; finally after_fit.
-`transform_batch` is the single hook that may change data (Mixup, CutMix), training only.
+Events, in order: before_fit, then per epoch before_epoch, per batch (before_batch, the
+training step, after_batch), after_validate, after_epoch; finally after_fit. The step
+(`Learner._train_step`) calls `transform_batch`, the single hook that may change data (Mixup,
+CutMix), between augmentation and the forward pass. Techniques that change the step itself
+configure it in before_fit instead of acting per batch: `ProgressiveResize` sets
+`learn.size_schedule`, `EMA` sets `learn.ema` (a `WeightAverage`).
 """
 from __future__ import annotations
 
@@ -75,7 +78,7 @@ class Recorder(Callback):
         self.loss_sum = self.loss_sum + learn.loss.float()
         self.n_seen += 1
         self.lrs.append(learn.lr)
-        self.sizes.append(learn.dls.train.size)
+        self.sizes.append(learn.size)
 
     def after_validate(self, learn: Learner) -> None:
         row = {"epoch": float(learn.epoch), "train_loss": (self.loss_sum / max(self.n_seen, 1)).item()}
@@ -326,8 +329,9 @@ class StopAfter(Callback):
 class ProgressiveResize(Callback):
     """Ramps the training crop size with progress; the LR schedule runs on unbroken.
 
-    Sets the size for the *next* batch, where it is cropped (never cropped large then shrunk).
-    With `scale_batch`, the batch size grows as the size shrinks to keep memory per batch flat.
+    It configures the step: `learn.size_schedule`, from which each training step takes its crop
+    size (the loader's own size, the final one, is never changed). With `scale_batch`, the batch
+    size grows as the size shrinks, set per epoch, to keep memory per batch flat.
     """
 
     order = -30
@@ -337,30 +341,43 @@ class ProgressiveResize(Callback):
 
     def before_fit(self, learn: Learner) -> None:
         self.base_bs = learn.dls.train.batch_size
+        learn.size_schedule = self.schedule
 
     def before_epoch(self, learn: Learner) -> None:
-        size = self.schedule(learn.epoch / learn.n_epochs)
-        learn.dls.train.set_size(size)
         if self.scale_batch:
-            bs = int(self.base_bs * (self.schedule.final_px / size) ** 2)
-            learn.dls.train.set_batch_size(bs)
-
-    def after_batch(self, learn: Learner) -> None:
-        next_progress = (learn.epoch + (learn.iter + 1) / learn.n_batches) / learn.n_epochs
-        learn.dls.train.set_size(self.schedule(next_progress))
+            size = self.schedule(learn.epoch / learn.n_epochs)
+            learn.dls.train.set_batch_size(int(self.base_bs * (self.schedule.final_px / size) ** 2))
 
     def after_fit(self, learn: Learner) -> None:
-        learn.dls.train.set_size(self.schedule.final_px)
+        learn.size_schedule = None
         if self.scale_batch:
             learn.dls.train.set_batch_size(self.base_bs)
 
 
-class EMA(Callback):
-    """Exponential moving average of the weights; evaluation and the final model use the average.
+class WeightAverage:
+    """An exponential moving average of a model's weights: ema = decay * ema + (1 - decay) * weights.
 
-    Updated after every optimizer step: ema = decay * ema + (1 - decay) * weights. BatchNorm
-    statistics are copied, not averaged. The averaged model is `learn.eval_model` during the fit
-    and is loaded into `learn.model` when the fit ends.
+    BatchNorm statistics are copied, not averaged. The Learner's step calls `update` after each
+    optimizer step when `learn.ema` is set (the EMA callback sets it).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - self.decay)
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
+
+
+class EMA(Callback):
+    """Evaluate, and end the fit with, an exponential moving average of the weights.
+
+    It configures the step: `learn.ema` (a WeightAverage, updated after every optimizer step) and
+    `learn.eval_model` (the average) during the fit; the average is loaded into `learn.model`
+    when the fit ends.
     """
 
     order = -5
@@ -369,33 +386,27 @@ class EMA(Callback):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay={decay} must be in (0, 1)")
         self.decay = decay
-        self.ema: torch.nn.Module | None = None
+        self.average: WeightAverage | None = None
         self.saved: dict[str, Tensor] | None = None  # weights from a checkpoint, until before_fit
 
     def before_fit(self, learn: Learner) -> None:
-        if self.ema is None:
-            self.ema = copy.deepcopy(learn.model).eval().requires_grad_(False)
+        if self.average is None:
+            self.average = WeightAverage(learn.model, self.decay)
             if self.saved is not None:
-                self.ema.load_state_dict(self.saved)
-        learn.eval_model = self.ema
-
-    @torch.no_grad()
-    def after_batch(self, learn: Learner) -> None:
-        torch._foreach_lerp_(list(self.ema.parameters()), list(learn.model.parameters()), 1 - self.decay)
-        for ema_buffer, buffer in zip(self.ema.buffers(), learn.model.buffers()):
-            ema_buffer.copy_(buffer)
+                self.average.model.load_state_dict(self.saved)
+        learn.ema, learn.eval_model = self.average, self.average.model
 
     def after_fit(self, learn: Learner) -> None:
-        learn.model.load_state_dict(self.ema.state_dict())
-        learn.eval_model = learn.model
+        learn.model.load_state_dict(self.average.model.state_dict())
+        learn.ema, learn.eval_model = None, learn.model
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.ema.state_dict()} if self.ema is not None else {}
+        return {"weights": self.average.model.state_dict()} if self.average is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.saved = state.get("weights")
-        if self.ema is not None and self.saved is not None:
-            self.ema.load_state_dict(self.saved)
+        if self.average is not None and self.saved is not None:
+            self.average.model.load_state_dict(self.saved)
 
 
 # -- batch mixing: the one kind of callback that changes the training batch (transform_batch) --

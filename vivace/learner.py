@@ -1,4 +1,11 @@
-"""The Learner: data + model + loss + optimizer, and the one training loop they run in."""
+"""The Learner: data + model + loss + optimizer, and the one training loop they run in.
+
+A training step (`Learner._train_step`) reads in data-flow order: this step's crop size (from
+`size_schedule`, progressive resizing), augmentation of the cached uint8 batch at that size,
+Mixup/CutMix, forward and loss under autocast, backward, optimizer step, then the weight
+average (`ema`). Callbacks observe around it (record, progress, checkpoints, the NaN guard) and
+may ask the loop to stop.
+"""
 from __future__ import annotations
 
 import math
@@ -9,10 +16,11 @@ from torch import Tensor, nn
 
 from . import distributed, runtime
 from . import schedule as sched
-from .callbacks import Callback, NaNGuard, ProgressBar, Recorder
+from .callbacks import Callback, NaNGuard, ProgressBar, Recorder, WeightAverage
 from .losses import CrossEntropy
 from .metrics import accuracy
 from .optim import make_optimizer, set_hyper
+from .pictures import Pictures
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -65,6 +73,11 @@ class Learner:
         self.recorder, self.guard = Recorder(), NaNGuard()
         self.cbs: list[Callback] = [self.recorder, ProgressBar(), self.guard]
         self.add_cbs(cbs)
+        # What the training step does besides forward/backward/step, set by the technique adapters
+        # (`ProgressiveResize`, `EMA`): the crop size as a function of progress, and a weight average.
+        self.size_schedule: Callable[[float], int] | None = None
+        self.ema: WeightAverage | None = None
+        self.size = dls.train.size  # this step's training crop side, px
         self.resume_at: tuple[int, int] | None = None
         self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
         self.epoch, self.iter, self.iter_start, self.lr, self.n_epochs = 0, 0, 0, 0.0, 1
@@ -155,26 +168,37 @@ class Learner:
         self._emit("before_epoch")  # may change size or batch size (progressive resizing)
         self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
         self.n_batches = len(self.dls.train)
-        for self.iter, (x, y) in enumerate(self.dls.train.iter_from(start_batch), start_batch):
+        # Batches come as cached (uint8 Pictures); the step augments them at its own size.
+        for self.iter, (pictures, y) in enumerate(self.dls.train.iter_from(start_batch, raw=True), start_batch):
             self.progress = (self.epoch + self.iter / self.n_batches) / self.n_epochs
             self._set_hyper()
             self._emit("before_batch")
-            for cb in self.cbs:  # the one hook that may change the batch: Mixup, CutMix
-                x, y = cb.transform_batch(self, x, y)
-            self.loss = self._train_step(x, y)
+            self.loss = self._train_step(pictures, y)
             self._emit("after_batch")
             if self.stop_requested:
                 break
         self.training = False
 
-    def _train_step(self, x: Tensor, y: Tensor) -> Tensor:
+    def _train_step(self, pictures: Pictures, y: Tensor) -> Tensor:
+        """One training step, in data-flow order; returns the loss (on the device: no sync)."""
+        self.size = self.size_schedule(self.progress) if self.size_schedule else self.dls.train.size
+        x = self.dls.train.transform(pictures, self.size)  # crop, flip, warp, lighting; normalize
+        x, y = self._mix(x, y)  # Mixup / CutMix: soft targets
         with self.autocast():
             loss = self.loss_func(self.train_model(x), y)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
         self.scaler.step(self.opt)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return loss.detach()
+
+    def _mix(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The callbacks' one data hook, `transform_batch` (Mixup, CutMix), in their event order."""
+        for cb in self._in_order():
+            x, y = cb.transform_batch(self, x, y)
+        return x, y
 
     def _set_hyper(self) -> None:
         self.lr = self.lr_schedule(self.progress)
@@ -185,8 +209,11 @@ class Learner:
             return self.opt_func(self.model, 1e-3)
         return make_optimizer(self.model, self.opt_func, weight_decay=self.wd, momentum=self.mom)
 
+    def _in_order(self) -> list[Callback]:
+        return sorted(self.cbs, key=lambda c: c.order)
+
     def _emit(self, event: str) -> None:
-        for cb in sorted(self.cbs, key=lambda c: c.order):
+        for cb in self._in_order():
             getattr(cb, event)(self)
 
     # -- what callbacks may ask ------------------------------------------------------------

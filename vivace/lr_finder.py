@@ -129,7 +129,7 @@ class LRRecorder(Callback):
 # Learner attributes the loop rebinds: the sweep gives each one back.
 _LOOP_STATE = ("cbs", "opt", "n_epochs", "lr_schedule", "mom_schedule", "epoch", "iter", "iter_start", "lr",
                "n_batches", "progress", "loss", "training", "stop_requested", "failure", "resume_at",
-               "resume_loss_sum", "resume_batches")
+               "resume_loss_sum", "resume_batches", "size", "size_schedule", "ema")
 
 
 def sweep_callbacks(cbs: Sequence[Callback]) -> list[Callback]:

@@ -39,8 +39,9 @@ class Pipeline:
     def size(self, px: int) -> None:
         self.resize.size = px
 
-    def __call__(self, x: Pictures | Tensor) -> Tensor:
-        x = self.resize.pixels(x)  # (B, 3, size, size): uint8, or float in [0, 1]
+    def __call__(self, x: Pictures | Tensor, size: int | None = None) -> Tensor:
+        """The batch transformed (training: augmented at `size`, else its own) and normalized."""
+        x = self.resize.pixels(x) if size is None else self.resize.pixels(x, size=size)  # uint8 or [0, 1]
         return self.normalize(x) if self.normalize is not None else to_unit(x)
 
 
