@@ -425,34 +425,38 @@ class _SeededCallback(Callback):
             self.generator.set_state(state["rng"])
 
 
-class Mixup(_SeededCallback):
+class _BatchMixer(_SeededCallback):
+    """Applies `mix` (mixup or cutmix, alpha) to every training batch; anything else passes through."""
+
+    mix = staticmethod(mixup)
+
+    def __init__(self, alpha: float, seed: int | None):
+        check_alpha("alpha", alpha)
+        super().__init__(seed)
+        self.alpha = alpha
+
+    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        if not learn.training:
+            return x, y
+        return self.mix(x, y, learn.n_classes, self.alpha, self.generator)
+
+
+class Mixup(_BatchMixer):
     """Callback: mixup on every training batch (fastai `MixUp`, per-item lambda)."""
 
+    mix = staticmethod(mixup)
+
     def __init__(self, alpha: float = 0.4, seed: int | None = None):
-        check_alpha("alpha", alpha)
-        super().__init__(seed)
-        self.alpha = alpha
-
-    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Mix a training batch; anything else passes through."""
-        if not learn.training:
-            return x, y
-        return mixup(x, y, learn.n_classes, self.alpha, self.generator)
+        super().__init__(alpha, seed)
 
 
-class CutMix(_SeededCallback):
+class CutMix(_BatchMixer):
     """Callback: CutMix on every training batch (per-item boxes)."""
 
-    def __init__(self, alpha: float = 1.0, seed: int | None = None):
-        check_alpha("alpha", alpha)
-        super().__init__(seed)
-        self.alpha = alpha
+    mix = staticmethod(cutmix)
 
-    def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Cut-and-paste a training batch; anything else passes through."""
-        if not learn.training:
-            return x, y
-        return cutmix(x, y, learn.n_classes, self.alpha, self.generator)
+    def __init__(self, alpha: float = 1.0, seed: int | None = None):
+        super().__init__(alpha, seed)
 
 
 class MixupOrCutMix(_SeededCallback):
