@@ -201,7 +201,7 @@ _LEADERBOARD = Recipe(data="imagenette-160", arch="xresnet50", act="mish", self_
 # Named starting points. Numbers in docs/BENCHMARKS.md say what each was measured to reach.
 PRESETS: dict[str, Recipe] = {
     # The README's main job: the embedded dataset on 2 CPU cores in under 2 minutes.
-    # Measured: 0.63 accuracy in 30 s (AdamW); SGD at lr 8e-3, wd 5e-5 reached 0.41 in 25 s.
+    # Measured: 0.56 accuracy in 23 s (AdamW, AMD EPYC, 12-05; 0.63 on 12-04); SGD at lr 8e-3, wd 5e-5 reached 0.41 in 25 s.
     "quick": Recipe(arch="xresnet18", widen=0.5, size=64, presize=96, epochs=16, bs=32, lr=5e-3,
                     label_smoothing=0.1),
     # The 5-epoch leaderboard entry's recipe exactly (87.43 %): xse_resnext50 + MaxBlurPool, Ranger
