@@ -165,7 +165,7 @@ class Learner:
         self.dls.train.set_epoch(self.epoch)
         self.iter_start = start_batch
         self.n_batches = len(self.dls.train)  # read by callbacks in before_epoch; recounted below
-        self._emit("before_epoch")  # may change size or batch size (progressive resizing)
+        self._emit("before_epoch")  # may change the batch size (ProgressiveResize with scale_batch)
         self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
         self.n_batches = len(self.dls.train)
         # Batches come as cached (uint8 Pictures); the step augments them at its own size.
