@@ -57,6 +57,12 @@ def test_best_weights_are_accepted_and_named(run, capsys):
     assert main(["export", str(run), "-o", str(bundle), "--weights", "best"]) == 0
     assert "weights: best (best.safetensors" in capsys.readouterr().err
     assert read_bundle(bundle)[0]["weights"] == "best"
+    # An existing bundle is replaced only when asked.
+    assert main(["export", str(run), "-o", str(bundle)]) == 2
+    assert "best.vivace already exists: pass --overwrite to replace it, or -o PATH" in capsys.readouterr().err
+    assert read_bundle(bundle)[0]["weights"] == "best"
+    assert main(["export", str(run), "-o", str(bundle), "--overwrite"]) == 0
+    assert read_bundle(bundle)[0]["weights"] == "final"
 
 
 def test_report_rebuilds_from_the_final_weights_by_default(run, capsys):

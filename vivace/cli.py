@@ -169,6 +169,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .train import load_run_weights
     learn, weights = load_run_weights(Path(args.run), args.weights)
     out = Path(args.out) if args.out else Path(args.run) / "export.vivace"
+    check_new_file(out, "-o", args.overwrite)  # a bundle someone may already be serving is not replaced silently
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the bundle's path, for scripts
     print(export_learner(learn, out, tta=args.tta, weights=weights.kind, epoch=weights.epoch))
     return 0
@@ -244,6 +245,7 @@ def add_deploy_commands(sub) -> None:
     export.add_argument("-o", "--out", default="", help="bundle path (default: RUN/export.vivace)")
     add_weights_flag(export)
     export.add_argument("--tta", default="none", choices=("none", "flip"), help="the bundle's default TTA")
+    export.add_argument("--overwrite", action="store_true", help="replace the bundle if it exists")
     export.set_defaults(func=cmd_export)
     predict = sub.add_parser("predict", help="classify images (files or folders) with an exported bundle")
     predict.add_argument("bundle", help="a bundle written by `vivace export`")
