@@ -1,7 +1,10 @@
-import pytest
+from dataclasses import replace
 
-from vivace.recipe import PRESETS, Recipe, make_recipe
-from vivace.train import train
+import pytest
+import torch
+
+from vivace.recipe import PRESETS, Recipe, for_device, load_recipe, make_recipe
+from vivace.train import eval_batch_size, train
 
 
 def test_defaults_validate():
@@ -77,3 +80,45 @@ def test_every_field_describes_itself_and_literal_fields_give_the_cli_its_choice
     assert actions["opt"].help.startswith("adamw, sgd (Nesterov) or ranger")
     with pytest.raises(SystemExit):
         parser.parse_args(["--opt", "adam"])
+
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+@pytest.mark.parametrize("opt, lr_scaling, expected_lr", [
+    ("ranger", "auto", 8e-3 * 2),  # sqrt of 4x the batch
+    ("adamw", "sqrt", 8e-3 * 2),
+    ("sgd", "auto", 8e-3 * 4),  # linear
+    ("ranger", "linear", 8e-3 * 4),
+    ("sgd", "off", 8e-3),
+])
+def test_cuda_batch_scales_the_learning_rate(opt, lr_scaling, expected_lr):
+    recipe = make_recipe(opt=opt, cuda_bs=128, lr_scaling=lr_scaling)
+    recipe = replace(recipe, bs=32, lr=8e-3)
+    on_gpu = for_device(recipe, CUDA)
+    assert (on_gpu.bs, on_gpu.cuda_bs) == (128, 0) and on_gpu.lr == pytest.approx(expected_lr)
+    assert for_device(on_gpu, CUDA) == on_gpu  # resolved once: a resumed run does not scale again
+
+
+def test_cpu_and_explicit_bs_keep_the_batch(monkeypatch):
+    recipe = replace(make_recipe(), bs=32, lr=8e-3, cuda_bs=128)
+    on_cpu = for_device(recipe, CPU)
+    assert (on_cpu.bs, on_cpu.lr, on_cpu.cuda_bs) == (32, 8e-3, 0)
+    monkeypatch.setitem(PRESETS, "gpu", Recipe(bs=32, cuda_bs=128))
+    assert for_device(make_recipe("gpu"), CUDA).bs == 128
+    explicit = make_recipe("gpu", bs=48)  # --bs is the batch on every device
+    assert for_device(explicit, CUDA).bs == 48 and for_device(explicit, CUDA).lr == explicit.lr
+
+
+def test_evaluation_batch_defaults_per_device():
+    assert eval_batch_size(32, CPU) == 128 and eval_batch_size(256, CPU) == 128
+    assert eval_batch_size(32, CUDA) == 128 and eval_batch_size(256, CUDA) == 512
+
+
+def test_train_records_the_batch_it_ran(tiny_folder, tmp_path):
+    """config.json holds the resolved recipe (cuda_bs 0 on a CPU), so a resume repeats the same batch."""
+    out = tmp_path / "run"
+    train(make_recipe(data=str(tiny_folder), size=16, presize=24, epochs=1, bs=4, workers=1, cuda_bs=64,
+                      out=str(out)))
+    saved = load_recipe(out / "config.json")
+    assert (saved.bs, saved.cuda_bs, saved.valid_bs) == (4, 0, 0)

@@ -22,7 +22,7 @@ from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, nll, top_k_accuracy
 from .models import create_model
 from .outputs import ensure_writable_folder
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, for_device, load_recipe, scaling_rule
 from .records import RunLogger, write_json
 from .runtime import configure_process
 from .schedule import SizeSchedule
@@ -43,11 +43,12 @@ def build_dataloaders(recipe: Recipe, world: World = World(), progress: bool = T
     augment = dict(min_scale=recipe.min_scale, flip=recipe.flip, max_rotate=recipe.max_rotate,
                    max_zoom=recipe.max_zoom, max_warp=recipe.max_warp, max_lighting=recipe.max_lighting,
                    trivial=recipe.trivial_augment, crop=recipe.train_crop)
+    bs = max(recipe.bs // world.world_size, 1)
     if not world.is_main:
         distributed.barrier()
     dls = make_dataloaders(recipe.data or None, size=recipe.size, valid_size=recipe.valid_size or None,
                            valid_crop=recipe.valid_crop, presize=recipe.presize,
-                           bs=max(recipe.bs // world.world_size, 1), valid_bs=recipe.valid_bs,
+                           bs=bs, valid_bs=recipe.valid_bs or eval_batch_size(bs, world.device),
                            augment=augment, normalize=recipe.normalize,
                            stats=recipe.stats, seed=recipe.seed, device=world.device, rank=world.rank,
                            world_size=world.world_size, workers=recipe.workers or None,
@@ -57,6 +58,12 @@ def build_dataloaders(recipe: Recipe, world: World = World(), progress: bool = T
     if world.is_main:
         distributed.barrier()
     return dls
+
+
+def eval_batch_size(train_bs: int, device: torch.device) -> int:
+    """Recipe.valid_bs = 0: 128 on a CPU (where larger batches gained nothing); on CUDA twice the
+    training batch, at least 128 (no gradients or saved activations: far less memory per image)."""
+    return max(128, 2 * train_bs) if device.type == "cuda" else 128
 
 
 def technique_callbacks(recipe: Recipe) -> list[Callback]:
@@ -103,6 +110,7 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
     """One seeded run into `out`; returns the summary written to summary.json."""
     configure_process(recipe.threads, recipe.reuse_memory)
     world = distributed.init_distributed(recipe.dist_timeout_s)
+    recipe = on_device(recipe, world)
     checkpoint = out / "last.safetensors"
     if world.is_main:  # only rank 0 writes anything
         if recipe.resume and not checkpoint.is_file():
@@ -135,6 +143,16 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
     else:
         write_report(out, learn)
     return summary
+
+
+def on_device(recipe: Recipe, world: World) -> Recipe:
+    """The recipe with this device's batch and learning rate (`for_device`), said in one line if they change."""
+    resolved = for_device(recipe, world.device)
+    if world.is_main and resolved.bs != recipe.bs:
+        print(f"{world.device.type}: batch {resolved.bs} (cuda_bs) instead of {recipe.bs}, lr {recipe.lr:g} -> "
+              f"{resolved.lr:.3g} ({scaling_rule(recipe.lr_scaling, recipe.opt)} scaling); --bs sets one batch "
+              f"for every device", flush=True)
+    return resolved
 
 
 def kept_checkpoint(out: Path) -> str:
