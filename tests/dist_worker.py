@@ -17,7 +17,7 @@ class DieAt(Callback):
     """Simulates a crashed rank: exits hard at its second batch."""
 
     def after_batch(self, learn) -> None:
-        if learn.iter == 1:
+        if learn.state.iter == 1:
             os._exit(3)
 
 
@@ -30,9 +30,9 @@ class ShardSpy(Callback):
     def before_epoch(self, learn) -> None:
         from vivace.data.loader import shard_indices
         loader = learn.dls.train
-        order = shard_indices(len(loader.indices), learn.epoch, loader.seed, True, loader.rank,
+        order = shard_indices(len(loader.indices), learn.state.epoch, loader.seed, True, loader.rank,
                               loader.world_size, True, loader.batch_size)
-        self.seen[learn.epoch] = loader.indices[order].tolist()
+        self.seen[learn.state.epoch] = loader.indices[order].tolist()
 
     def after_fit(self, learn) -> None:
         rank = distributed.rank()
@@ -40,7 +40,7 @@ class ShardSpy(Callback):
         save_file(state, str(self.dump / f"weights{rank}.safetensors"))
         train_items = learn.dls.train.indices.tolist()
         (self.dump / f"rank{rank}.json").write_text(json.dumps(
-            {"seen": self.seen, "all_train": train_items, "metrics": learn.last_metrics}))
+            {"seen": self.seen, "all_train": train_items, "metrics": learn.state.last_metrics}))
 
 
 def stall_or_train(data: str, out: Path, stall_rank: str) -> int:

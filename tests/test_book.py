@@ -246,7 +246,7 @@ def test_mixup_trains_the_books_1000_output_model(baseline_dls):
     model = xresnet18(widen=0.25)  # the book's first edition: xresnet50() has 1000 outputs for 10 classes
     learn = Learner(baseline_dls, model, loss_func=CrossEntropyLossFlat(), cbs=[Mixup, StopAfter(2)])
     learn.fit_one_cycle(1, 3e-3)
-    assert learn.n_classes == 1000 and torch.isfinite(learn.loss)
+    assert learn.n_classes == 1000 and torch.isfinite(learn.state.loss)
 
 
 # -- Label smoothing ---------------------------------------------------------------------

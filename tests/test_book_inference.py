@@ -51,6 +51,19 @@ def test_predict_matches_the_learners_own_validation_preds(learn):
         assert int(index) == int(logits[i].argmax())
 
 
+def test_predict_follows_the_square_validation_view(learn):
+    """learn.predict shows images as validation does, whatever the view (it once dropped `square`)."""
+    resize = learn.dls.valid.transform.resize
+    resize.square, resize.crop = True, 0.75
+    try:
+        logits, _ = learn.get_preds()
+        probs = torch.stack([learn.predict(str(f))[2] for f in learn.dls.source.valid_files])
+    finally:
+        resize.square, resize.crop = False, 1.0
+    torch.testing.assert_close(probs, logits.softmax(-1), atol=1e-5, rtol=0)
+    assert not torch.allclose(logits, learn.get_preds()[0])  # the view matters on these 40x32 images
+
+
 def test_predict_takes_a_pil_image(learn, tiny_folder):
     path = tiny_folder / "val" / "blue" / "2.png"
     with Image.open(path) as img:

@@ -50,7 +50,7 @@ def run_training(tmp_path, folder, out, kill_at=None, resume=False, every=0.0):
         class KillAt(Callback):
             order = 100  # after the checkpoint saver
             def after_batch(self, learn):
-                if (learn.epoch, learn.iter) == {kill_at!r}:
+                if (learn.state.epoch, learn.state.iter) == {kill_at!r}:
                     os.kill(os.getpid(), signal.SIGKILL)
 
         train(make_recipe(**{recipe!r}), cbs=[KillAt()])

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import pickle
 import re
@@ -50,7 +51,7 @@ def test_round_trip_keeps_the_validation_centre_crop(learn, tmp_path, square):
     finally:
         resize.crop, resize.square = 1.0, False
     assert not torch.allclose(logits, full_logits)  # the crop matters on these images
-    assert predictor.resize.square == square
+    assert predictor.view.square == square
     probs = torch.stack([p.probs for p in predictor.predict(learn.dls.source.valid_files)])
     assert torch.allclose(probs, logits.softmax(-1), atol=1e-6)
 
@@ -58,8 +59,9 @@ def test_round_trip_keeps_the_validation_centre_crop(learn, tmp_path, square):
 def test_bundle_carries_preprocessing(learn, bundle):
     predictor = load(bundle, device="cpu")
     assert predictor.vocab == learn.dls.vocab == ["blue", "green", "red"]
-    assert (predictor.size, predictor.presize) == (16, 24)
-    assert predictor.normalize.as_dict() == learn.dls.normalize.as_dict()
+    assert (predictor.size, predictor.view.presize) == (16, 24)
+    assert predictor.view.normalize.as_dict() == learn.dls.normalize.as_dict()
+    assert predictor.view.bundle_fields() == learn.dls.eval_view.bundle_fields()  # one value, both ends
     assert predictor.tta == "none" and not predictor.model.training
 
 
@@ -67,7 +69,7 @@ def test_predictions_depend_on_the_stored_statistics(learn, bundle):
     predictor = load(bundle, device="cpu")
     files = learn.dls.source.valid_files[:4]
     with_stats = torch.stack([p.probs for p in predictor.predict(files)])
-    predictor.normalize = None
+    predictor.view = dataclasses.replace(predictor.view, normalize=None)
     without = torch.stack([p.probs for p in predictor.predict(files)])
     assert not torch.allclose(with_stats, without, atol=1e-3)
 

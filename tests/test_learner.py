@@ -59,7 +59,7 @@ def test_batch_hook_changes_the_batch(tiny_dls):
 
     class Spy(Callback):
         def after_batch(self, learn):
-            seen.append(learn.loss.item())
+            seen.append(learn.state.loss.item())
 
     model = tiny_model()
     learn = Learner(tiny_dls, model, cbs=[ZeroInputs(), Spy()])
@@ -85,6 +85,19 @@ def test_learner_trains_and_reports(tiny_dls, capsys):
     rows = learn.recorder.rows
     assert len(rows) == 4 and rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert 0 <= rows[-1]["accuracy"] <= 1
+
+
+def test_a_fit_changes_only_the_state_and_the_optimizer(tiny_dls):
+    """Where the fit is lives in `learn.state`; the loop adds no attribute to the Learner."""
+    learn = Learner(tiny_dls, tiny_model(), metrics=accuracy)
+    before = dict(vars(learn))
+    learn.fit_one_cycle(2, 1e-2)
+    changed = {name for name, value in vars(learn).items() if before.get(name, object()) is not value}
+    assert set(vars(learn)) == set(before) and changed == {"opt", "state"}
+    state = learn.state
+    assert (state.epoch, state.n_epochs, state.iter + 1) == (1, 2, state.n_batches)
+    assert state.size == tiny_dls.train.size and not state.training and state.failure is None
+    assert set(state.last_metrics) == {"valid_loss", "accuracy"}
 
 
 def test_bf16_autocast_trains_on_cpu_with_fp32_weights(tiny_dls):
@@ -116,13 +129,13 @@ def test_same_seed_same_losses(tiny_dls, tiny_folder):
 def test_nan_guard_stops_and_names_where(tiny_dls, capsys):
     class Explode(Callback):
         def transform_batch(self, learn, x, y):
-            return x * float("nan") if learn.iter == 1 else x, y
+            return x * float("nan") if learn.state.iter == 1 else x, y
 
     learn = Learner(tiny_dls, tiny_model(), cbs=[Explode()])
     with pytest.raises(TrainingFailed) as err:
         learn.fit(2, 1e-2)
-    assert str(err.value) == learn.failure
-    assert "epoch 0, batches 0-5" in learn.failure and "learning rate" in learn.failure
+    assert str(err.value) == learn.state.failure
+    assert "epoch 0, batches 0-5" in learn.state.failure and "learning rate" in learn.state.failure
     assert learn.recorder.rows == []
     assert "error" not in capsys.readouterr().out  # the message is the exception's, printed once by its catcher
 
@@ -203,11 +216,11 @@ def test_valid_every_skips_validation_but_never_the_last_epoch(tiny_dls, tmp_pat
     learn = Learner(tiny_dls, tiny_model(), cbs=[CheckpointSaver(tmp_path, "accuracy"), EarlyStopping(patience=1)])
     learn.valid_every = valid_every
     calls = []
-    learn.validate = lambda dl=None: calls.append(learn.epoch) or {"valid_loss": 1.0, "accuracy": 0.5}
+    learn.validate = lambda dl=None: calls.append(learn.state.epoch) or {"valid_loss": 1.0, "accuracy": 0.5}
     learn.fit(3, 1e-3)
     assert calls == [e for e, v in enumerate(validated) if v]
     rows = learn.recorder.rows
     assert len(rows) == 3  # a row (train loss, time) every epoch
     assert [not math.isnan(r["valid_loss"]) for r in rows] == validated
-    assert learn.last_metrics == {"valid_loss": 1.0, "accuracy": 0.5}
+    assert learn.state.last_metrics == {"valid_loss": 1.0, "accuracy": 0.5}
     assert (tmp_path / "best.safetensors").is_file()  # best tracks only validated epochs

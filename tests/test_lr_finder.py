@@ -12,7 +12,7 @@ import torch
 from vivace import lr_finder
 from vivace.callbacks import Callback
 from vivace.cli import main
-from vivace.learner import Learner
+from vivace.learner import FitState, Learner
 from vivace.models import create_model
 
 STEP = 8 / 99  # decades between points of a 100-point sweep from 1e-7 to 10
@@ -63,10 +63,10 @@ def test_suggest_trims_as_fastai_and_stops_at_nan():
 # -- the recorder: fastai's smoothing and stop ----------------------------------------------
 def feed(recorder: lr_finder.LRRecorder, losses: list[float]) -> int:
     """Feed raw losses until the recorder asks to stop; the number fed."""
-    learn = types.SimpleNamespace(lr=1e-3, stop=False)
+    learn = types.SimpleNamespace(state=FitState(lr=1e-3), stop=False)
     learn.request_stop = lambda: setattr(learn, "stop", True)
     for n, loss in enumerate(losses, 1):
-        learn.loss = torch.tensor(loss)
+        learn.state.loss = torch.tensor(loss)
         recorder.after_batch(learn)
         if learn.stop:
             return n
@@ -97,7 +97,7 @@ def test_lr_find_restores_weights_optimizer_and_loop_state(tiny_dls):
     result = lr_finder.lr_find(learn, num_it=10)
     assert len(result.lrs) == len(result.losses) <= 10 and result.lrs == sorted(result.lrs)
     assert all(torch.equal(weights[k], v) for k, v in learn.model.state_dict().items())
-    assert learn.opt is opt and learn.cbs == cbs and learn.recorder.rows == rows and learn.n_epochs == 1
+    assert learn.opt is opt and learn.cbs == cbs and learn.recorder.rows == rows and learn.state.n_epochs == 1
     assert all(torch.equal(opt_state[k][n], t) for k, v in opt.state_dict()["state"].items() for n, t in v.items())
     assert all(math.isfinite(x) for x in (result.valley, result.steep, result.minimum))
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vivace.callbacks import CutMix, Mixup, MixupOrCutMix
+from vivace.learner import FitState
 from vivace.mixing import cutmix, cutmix_boxes, mix_loss, mixup, mixup_params
 
 C = 5
@@ -130,14 +131,14 @@ def test_bad_alpha_and_inputs_raise():
 def test_callbacks_transform_training_batches_only(cb):
     x, y = data()
     assert cb.order == 0
-    xt, yt = cb.transform_batch(SimpleNamespace(training=True, n_classes=C), x, y)
+    xt, yt = cb.transform_batch(SimpleNamespace(state=FitState(training=True), n_classes=C), x, y)
     assert xt.shape == x.shape and yt.shape == (6, C) and not torch.equal(xt, x)
-    xv, yv = cb.transform_batch(SimpleNamespace(training=False, n_classes=C), x, y)
+    xv, yv = cb.transform_batch(SimpleNamespace(state=FitState(training=False), n_classes=C), x, y)
     assert xv is x and yv is y
 
 
 def test_mixup_or_cutmix_uses_both_and_is_seeded():
-    learn = SimpleNamespace(training=True, n_classes=C)
+    learn = SimpleNamespace(state=FitState(training=True), n_classes=C)
     x, y = data()
     kinds = set()
     for _ in range(20):

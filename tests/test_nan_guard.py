@@ -34,7 +34,7 @@ class NaNInputAt(Callback):
         self.at = (epoch, batch)
 
     def transform_batch(self, learn, x, y):
-        return (x * float("nan") if (learn.epoch, learn.iter) == self.at else x), y
+        return (x * float("nan") if (learn.state.epoch, learn.state.iter) == self.at else x), y
 
 
 class BatchCounter(Callback):
@@ -53,7 +53,7 @@ def test_nan_at_batch_k_is_caught_within_check_every(tiny_dls, tmp_path):
     learn.guard.check_every = 4  # tiny_dls has 6 batches an epoch: looks after batches 3 and 5
     with pytest.raises(TrainingFailed, match=r"loss became nan in epoch 1, batches 0-3; lower the learning rate"):
         learn.fit(3, 1e-2)
-    assert (learn.epoch, learn.iter) == (1, 3) and counter.seen == 6 + 4  # stopped at the first look after it
+    assert (learn.state.epoch, learn.state.iter) == (1, 3) and counter.seen == 6 + 4  # stopped at the first look after it
     assert len(learn.recorder.rows) == 1  # the failed epoch never got a row
     kept = load_checkpoint(tmp_path / "last.safetensors")
     assert kept["position"] == {"epoch": 1, "batch": 0}
@@ -88,7 +88,7 @@ def test_exploding_finite_loss_stops_naming_its_start(tiny_dls):
 
     class LossLog(Callback):
         def after_batch(self, learn):
-            losses.append(learn.loss.item())
+            losses.append(learn.state.loss.item())
 
     explode_in_epoch_1 = LossPlus(start_calls=6 + 1)  # 6 training batches + 1 validation call
     learn = Learner(tiny_dls, tiny_model(), loss_func=explode_in_epoch_1, cbs=[LossLog()])
@@ -104,7 +104,7 @@ def test_exploding_finite_loss_stops_naming_its_start(tiny_dls):
 def test_label_smoothing_and_mixup_do_not_trip_the_guard(tiny_dls):
     learn = Learner(tiny_dls, tiny_model(), loss_func=LabelSmoothingCrossEntropy(0.3), cbs=[Mixup(1.0, seed=0)])
     learn.fit_one_cycle(3, 5e-2)
-    assert learn.failure is None and len(learn.recorder.rows) == 3
+    assert learn.state.failure is None and len(learn.recorder.rows) == 3
 
 
 @pytest.mark.parametrize("lr, advice", [
@@ -121,7 +121,7 @@ def test_advice_fits_a_zero_or_non_finite_learning_rate(tiny_dls, lr, advice):
 def test_non_finite_validation_stops_the_fit(tiny_dls):
     class NaNWeightsBeforeValidation(Callback):
         def after_batch(self, learn):
-            if learn.iter + 1 == learn.n_batches:  # after the guard's last look at the training loss
+            if learn.state.iter + 1 == learn.state.n_batches:  # after the guard's last look at the training loss
                 with torch.no_grad():
                     learn.model[-1].bias.fill_(float("inf"))
 

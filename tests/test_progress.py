@@ -67,7 +67,7 @@ def test_no_bar_in_a_pipe(tiny_dls, capsys, monkeypatch):
 def test_a_failing_display_is_reported_once_and_training_goes_on(tiny_dls, capsys):
     learn = tiny_learner(tiny_dls, ProgressBar(enabled=True, file=BrokenStream()))
     learn.fit(2, 1e-2)
-    assert len(learn.recorder.rows) == 2 and learn.failure is None
+    assert len(learn.recorder.rows) == 2 and learn.state.failure is None
     reports = [line for line in capsys.readouterr().err.splitlines() if "progress bar disabled" in line]
     assert reports == ["progress bar disabled: OSError: display went away"]
 

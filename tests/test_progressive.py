@@ -17,7 +17,7 @@ class Spy(Callback):
         self.sizes, self.shapes, self.batch_sizes = [], [], []
 
     def transform_batch(self, learn, x, y):
-        self.sizes.append(learn.size)
+        self.sizes.append(learn.state.size)
         self.shapes.append(x.shape[-1])
         self.batch_sizes.append(x.shape[0])
         return x, y
@@ -82,5 +82,5 @@ def test_the_books_way_swaps_the_learners_data(tiny_folder):
     learn.fine_tune(1, 1e-2, freeze_epochs=0)
     assert spy.shapes == [8] * 6 + [16] * 6
     assert model.eval_sizes[0] == 8 and model.eval_sizes[-1] == 16
-    assert len(learn.recorder.rows) == 2 and learn.last_metrics["valid_loss"] == pytest.approx(
+    assert len(learn.recorder.rows) == 2 and learn.state.last_metrics["valid_loss"] == pytest.approx(
         learn.validate()["valid_loss"])

@@ -8,6 +8,7 @@ from torch import nn
 
 from vivace.augment import TrainAugment, ValidResize
 from vivace.learner import Learner
+from vivace.view import EvalView
 from vivace.tta import (combine_tta, five_crop_tta, five_crop_views, flip_tta, flip_views, predict_probs,
                         prob_metrics, tta, tta_probs, tta_views, view_probs)
 
@@ -36,7 +37,8 @@ class RawLoader:
 
 
 def stub_learner(fn, x, size, train_aug=None):
-    dls = SimpleNamespace(valid=RawLoader(x, torch.zeros(len(x), dtype=torch.long), size), normalize=None,
+    view = EvalView(size, 1.0, False, presize=x.shape[-1], max_aspect=1.0, normalize=None)
+    dls = SimpleNamespace(valid=RawLoader(x, torch.zeros(len(x), dtype=torch.long), size), eval_view=view,
                           train=SimpleNamespace(transform=SimpleNamespace(resize=train_aug)))
     return SimpleNamespace(model=Fn(fn), autocast=contextlib.nullcontext, dls=dls)
 

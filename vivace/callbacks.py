@@ -71,18 +71,18 @@ class Recorder(Callback):
     def before_epoch(self, learn: Learner) -> None:
         self.start = time.perf_counter()
         # Summed on the device: no host sync per batch. Restored when resuming mid-epoch.
-        self.loss_sum = learn.resume_loss_sum.to(learn.device)
-        self.n_seen = learn.resume_batches
+        self.loss_sum = learn.state.start.loss_sum.to(learn.device)
+        self.n_seen = learn.state.start.batches
 
     def after_batch(self, learn: Learner) -> None:
-        self.loss_sum = self.loss_sum + learn.loss.float()
+        self.loss_sum = self.loss_sum + learn.state.loss.float()
         self.n_seen += 1
-        self.lrs.append(learn.lr)
-        self.sizes.append(learn.size)
+        self.lrs.append(learn.state.lr)
+        self.sizes.append(learn.state.size)
 
     def after_validate(self, learn: Learner) -> None:
-        row = {"epoch": float(learn.epoch), "train_loss": (self.loss_sum / max(self.n_seen, 1)).item()}
-        row.update(learn.last_metrics)
+        row = {"epoch": float(learn.state.epoch), "train_loss": (self.loss_sum / max(self.n_seen, 1)).item()}
+        row.update(learn.state.last_metrics)
         row["time"] = time.perf_counter() - self.start
         self.rows.append(row)
         if self.print_table:
@@ -142,23 +142,23 @@ class ProgressBar(Callback):
 
     def before_batch(self, learn: Learner) -> None:
         # Opened at the first batch: progressive resizing may have changed the batch count.
-        if self.front != "none" and learn.iter == learn.iter_start:
+        if self.front != "none" and learn.state.iter == learn.state.start.batch:
             self._safely(lambda: self._open(learn))
 
     def after_batch(self, learn: Learner) -> None:
         if self.bar is None:
             return
         self.n_images += learn.dls.train.batch_size * learn.dls.train.world_size
-        done = learn.iter + 1 - learn.iter_start
+        done = learn.state.iter + 1 - learn.state.start.batch
         postfix = None
         if (done - 1) % self.loss_every == 0:
-            loss = learn.loss.item()  # waits for the device: the images since the last read are done
+            loss = learn.state.loss.item()  # waits for the device: the images since the last read are done
             now = time.perf_counter()
             rate = self.n_images / max(now - self.start, 1e-9)
             postfix = f"loss {loss:.4f}, {rate:.0f} img/s"
             self.start, self.n_images = now, 0  # the next rate covers the next window of batches
         self._safely(lambda: self._advance(postfix))
-        if learn.iter + 1 >= learn.n_batches:
+        if learn.state.iter + 1 >= learn.state.n_batches:
             self._close()  # before validation, so the epoch's table row prints on a clean line
 
     def after_epoch(self, learn: Learner) -> None:
@@ -167,13 +167,13 @@ class ProgressBar(Callback):
     after_fit = after_epoch
 
     def _open(self, learn: Learner) -> None:
-        desc = f"epoch {learn.epoch + 1}/{learn.n_epochs}"
+        desc = f"epoch {learn.state.epoch + 1}/{learn.state.n_epochs}"
         if self.front == "widget":
             from tqdm.notebook import tqdm as widget_tqdm
-            self.bar = widget_tqdm(total=learn.n_batches, initial=learn.iter_start, desc=desc, leave=False)
+            self.bar = widget_tqdm(total=learn.state.n_batches, initial=learn.state.start.batch, desc=desc, leave=False)
             return
         from tqdm import tqdm
-        self.bar = tqdm(total=learn.n_batches, initial=learn.iter_start, desc=desc, leave=False,
+        self.bar = tqdm(total=learn.state.n_batches, initial=learn.state.start.batch, desc=desc, leave=False,
                         file=self.file if self.file is not None else sys.stderr, bar_format=self.text_format)
 
     def _advance(self, postfix: str | None) -> None:
@@ -226,24 +226,24 @@ class NaNGuard(Callback):
         self.window_sum, self.window_start, self.window_len = torch.zeros(()), 0, 0
 
     def before_epoch(self, learn: Learner) -> None:
-        self._open_window(learn.device, learn.iter_start)
+        self._open_window(learn.device, learn.state.start.batch)
 
     def after_batch(self, learn: Learner) -> None:
         if self.first_loss is None:
-            self.first_loss = learn.loss.float()
-        self.window_sum += learn.loss.float()  # on the device: no sync
+            self.first_loss = learn.state.loss.float()
+        self.window_sum += learn.state.loss.float()  # on the device: no sync
         self.window_len += 1
-        if self.window_len >= self.check_every or learn.iter + 1 == learn.n_batches:
+        if self.window_len >= self.check_every or learn.state.iter + 1 == learn.state.n_batches:
             self._look(learn)
 
     def after_validate(self, learn: Learner) -> None:
-        loss = learn.last_metrics["valid_loss"]
-        if learn.validated and not math.isfinite(loss):
-            learn.fail(f"the validation loss is {loss} after epoch {learn.epoch}: the model's outputs "
+        loss = learn.state.last_metrics["valid_loss"]
+        if learn.state.validated and not math.isfinite(loss):
+            learn.fail(f"the validation loss is {loss} after epoch {learn.state.epoch}: the model's outputs "
                        f"are not finite; {_advice(learn)}")
 
     def after_fit(self, learn: Learner) -> None:
-        if self.window_len and not learn.failure:  # a fit stopped early, mid-window
+        if self.window_len and not learn.state.failure:  # a fit stopped early, mid-window
             self._look(learn)
 
     def window_is_finite(self) -> bool:
@@ -251,13 +251,13 @@ class NaNGuard(Callback):
         return bool(torch.isfinite(self.window_sum))
 
     def _look(self, learn: Learner) -> None:
-        mean, where = self._window_mean(), f"epoch {learn.epoch}, batches {self.window_start}-{learn.iter}"
+        mean, where = self._window_mean(), f"epoch {learn.state.epoch}, batches {self.window_start}-{learn.state.iter}"
         if not math.isfinite(mean):
             learn.fail(f"the training loss became {mean} in {where}; {_advice(learn)}")
         elif mean > self.explode_factor * self._start_loss(learn.n_classes):
             learn.fail(f"the training loss exploded to {mean:.3g} in {where}, over {self.explode_factor:g}x "
                        f"its start ({self._start_loss(learn.n_classes):.3g}); {_advice(learn)}")
-        self._open_window(learn.device, learn.iter + 1)
+        self._open_window(learn.device, learn.state.iter + 1)
 
     def _window_mean(self) -> float:
         # The sync point. Under torchrun every rank looks at the same batch and gets the same numbers.
@@ -284,7 +284,7 @@ class NaNGuard(Callback):
 
 def _advice(learn: Learner) -> str:
     """What to try next, from the learning-rate schedule the fit ran."""
-    peak = max(learn.lr_schedule(i / 100) for i in range(101))
+    peak = max(learn.state.lr_schedule(i / 100) for i in range(101))
     if not math.isfinite(peak):
         return f"the learning rate is {peak}: give a finite, positive one (--lr)"
     amp = ", or turn mixed precision off (--amp off)" if learn.amp_dtype is not None else ""
@@ -302,9 +302,9 @@ class EarlyStopping(Callback):
         self.best, self.wait = None, 0
 
     def after_epoch(self, learn: Learner) -> None:
-        if math.isnan(learn.last_metrics[self.monitor]):  # this epoch skipped validation
+        if math.isnan(learn.state.last_metrics[self.monitor]):  # this epoch skipped validation
             return
-        value = self.sign * learn.last_metrics[self.monitor]
+        value = self.sign * learn.state.last_metrics[self.monitor]
         if self.best is None or value > self.best + self.min_delta:
             self.best, self.wait = value, 0
             return
@@ -345,7 +345,7 @@ class ProgressiveResize(Callback):
 
     def before_epoch(self, learn: Learner) -> None:
         if self.scale_batch:
-            size = self.schedule(learn.epoch / learn.n_epochs)
+            size = self.schedule(learn.state.epoch / learn.state.n_epochs)
             learn.dls.train.set_batch_size(int(self.base_bs * (self.schedule.final_px / size) ** 2))
 
     def after_fit(self, learn: Learner) -> None:
@@ -436,7 +436,7 @@ class _BatchMixer(_SeededCallback):
         self.alpha = alpha
 
     def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        if not learn.training:
+        if not learn.state.training:
             return x, y
         return self.mix(x, y, learn.n_classes, self.alpha, self.generator)
 
@@ -473,7 +473,7 @@ class MixupOrCutMix(_SeededCallback):
 
     def transform_batch(self, learn, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mixup or CutMix a training batch; anything else passes through."""
-        if not learn.training:
+        if not learn.state.training:
             return x, y
         use_cutmix = float(torch.rand(1, generator=self.generator)) < self.switch_prob  # CPU draw
         if use_cutmix:

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .callbacks import Callback
+from .learner import ResumePoint
 from .files import atomic_write, content_hash, remove_stale_temps
 
 FORMAT = "vivace-checkpoint-1"
@@ -141,10 +142,10 @@ def restore_learner(learn, state: dict[str, Any]) -> None:
     for i, cb in enumerate(learn.cbs):
         cb.load_state_dict(state["callbacks"].get(f"{i}.{type(cb).__name__}", {}))
     pos = state["position"]
-    learn.resume_at = (pos["epoch"], pos["batch"])
+    learn.resume = ResumePoint(pos["epoch"], pos["batch"])
     if pos["batch"] > 0:  # resuming mid-epoch: the epoch's train loss continues its running sum
-        learn.resume_loss_sum = state["epoch_loss"]["sum"]
-        learn.resume_batches = int(state["epoch_loss"]["batches"])
+        learn.resume.loss_sum = state["epoch_loss"]["sum"]
+        learn.resume.batches = int(state["epoch_loss"]["batches"])
 
 
 class CheckpointSaver(Callback):
@@ -168,20 +169,20 @@ class CheckpointSaver(Callback):
             remove_stale_temps(self.directory)
 
     def after_batch(self, learn) -> None:
-        if self.every_s and not learn.failure and time.monotonic() - self.last_save >= self.every_s:
+        if self.every_s and not learn.state.failure and time.monotonic() - self.last_save >= self.every_s:
             # The guard looks at the loss only every few batches: never save a NaN it has not seen yet.
             if learn.guard.window_is_finite():
-                self._save(learn, "last", learn.epoch, learn.iter + 1)
+                self._save(learn, "last", learn.state.epoch, learn.state.iter + 1)
 
     def after_epoch(self, learn) -> None:
-        if learn.failure:
+        if learn.state.failure:
             return
-        self._save(learn, "last", learn.epoch + 1, 0)
-        value = learn.last_metrics.get(self.monitor, learn.last_metrics.get("valid_loss"))
+        self._save(learn, "last", learn.state.epoch + 1, 0)
+        value = learn.state.last_metrics.get(self.monitor, learn.state.last_metrics.get("valid_loss"))
         validated = value is not None and not math.isnan(value)  # NaN: the epoch skipped validation
         if validated and (self.best is None or self.sign * value > self.sign * self.best):
             self.best = value
-            self._save(learn, "best", learn.epoch + 1, 0)
+            self._save(learn, "best", learn.state.epoch + 1, 0)
 
     def _save(self, learn, name: str, epoch: int, batch: int) -> None:
         if learn.is_main:

@@ -95,7 +95,7 @@ def train_step(step: Step, recipe: Recipe, out: Path) -> tuple[Learner, dict[str
     except TrainingFailed as err:
         raise TrainingFailed(f"{step.name}: {err}") from None
     seconds = time.perf_counter() - start
-    m = learn.last_metrics
+    m = learn.state.last_metrics
     return learn, {"accuracy": m["accuracy"], "nll": m["nll"], "ece": m["calibration_error"], "seconds": seconds}
 
 

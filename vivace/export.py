@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .files import atomic_write, content_hash
-from .normalize import Normalize
 from .inference import TTA_MODES, Predictor
 from .models.xresnet import XResNet
+from .view import EvalView
 
 FORMAT = "vivace-export"
 VERSION = 1  # bump when the layout or the meaning of a field changes
@@ -40,13 +40,8 @@ def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: in
     config = getattr(learn.model, "config", None)
     if not isinstance(learn.model, XResNet) or config is None:
         raise ValueError(f"can only export vivace XResNet models, got {type(learn.model).__name__}")
-    norm = learn.dls.normalize
     return {"arch": "xresnet", "config": config, "vocab": [str(v) for v in learn.dls.vocab],
-            "normalize": norm.as_dict() if norm is not None else None,
-            "size": int(learn.dls.valid.size), "crop": float(learn.dls.valid.transform.resize.crop),
-            "square": bool(learn.dls.valid.transform.resize.square),
-            "presize": int(learn.dls.cache.presize), "max_aspect": float(learn.dls.cache.max_aspect),
-            "tta": tta, "weights": weights, "epoch": epoch}
+            **learn.dls.eval_view.bundle_fields(), "tta": tta, "weights": weights, "epoch": epoch}
 
 
 def export_learner(learn: Any, path: str | Path, tta: str = "none", weights: str = "final",
@@ -190,9 +185,5 @@ def load(path: str | Path, device: str | torch.device | None = None, amp: str = 
     """Load a bundle as a ready-to-use Predictor (device None: CUDA if available, else CPU; amp as
     in training, see `vivace.runtime.autocast_dtype`)."""
     info, tensors = read_bundle(path)  # checked: every field below is present and usable
-    norm = info["normalize"]
-    return Predictor(build_model(info, tensors), info["vocab"],
-                     Normalize(norm["mean"], norm["std"]) if norm is not None else None,
-                     size=info["size"], presize=info["presize"], tta=info["tta"], device=device,
-                     crop=info.get("crop", 1.0), square=info.get("square", False),  # see read_bundle
-                     max_aspect=info.get("max_aspect", 1.0), amp=amp)  # before 12-05: centre squares
+    return Predictor(build_model(info, tensors), info["vocab"], EvalView.from_bundle(info), tta=info["tta"],
+                     device=device, amp=amp)

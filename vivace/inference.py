@@ -16,13 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .augment import ValidResize, to_unit
-from .normalize import Normalize
 from .runtime import autocast, autocast_dtype
-from .data.cache import DECODE_ERRORS, MAX_ASPECT, load_image_rgb, prepare_image
+from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
 from .pictures import Pictures
 from .data.names import display_name
 from .data.sources import find_images
+from .view import EvalView
 
 TTA_MODES = ("none", "flip")
 Item = Union[str, Path, Image.Image]
@@ -85,37 +84,29 @@ class Predictor:
     """A trained model ready for inference: eval mode on `device`, with its classes and preprocessing.
 
     Args:
-        normalize: the training statistics (None if the model was trained unnormalized).
-        size: the validation crop side, px; presize: the cached images' shorter side, px.
-        crop, square: the central fraction of each side shown at `size`, and whether the image
-            is squashed first or its central square cut (as in validation, `ValidResize`).
-        max_aspect: the longest side / shortest side kept whole, as the cache (1 = centre squares).
+        view: how validation showed images in training (`DataLoaders.eval_view`, or a bundle's):
+            decoded as the cache did (presize, max_aspect), then `ValidResize` and Normalize.
         tta: default test-time augmentation, 'none' or 'flip' (average with the mirror image).
         device: None = CUDA if available, else CPU.
         amp: mixed precision as in training ('auto': bf16 on CUDA and AMX CPUs); see
             `vivace.runtime.autocast_dtype`. With the Learner's setting, predictions equal its get_preds.
     """
 
-    def __init__(self, model: nn.Module, vocab: Sequence[str], normalize: Normalize | None, size: int,
-                 presize: int, tta: str = "none", device: str | torch.device | None = None,
-                 crop: float = 1.0, max_aspect: float = MAX_ASPECT, amp: str = "auto", square: bool = False):
+    def __init__(self, model: nn.Module, vocab: Sequence[str], view: EvalView, tta: str = "none",
+                 device: str | torch.device | None = None, amp: str = "auto"):
         if tta not in TTA_MODES:
             raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
-        if presize < size:
-            raise ValueError(f"presize={presize} must be >= size={size}")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         # channels_last as in training: the same conv kernels, so the same numbers.
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.vocab, self.normalize = list(vocab), normalize
-        self.resize, self.presize, self.tta = ValidResize(size, crop, square), presize, tta
-        self.max_aspect = max_aspect
+        self.vocab, self.view, self.tta = list(vocab), view, tta
         self.amp_dtype = autocast_dtype(self.device, amp)
 
     @property
     def size(self) -> int:
-        return self.resize.size
+        return self.view.size
 
     def predict(self, item: Item | Iterable[Item], batch_size: int = 64,
                 tta: Literal["none", "flip"] | None = None) -> Prediction | list[Prediction]:
@@ -165,14 +156,13 @@ class Predictor:
         if isinstance(item, Image.Image):
             # A copy, so the caller's image is not rotated in place. JPEG draft decoding (a
             # shortcut when opening files) does not apply: pass the path for bit-exact pixels.
-            return prepare_image(item.copy(), self.presize, self.max_aspect)
-        return load_image_rgb(Path(item), self.presize, self.max_aspect)
+            return prepare_image(item.copy(), self.view.presize, self.view.max_aspect)
+        return load_image_rgb(Path(item), self.view.presize, self.view.max_aspect)
 
     @torch.no_grad()
     def probs(self, pictures: Pictures, tta: str = "none") -> Tensor:
         """uint8 Pictures (decoded as the cache does) -> class probabilities (B, C) on the device."""
-        x = self.resize.pixels(pictures.to(self.device))  # the validation transform exactly (data.Pipeline's steps)
-        x = self.normalize(x) if self.normalize is not None else to_unit(x)
+        x = self.view(pictures.to(self.device))  # the validation transform exactly
         with autocast(self.device, self.amp_dtype):
             p = F.softmax(self.model(x).float(), dim=-1)
             if tta == "flip":  # the cheapest TTA: average with the mirror image (training flips too)
@@ -180,8 +170,8 @@ class Predictor:
         return p
 
     def __repr__(self) -> str:
-        return (f"Predictor({len(self.vocab)} classes, size={self.size}, presize={self.presize}, "
-                f"normalize={self.normalize is not None}, tta={self.tta!r}, {self.device})")
+        return (f"Predictor({len(self.vocab)} classes, size={self.size}, presize={self.view.presize}, "
+                f"normalize={self.view.normalize is not None}, tta={self.tta!r}, {self.device})")
 
 
 def _name(item: Item) -> str | None:

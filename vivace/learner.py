@@ -4,11 +4,14 @@ A training step (`Learner._train_step`) reads in data-flow order: this step's cr
 `size_schedule`, progressive resizing), augmentation of the cached uint8 batch at that size,
 Mixup/CutMix, forward and loss under autocast, backward, optimizer step, then the weight
 average (`ema`). Callbacks observe around it (record, progress, checkpoints, the NaN guard) and
-may ask the loop to stop.
+may ask the loop to stop. Where the fit is (epoch, batch, progress, lr, size, loss, metrics) is
+one small value, `learn.state` (a `FitState`), which the loop writes and callbacks read; the
+Learner's other attributes are its configuration, fixed when it is built.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -27,6 +30,38 @@ Metric = Callable[[Tensor, Tensor], Tensor]
 
 class TrainingFailed(RuntimeError):
     """A fit stopped on an error it reported (a NaN loss, say)."""
+
+
+@dataclass
+class ResumePoint:
+    """Where an epoch starts: its first batch and the training loss summed before it (a checkpoint's)."""
+
+    epoch: int = 0
+    batch: int = 0
+    loss_sum: Tensor = field(default_factory=lambda: torch.zeros(()))  # over `batches` batches
+    batches: int = 0
+
+
+@dataclass
+class FitState:
+    """Where a fit is: the loop writes it, callbacks read it (`learn.state`). A new one per fit."""
+
+    n_epochs: int = 1
+    lr_schedule: sched.Schedule = sched.constant(0.0)  # progress -> learning rate
+    mom_schedule: sched.Schedule | None = None  # progress -> momentum; None: the optimizer's own
+    epoch: int = 0
+    start: ResumePoint = field(default_factory=ResumePoint)  # where this epoch started
+    n_batches: int = 0  # training batches in this epoch
+    iter: int = 0  # this batch's index in the epoch
+    progress: float = 0.0  # fraction of the fit done, in [0, 1)
+    lr: float = 0.0
+    size: int = 0  # this step's training crop side, px
+    loss: Tensor = field(default_factory=lambda: torch.zeros(()))  # this step's, on the device: reading it syncs
+    training: bool = False
+    validated: bool = False  # whether this epoch validated (see `Learner.valid_every`)
+    last_metrics: dict[str, float] = field(default_factory=dict)  # NaN where this epoch skipped validation
+    stop_requested: bool = False
+    failure: str | None = None  # why the fit failed (it then raises TrainingFailed)
 
 
 class Learner:
@@ -77,13 +112,9 @@ class Learner:
         # (`ProgressiveResize`, `EMA`): the crop size as a function of progress, and a weight average.
         self.size_schedule: Callable[[float], int] | None = None
         self.ema: WeightAverage | None = None
-        self.size = dls.train.size  # this step's training crop side, px
-        self.resume_at: tuple[int, int] | None = None
-        self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
-        self.epoch, self.iter, self.iter_start, self.lr, self.n_epochs = 0, 0, 0, 0.0, 1
-        self.last_metrics: dict[str, float] = {}
-        self.stop_requested, self.failure, self.validated = False, None, False
         self.valid_every = 1  # epochs between validations (the last epoch always validates)
+        self.resume: ResumePoint | None = None  # set from a checkpoint: where the next fit starts
+        self.state = FitState(size=dls.train.size)
 
     # -- the book's handles -------------------------------------------------------------
     @property
@@ -129,60 +160,59 @@ class Learner:
     # -- the loop ------------------------------------------------------------------------
     def _fit(self, n_epochs: int, lr_schedule: sched.Schedule, mom_schedule: sched.Schedule | None,
              validate: bool = True) -> None:
-        self.n_epochs, self.lr_schedule, self.mom_schedule = n_epochs, lr_schedule, mom_schedule
         if self.opt is None:
             self.opt = self._make_opt()
-        start_epoch, start_batch = self.resume_at or (0, 0)
-        self.stop_requested, self.failure, self.resume_at = False, None, None
+        start, self.resume = self.resume or ResumePoint(), None
+        self.state = state = FitState(n_epochs, lr_schedule, mom_schedule, size=self.dls.train.size)
         self._emit("before_fit")
-        for self.epoch in range(start_epoch, n_epochs):
-            self._train_epoch(start_batch if self.epoch == start_epoch else 0)
-            if self.stop_requested:
+        for state.epoch in range(start.epoch, n_epochs):
+            self._train_epoch(start if state.epoch == start.epoch else ResumePoint(state.epoch))
+            if state.stop_requested:
                 break
             if validate:
-                self.validated = self._validates_now()
-                self.last_metrics = self.validate() if self.validated else self._skipped_metrics()
+                state.validated = self._validates_now()
+                state.last_metrics = self.validate() if state.validated else self._skipped_metrics()
                 self._emit("after_validate")
             self._emit("after_epoch")
-            if self.stop_requested:
+            if state.stop_requested:
                 break
         self._emit("after_fit")
-        if self.failure:
-            raise TrainingFailed(self.failure)
+        if state.failure:
+            raise TrainingFailed(state.failure)
 
     def _validates_now(self) -> bool:
         """Validate after every `valid_every`-th epoch and always after the last (0: the last only)."""
-        last = self.epoch + 1 == self.n_epochs
-        return last or (self.valid_every > 0 and (self.epoch + 1) % self.valid_every == 0)
+        epoch, last = self.state.epoch, self.state.epoch + 1 == self.state.n_epochs
+        return last or (self.valid_every > 0 and (epoch + 1) % self.valid_every == 0)
 
     def _skipped_metrics(self) -> dict[str, float]:
         """NaN for each validation figure of an epoch that skipped validation (a blank in the table)."""
         return {name: math.nan for name in ["valid_loss", *self.metric_names]}
 
-    def _train_epoch(self, start_batch: int) -> None:
+    def _train_epoch(self, start: ResumePoint) -> None:
+        state = self.state
         self.model.train()
-        self.training = True
-        self.dls.train.set_epoch(self.epoch)
-        self.iter_start = start_batch
-        self.n_batches = len(self.dls.train)  # read by callbacks in before_epoch; recounted below
+        state.training, state.start = True, start
+        self.dls.train.set_epoch(state.epoch)
+        state.n_batches = len(self.dls.train)  # read by callbacks in before_epoch; recounted below
         self._emit("before_epoch")  # may change the batch size (ProgressiveResize with scale_batch)
-        self.resume_loss_sum, self.resume_batches = torch.zeros(()), 0
-        self.n_batches = len(self.dls.train)
+        state.n_batches = len(self.dls.train)
         # Batches come as cached (uint8 Pictures); the step augments them at its own size.
-        for self.iter, (pictures, y) in enumerate(self.dls.train.iter_from(start_batch, raw=True), start_batch):
-            self.progress = (self.epoch + self.iter / self.n_batches) / self.n_epochs
+        for state.iter, (pictures, y) in enumerate(self.dls.train.iter_from(start.batch, raw=True), start.batch):
+            state.progress = (state.epoch + state.iter / state.n_batches) / state.n_epochs
             self._set_hyper()
             self._emit("before_batch")
-            self.loss = self._train_step(pictures, y)
+            state.loss = self._train_step(pictures, y)
             self._emit("after_batch")
-            if self.stop_requested:
+            if state.stop_requested:
                 break
-        self.training = False
+        state.training = False
 
     def _train_step(self, pictures: Pictures, y: Tensor) -> Tensor:
         """One training step, in data-flow order; returns the loss (on the device: no sync)."""
-        self.size = self.size_schedule(self.progress) if self.size_schedule else self.dls.train.size
-        x = self.dls.train.transform(pictures, self.size)  # crop, flip, warp, lighting; normalize
+        size = self.size_schedule(self.state.progress) if self.size_schedule else self.dls.train.size
+        self.state.size = size
+        x = self.dls.train.transform(pictures, size)  # crop, flip, warp, lighting; normalize
         x, y = self._mix(x, y)  # Mixup / CutMix: soft targets
         with self.autocast():
             loss = self.loss_func(self.train_model(x), y)
@@ -201,8 +231,9 @@ class Learner:
         return x, y
 
     def _set_hyper(self) -> None:
-        self.lr = self.lr_schedule(self.progress)
-        set_hyper(self.opt, self.lr, self.mom_schedule(self.progress) if self.mom_schedule else None)
+        state = self.state
+        state.lr = state.lr_schedule(state.progress)
+        set_hyper(self.opt, state.lr, state.mom_schedule(state.progress) if state.mom_schedule else None)
 
     def _make_opt(self):
         if callable(self.opt_func):
@@ -219,11 +250,11 @@ class Learner:
     # -- what callbacks may ask ------------------------------------------------------------
     def request_stop(self) -> None:
         """Ask the loop to stop after the current batch (or epoch, when asked in after_epoch)."""
-        self.stop_requested = True
+        self.state.stop_requested = True
 
     def fail(self, message: str) -> None:
         """Stop the fit and record why: the fit then ends raising TrainingFailed(message)."""
-        self.failure = message
+        self.state.failure = message
         self.request_stop()
 
     def log(self, message: str) -> None:

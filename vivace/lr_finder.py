@@ -117,19 +117,17 @@ class LRRecorder(Callback):
 
     def after_batch(self, learn) -> None:
         # One host sync per batch: the sweep needs each loss to decide when to stop (fastai too).
-        self.avg = self.beta * self.avg + (1 - self.beta) * learn.loss.item()
+        self.avg = self.beta * self.avg + (1 - self.beta) * learn.state.loss.item()
         smooth = self.avg / (1 - self.beta ** (len(self.losses) + 1))  # debiased, as fastai's Recorder
-        self.lrs.append(learn.lr)
+        self.lrs.append(learn.state.lr)
         self.losses.append(smooth)
         self.best = min(self.best, smooth)
         if len(self.losses) >= self.num_it or smooth > DIVERGED * self.best or not math.isfinite(smooth):
             learn.request_stop()
 
 
-# Learner attributes the loop rebinds: the sweep gives each one back.
-_LOOP_STATE = ("cbs", "opt", "n_epochs", "lr_schedule", "mom_schedule", "epoch", "iter", "iter_start", "lr",
-               "n_batches", "progress", "loss", "training", "stop_requested", "failure", "resume_at",
-               "resume_loss_sum", "resume_batches", "size", "size_schedule", "ema")
+# Learner attributes a fit rebinds: the sweep gives each one back.
+_LOOP_STATE = ("cbs", "opt", "state", "resume", "size_schedule", "ema")
 
 
 def sweep_callbacks(cbs: Sequence[Callback]) -> list[Callback]:
@@ -147,13 +145,13 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
         raise ValueError(f"start_lr={start_lr:g}, end_lr={end_lr:g}: need 0 < start_lr < end_lr")
     if num_it < 2:
         raise ValueError(f"num_it={num_it}: the sweep needs at least 2 batches")
-    saved = {name: getattr(learn, name) for name in _LOOP_STATE if hasattr(learn, name)}
+    saved = {name: getattr(learn, name) for name in _LOOP_STATE}
     model_state = copy.deepcopy(learn.model.state_dict())
     kept = sweep_callbacks(learn.cbs)
     kept_states = [copy.deepcopy(cb.state_dict()) for cb in kept]  # e.g. Mixup's random stream
     recorder = LRRecorder(num_it)
     try:
-        learn.cbs, learn.opt, learn.resume_at = [*kept, recorder], None, None  # a fresh optimizer
+        learn.cbs, learn.opt, learn.resume = [*kept, recorder], None, None  # a fresh optimizer
         n_batches = max(len(learn.dls.train), 1)
         n_epochs = math.ceil(num_it / n_batches)
         steps, ratio = n_epochs * n_batches, end_lr / start_lr

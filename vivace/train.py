@@ -123,14 +123,14 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
     learn = build_learner(recipe, dls, out, extra_cbs=cbs)
     if recipe.resume and checkpoint.is_file():
         restore_learner(learn, load_checkpoint(checkpoint, learn.device))
-        learn.log(f"resuming {out} at epoch {learn.resume_at[0]}, batch {learn.resume_at[1]}")
+        learn.log(f"resuming {out} at epoch {learn.resume.epoch}, batch {learn.resume.batch}")
     start = time.perf_counter()
     try:
         fit(learn, recipe)
     except TrainingFailed as err:  # no summary or report: the run did not finish
         raise TrainingFailed(f"{err}; {kept_checkpoint(out)}") from None
     # The metrics of the final weights, the ones evaluate, export and report use by default.
-    summary = {**learn.last_metrics, "weights": "final", "epochs": len(learn.recorder.rows),
+    summary = {**learn.state.last_metrics, "weights": "final", "epochs": len(learn.recorder.rows),
                "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed}
     if world.is_main:
         write_json(out / "summary.json", summary)

@@ -22,10 +22,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .augment import ValidResize, five_crop
+from .augment import five_crop
 from .data import Pipeline
 from .metrics import accuracy, calibration_error, nll
 from .pictures import Pictures
+from .view import EvalView
 
 Views = Callable[[Pictures], Iterable[Tensor]]  # a cached batch -> model inputs, one per view
 TTAKind = Literal["none", "augment", "flip", "five-crop"]
@@ -61,20 +62,14 @@ def view_probs(learn, dl, views: Views) -> tuple[Tensor, Tensor]:
     return torch.cat(probs, dim=1).cpu(), torch.cat(targets).cpu()  # the only host sync
 
 
-def eval_size(dl, size: int | None) -> int:
+def eval_size(learn, dl, size: int | None) -> int:
     """`size`, or the loader's own; at most the cache's presize (views crop, never upsample it)."""
-    presize = dl.cache.presize
-    size = dl.size if size is None else size
-    if not isinstance(size, int) or not 1 <= size <= presize:
-        raise ValueError(f"size={size!r} must be an int in [1, {presize}] (the cache's presize): "
-                         f"to evaluate larger, rebuild the data with a larger presize")
-    return size
+    return learn.dls.eval_view.at(dl.size if size is None else size).size  # EvalView checks it
 
 
-def plain_view(learn, size: int) -> Pipeline:
+def plain_view(learn, size: int) -> EvalView:
     """The validation transform at `size` (its centre crop too), then normalize."""
-    view = learn.dls.valid.transform.resize
-    return Pipeline(ValidResize(size, view.crop, view.square), learn.dls.normalize)
+    return learn.dls.eval_view.at(size)
 
 
 def augment_view(learn, size: int, seed: int = 0) -> Pipeline:
@@ -82,7 +77,7 @@ def augment_view(learn, size: int, seed: int = 0) -> Pipeline:
     aug = copy.copy(learn.dls.train.transform.resize)  # a TrainAugment: same crop/flip/warp/lighting
     aug.size = size
     aug.generator = torch.Generator().manual_seed(seed)
-    return Pipeline(aug, learn.dls.normalize)
+    return Pipeline(aug, learn.dls.eval_view.normalize)
 
 
 def tta_views(learn, size: int, n: int = 4, seed: int = 0) -> Views:
@@ -108,7 +103,7 @@ def flip_views(learn, size: int) -> Views:
 
 def five_crop_views(learn, size: int, crop_frac: float = 0.875) -> Views:
     """Centre, top-left, top-right, bottom-left, bottom-right crops, each resized to `size`."""
-    norm = learn.dls.normalize
+    norm = learn.dls.eval_view.normalize
 
     def views(x: Pictures) -> list[Tensor]:
         crops = five_crop(x, size, crop_frac)  # 5 x (B, 3, size, size) in [0, 1]
@@ -123,7 +118,7 @@ def _loader(learn, dl):
 def predict_probs(learn, dl=None, size: int | None = None) -> tuple[Tensor, Tensor]:
     """Plain softmax probabilities (N, C) at `size` (default: the loader's), and labels (N,)."""
     dl = _loader(learn, dl)
-    plain = plain_view(learn, eval_size(dl, size))
+    plain = plain_view(learn, eval_size(learn, dl, size))
     probs, targets = view_probs(learn, dl, lambda x: [plain(x)])
     return probs[0], targets
 
@@ -134,21 +129,21 @@ def tta(learn, dl=None, n: int = 4, beta: float | None = 0.25, use_max: bool = F
     if n < 1:
         raise ValueError(f"n={n} must be >= 1 augmented passes")
     dl = _loader(learn, dl)
-    probs, targets = view_probs(learn, dl, tta_views(learn, eval_size(dl, size), n, seed))
+    probs, targets = view_probs(learn, dl, tta_views(learn, eval_size(learn, dl, size), n, seed))
     return combine_tta(probs[:n], probs[n], beta, use_max), targets
 
 
 def flip_tta(learn, dl=None, size: int | None = None) -> tuple[Tensor, Tensor]:
     """Mean probabilities of each image and its horizontal flip, and labels."""
     dl = _loader(learn, dl)
-    probs, targets = view_probs(learn, dl, flip_views(learn, eval_size(dl, size)))
+    probs, targets = view_probs(learn, dl, flip_views(learn, eval_size(learn, dl, size)))
     return probs.mean(0), targets
 
 
 def five_crop_tta(learn, dl=None, crop_frac: float = 0.875, size: int | None = None) -> tuple[Tensor, Tensor]:
     """Mean probabilities over the centre and four corner crops (side crop_frac of the image), and labels."""
     dl = _loader(learn, dl)
-    probs, targets = view_probs(learn, dl, five_crop_views(learn, eval_size(dl, size), crop_frac))
+    probs, targets = view_probs(learn, dl, five_crop_views(learn, eval_size(learn, dl, size), crop_frac))
     return probs.mean(0), targets
 
 
@@ -175,7 +170,7 @@ def prob_metrics(probs: Tensor, targets: Tensor) -> dict[str, float]:
 def evaluate(learn, kind: TTAKind, dl=None, size: int | None = None) -> dict[str, float | str]:
     """One kind of TTA's metrics, time and validation images per second."""
     dl = _loader(learn, dl)
-    size = eval_size(dl, size)
+    size = eval_size(learn, dl, size)
     start = time.perf_counter()
     probs, targets = tta_probs(learn, kind, dl, size)  # ends on the CPU: the clock sees finished work
     seconds = time.perf_counter() - start

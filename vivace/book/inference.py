@@ -32,10 +32,7 @@ def learner_predictor(learn: Any) -> Predictor:
     the model in eval mode and channels_last (a no-op for a Learner built with channels_last=True,
     the default); training puts it back in train mode.
     """
-    dls = learn.dls
-    return Predictor(learn.eval_model, dls.vocab, dls.normalize, size=dls.valid.size,
-                     presize=dls.cache.presize, device=learn.device,
-                     crop=dls.valid.transform.resize.crop, max_aspect=dls.cache.max_aspect,
+    return Predictor(learn.eval_model, learn.dls.vocab, learn.dls.eval_view, device=learn.device,
                      amp=_AMP_NAMES[learn.amp_dtype])
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from ..augment import VALID_VIEWS, TrainAugment, ValidResize, fastai_valid_crop, to_unit
 from ..normalize import Normalize, compute_stats, imagenet_stats
 from ..pictures import Pictures
+from ..view import EvalView
 from .cache import MAX_ASPECT, ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
@@ -63,6 +64,13 @@ class DataLoaders:
     @property
     def c(self) -> int:
         return len(self.vocab)
+
+    @property
+    def eval_view(self) -> EvalView:
+        """How validation shows an image to the model: the one value TTA, export and predict use."""
+        resize = self.valid.transform.resize
+        return EvalView(resize.size, resize.crop, resize.square, self.cache.presize, self.cache.max_aspect,
+                        self.normalize)
 
     def one_batch(self) -> tuple[Tensor, Tensor]:
         """The first augmented training batch: x (B, 3, S, S) float, y (B,)."""
