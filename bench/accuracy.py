@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from vivace.recipe import make_recipe
+from vivace.recipe import make_recipe, new_names
 from vivace.runtime import autocast_dtype
 from vivace.train import train
 
@@ -38,7 +38,7 @@ from .common import add_data_arg, data_folder, machine, make_parser, matmul_peak
 SPEEDRUN = "imagenette-speedrun"
 SPEEDRUN_TARGET = 0.85
 # The speedrun preset as it stood on 12-04, tuned on the 224 px squares: the time reference.
-SQUARES_SPEEDRUN = dict(presize=224, valid_size=160, valid_crop=0.875, epochs=12)
+SQUARES_SPEEDRUN = dict(presize_px=224, valid_size_px=160, valid_crop=0.875, epochs=12)
 
 
 def trained_runs(preset: str, runs: int, data: str, out: Path) -> list[Path]:
@@ -51,7 +51,7 @@ def trained_runs(preset: str, runs: int, data: str, out: Path) -> list[Path]:
 
 
 # Fields that may differ from the preset's own values without changing what was trained.
-RUN_FIELDS = ("data", "seed", "out", "runs", "resume", "preset", "workers", "checkpoint_every", "data_on_device")
+RUN_FIELDS = ("data", "seed", "out", "runs", "resume", "preset", "workers", "checkpoint_every_min", "data_on_device")
 
 
 def check_is_preset(run_dir: Path, config: dict, overrides: dict | None = None) -> None:
@@ -68,12 +68,12 @@ def check_is_preset(run_dir: Path, config: dict, overrides: dict | None = None) 
 
 def read_run(run_dir: Path, overrides: dict | None = None) -> dict:
     """A run directory's preset, accuracy and time (from config.json and summary.json)."""
-    config = json.loads((run_dir / "config.json").read_text())
+    config = new_names(json.loads((run_dir / "config.json").read_text()))  # runs saved before the renames too
     check_is_preset(run_dir, config, overrides)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"dir": str(run_dir), "preset": config["preset"], "data": config.get("data", ""), "seed": summary["seed"],
             "accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"],
-            "valid_size": config.get("valid_size") or config["size"], "amp": config.get("amp", "auto")}
+            "valid_size": config.get("valid_size_px") or config["size_px"], "amp": config.get("amp", "auto")}
 
 
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

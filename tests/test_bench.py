@@ -135,7 +135,7 @@ def test_the_speedrun_reference_is_the_squares_preset_timed_once(tmp_path):
     assert reference_minutes(None, reference, tmp_path) == {"speedrun_reference_accuracy": 0.8527,
                                                              "speedrun_reference_minutes": 11.5}
     today = _finished_run(tmp_path / "today", 0.85, 600.0)  # today's preset is not the reference
-    with pytest.raises(SystemExit, match=r"presize=160 \(preset: 224\)"):
+    with pytest.raises(SystemExit, match=r"presize_px=160 \(preset: 224\)"):
         reference_minutes(None, today, tmp_path)
 
 

@@ -69,7 +69,7 @@ def test_runs_report_mean_and_std(tmp_path, tiny_folder, capsys):
     (["train", "--data", "/no/such/folder"], "/no/such/folder"),
     (["train", "--arch", "resnet9000"], "arch='resnet9000' is not one of"),
     (["train", "--lr", "-1"], "lr=-1.0 must be in"),
-    (["train", "--size", "256", "--presize", "128"], "presize=128 must be >= size=256"),
+    (["train", "--size", "256", "--presize", "128"], "presize_px=128 must be >= size_px=256"),
     (["train", "--preset", "nope"], "preset='nope'"),
 ])
 def test_errors_are_messages_not_tracebacks(argv, message, capsys, tmp_path, monkeypatch):

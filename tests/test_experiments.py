@@ -80,7 +80,7 @@ def test_fit_progressive_trains_half_then_full_size(tiny_folder, tmp_path):
     recipe = make_recipe(data=str(tiny_folder), arch="xresnet18", widen=0.25, size=16, presize=24, epochs=3,
                          bs=4, workers=1)
     spy = Shapes()
-    learn = build_learner(recipe, build_dataloaders(replace(recipe, size=8)), tmp_path, extra_cbs=[spy])
+    learn = build_learner(recipe, build_dataloaders(replace(recipe, size_px=8)), tmp_path, extra_cbs=[spy])
     fit_progressive(learn, recipe)
     assert spy.shapes == [8] * 6 + [16] * 12  # epochs // 2 at half size, the rest at full size
     assert learn.dls.valid.size == 16

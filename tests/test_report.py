@@ -123,7 +123,7 @@ def test_config_shows_what_differs_from_the_defaults(run_dir):
     html = (run_dir / REPORT_NAME).read_text()
     config = json.loads((run_dir / "config.json").read_text())
     diff, full = html.split("<h2>Config</h2>")[1].split("<details>")[:2]
-    assert "<tr><td class=k>wd</td><td class=k>5e-05</td><td class=k>0.01</td></tr>" in diff
+    assert "<tr><td class=k>weight_decay</td><td class=k>5e-05</td><td class=k>0.01</td></tr>" in diff
     assert "<td class=k>arch</td>" not in diff and "<td class=k>opt</td>" not in diff  # at their defaults
     assert f"full config ({len(config)} fields)" in full
     assert all(f"<tr><td class=k>{field}</td>" in full for field in config)

@@ -42,10 +42,10 @@ def test_a_run_killed_while_caching_resumes_its_own_recipe(tmp_path, tiny_folder
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--mixup", "inf"], "mixup=inf must be a finite number >= 0"),
+    (["--mixup", "inf"], "mixup_alpha=inf must be a finite number >= 0"),
     (["--lr", "nan"], "lr=nan must be a finite number in (0.0, 10.0]"),
     (["--lr", "-1"], "lr=-1.0 must be in (0.0, 10.0]"),
-    (["--ema=-inf"], "ema=-inf must be a finite number in [0.0, 1.0)"),
+    (["--ema=-inf"], "ema_decay=-inf must be a finite number in [0.0, 1.0)"),
     (["--resume", "--overwrite"], "resume and overwrite contradict each other"),
 ])
 def test_bad_values_stop_before_any_folder_exists(argv, message, tmp_path, capsys):

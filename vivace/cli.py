@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from .distributed import rank
 from .experiments import DEFAULTS as EXPERIMENT_DEFAULTS
 from .outputs import check_new_file
-from .recipe import PRESETS, Recipe, field_choices, load_recipe, make_recipe
+from .recipe import PRESETS, RENAMED, Recipe, field_choices, load_recipe, make_recipe
 from .runtime import reuse_freed_memory
 
 DEFAULT_PRESET = "quick"
@@ -29,13 +29,18 @@ def add_recipe_flags(parser: argparse.ArgumentParser, names: Sequence[str] = (),
     for f in dataclasses.fields(Recipe):
         if names and f.name not in names:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = [_flag(f.name)] + [_flag(old) for old, new in RENAMED.items() if new == f.name]  # old names: aliases
         default = f.default
         text = f"{f.metadata['help']} (default: {(defaults or {}).get(f.name, default)!r})"
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=text, choices=choices.get(f.name))
+            parser.add_argument(*flags, dest=f.name, type=type(default), default=None, help=text,
+                                choices=choices.get(f.name))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -99,9 +104,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-EXPERIMENT_FIELDS = ("data", "valid_name", "arch", "widen", "size", "presize", "epochs", "bs", "lr", "seed", "workers")
-SHOW_FIELDS = ("data", "valid_name", "size", "presize", "seed", "workers")
-SHOW_DEFAULTS = dict(size=128, presize=160)
+EXPERIMENT_FIELDS = ("data", "valid_name", "arch", "widen", "size_px", "presize_px", "epochs", "batch_size", "lr",
+                     "seed", "workers")
+SHOW_FIELDS = ("data", "valid_name", "size_px", "presize_px", "seed", "workers")
+SHOW_DEFAULTS = dict(size_px=128, presize_px=160)
 
 
 def given_fields(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
@@ -113,8 +119,8 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     import time
     from .experiments import chapter7
     given = given_fields(args, EXPERIMENT_FIELDS)
-    if "size" in given and "presize" not in given:
-        given["presize"] = given["size"] * 3 // 2  # room for random crops and for larger-size TTA
+    if "size_px" in given and "presize_px" not in given:
+        given["presize_px"] = given["size_px"] * 3 // 2  # room for random crops and for larger-size TTA
     out = Path(args.out) if args.out else Path("runs") / f"chapter7-{time.strftime('%Y%m%d-%H%M%S')}"
     chapter7(out, runs=args.runs, **given)
     return 0
@@ -124,7 +130,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from . import show
     from .data import make_dataloaders
     settings = {**dataclasses.asdict(Recipe()), **SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)}
-    dls = make_dataloaders(settings["data"] or None, size=settings["size"], presize=settings["presize"], bs=9,
+    dls = make_dataloaders(settings["data"] or None, size=settings["size_px"], presize=settings["presize_px"], bs=9,
                            seed=settings["seed"], workers=settings["workers"] or None, progress=False,
                            valid_name=settings["valid_name"])
     out = Path(args.out or f"{args.what}.png")
@@ -152,7 +158,7 @@ def add_chapter_commands(sub) -> None:
     evaluate.set_defaults(func=cmd_evaluate)
     exp = sub.add_parser("experiments", help="the book chapter's techniques compared in one table")
     exp.add_argument("name", choices=("chapter7",))
-    add_recipe_flags(exp, EXPERIMENT_FIELDS, EXPERIMENT_DEFAULTS)  # presize, when only --size is given: 1.5x it
+    add_recipe_flags(exp, EXPERIMENT_FIELDS, EXPERIMENT_DEFAULTS)  # presize, when only the size is given: 1.5x it
     exp.add_argument("--runs", type=int, default=1, help="seeded runs per technique; > 1 reports mean ± std")
     exp.add_argument("--out", default="", help="output folder (default: runs/chapter7-<timestamp>)")
     exp.set_defaults(func=cmd_experiments)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .learner import Learner
-from .recipe import Recipe, make_recipe
+from .recipe import Recipe, make_recipe, new_names
 from .records import write_json
 from .runtime import configure_process
 from .train import TrainingFailed, build_dataloaders, build_learner, fit
@@ -52,14 +52,14 @@ CHAPTER7: tuple[Step, ...] = (
     Step("+ normalize"),
     Step("+ progressive resizing", progressive=True),
     Step("+ TTA", tta=True),
-    Step("+ mixup", {"mixup": 0.4}),
+    Step("+ mixup", {"mixup_alpha": 0.4}),
     Step("+ label smoothing", {"label_smoothing": 0.1}),
-    Step("+ mixup + label smoothing, 2x epochs", {"mixup": 0.4, "label_smoothing": 0.1}, epochs_mult=2),
+    Step("+ mixup + label smoothing, 2x epochs", {"mixup_alpha": 0.4, "label_smoothing": 0.1}, epochs_mult=2),
 )
 
 # Small enough for the embedded dataset on 2 CPU cores; the CLI flags override each.
-DEFAULTS: dict[str, Any] = dict(arch="xresnet18", widen=0.5, size=64, presize=96, epochs=8, bs=32,
-                                lr=5e-3, normalize=True, label_smoothing=0.0, mixup=0.0, cutmix=0.0)
+DEFAULTS: dict[str, Any] = dict(arch="xresnet18", widen=0.5, size_px=64, presize_px=96, epochs=8, batch_size=32,
+                                lr=5e-3, normalize=True, label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0)
 
 
 def slug(name: str) -> str:
@@ -84,7 +84,7 @@ def train_step(step: Step, recipe: Recipe, out: Path) -> tuple[Learner, dict[str
     """Train one row's recipe into `out`; returns the Learner and its final metrics and fit time."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", recipe.to_dict())  # `vivace evaluate` can load the run
-    first = replace(recipe, size=recipe.size // 2) if step.progressive else recipe
+    first = replace(recipe, size_px=recipe.size_px // 2) if step.progressive else recipe
     learn = build_learner(recipe, build_dataloaders(first), out)
     start = time.perf_counter()
     try:
@@ -187,7 +187,7 @@ def chapter7(out: Path, runs: int = 1, steps: Sequence[Step] = CHAPTER7, **recip
     """Run the chapter's comparison into `out` (results.csv, results.png, table.md); returns the summary."""
     if runs < 1:
         raise ValueError(f"runs={runs} must be >= 1")
-    base = make_recipe(**{**DEFAULTS, **recipe_fields})  # validated before any heavy work
+    base = make_recipe(**{**DEFAULTS, **new_names(recipe_fields)})  # validated before any heavy work
     if any(s.progressive for s in steps) and base.epochs < 2:
         raise ValueError(f"epochs={base.epochs}: progressive resizing needs >= 2 (half at half size, half at full)")
     configure_process(base.threads, base.reuse_memory)

@@ -40,43 +40,43 @@ class Recipe:
     self_attention: bool = knob(False, "fastai's simple self-attention in the model")
     blur_pool: bool = knob(False, "anti-aliased downsampling: strided convs and pools")
     max_blur_pool: bool = knob(False, "only the pools anti-aliased (MaxBlurPool, as the leaderboard's)")
-    size: int = knob(128, "final training and validation crop size, px")
-    presize: int = knob(160, "shorter side of the cached images, px (>= size)")
+    size_px: int = knob(128, "final training and validation crop size, px")
+    presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)")
     max_aspect: float = knob(3.0, "longer side / shorter side the cache keeps whole; 1 = centre squares")
-    valid_size: int = knob(0, "validation (and export) crop side, px; 0 = size (FixRes: test a bit larger)")
+    valid_size_px: int = knob(0, "validation (and export) crop side, px; 0 = size_px (FixRes: test a bit larger)")
     valid_crop: float = knob(1.0, "central fraction of each side validation shows; 0 = fastai's (0.842 at 128 px)")
     valid_view: ValidView = knob("auto", "squash (whole image: fastai's RandomResizedCrop) or square "
                                          "(centre: Resize); auto: train_crop's")
     epochs: int = knob(5, "training epochs")
-    bs: int = knob(64, "training batch size (global, over all processes)")
+    batch_size: int = knob(64, "training batch size (global, over all processes)")
     lr: float = knob(3e-3, "peak learning rate for the global batch")
-    cuda_bs: int = knob(0, "batch size on a CUDA device, where a larger batch keeps the GPU busy; 0 = bs. "
-                           "lr follows by --lr-scaling; an explicit --bs wins")
-    lr_scaling: LrScaling = knob("auto", "how lr follows cuda_bs: linear, sqrt or off; auto = linear for sgd, "
+    cuda_batch_size: int = knob(0, "batch size on a CUDA device, where a larger batch keeps the GPU busy; 0 = "
+                                        "batch_size. lr follows by --lr-scaling; an explicit --batch-size wins")
+    lr_scaling: LrScaling = knob("auto", "how lr follows cuda_batch_size: linear, sqrt or off; auto = linear for sgd, "
                                          "sqrt for adamw and ranger (timm's rule)")
     opt: OptName = knob("adamw", "adamw, sgd (Nesterov) or ranger (RAdam + lookahead)")
-    wd: float = knob(0.01, "weight decay (decoupled for adamw/ranger), not on BatchNorm or biases")
-    mom: float = knob(0.9, "momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)")
+    weight_decay: float = knob(0.01, "weight decay (decoupled for adamw/ranger), not on BatchNorm or biases")
+    momentum: float = knob(0.9, "momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)")
     schedule: Schedule = knob("one_cycle", "one_cycle or flat_cos")
     pct_start: float = knob(0.25, "fraction of training spent warming up (one_cycle) or flat (flat_cos)")
     label_smoothing: float = knob(0.0, "epsilon of label smoothing")
-    mixup: float = knob(0.0, "Mixup alpha; 0 = off")
-    cutmix: float = knob(0.0, "CutMix alpha; 0 = off (both > 0: alternate per batch)")
+    mixup_alpha: float = knob(0.0, "Mixup alpha; 0 = off")
+    cutmix_alpha: float = knob(0.0, "CutMix alpha; 0 = off (both > 0: alternate per batch)")
     normalize: bool = knob(True, "normalize inputs by channel statistics")
     stats: Stats = knob("imagenet", "imagenet, or computed (from a sample of the training set)")
     train_crop: TrainCrop = knob("random_resized", "fastai's RandomResizedCrop, or square: its Resize "
                                                    "(largest square, random place)")
     min_scale: float = knob(0.35, "smallest crop area fraction of random-resized-crop")
     flip: bool = knob(True, "random horizontal flips")
-    max_rotate: float = knob(10.0, "degrees, fastai aug_transforms default")
+    max_rotate_deg: float = knob(10.0, "degrees, fastai aug_transforms default")
     max_zoom: float = knob(1.1, "largest random zoom; 1 = none")
     max_warp: float = knob(0.2, "perspective warp strength; 0 = none")
     max_lighting: float = knob(0.2, "brightness and contrast change; 0 = none")
     trivial_augment: bool = knob(False, "TrivialAugment-Wide: one random op of random strength per image")
     progressive: float = knob(0.0, "progressive resizing start fraction of size; 0 = off")
     progressive_end: float = knob(0.75, "fraction of training after which the size stays final")
-    ema: float = knob(0.0, "EMA decay of weights for evaluation; 0 = off")
-    valid_bs: int = knob(0, "evaluation batch size; 0 = 128 on a CPU, twice the training batch (at least 128) "
+    ema_decay: float = knob(0.0, "EMA decay of weights for evaluation; 0 = off")
+    valid_batch_size: int = knob(0, "evaluation batch size; 0 = 128 on a CPU, twice the training batch (at least 128) "
                             "on CUDA")
     valid_every: int = knob(1, "validate after every N-th epoch and always the last; 0 = the last only")
     channels_last: bool = knob(True, "NHWC memory format: measured ~1.4x faster on CPU for xresnet50")
@@ -95,7 +95,7 @@ class Recipe:
     out: str = knob("", 'run directory; "" = runs/<timestamp>')
     resume: bool = knob(False, "continue the run in --out from its last checkpoint")
     overwrite: bool = knob(False, "replace the run already in --out (its records and checkpoints are deleted)")
-    checkpoint_every: float = knob(0.0, "minutes between in-epoch checkpoints; 0 = end of epoch only")
+    checkpoint_every_min: float = knob(0.0, "minutes between in-epoch checkpoints; 0 = end of epoch only")
     preset: str = knob("", "start from a named preset; explicit flags override it")
     dist_timeout_s: float = knob(0.0, "torchrun: seconds a rank waits for a silent one before failing; "
                                       "0 = $VIVACE_DIST_TIMEOUT or 1800")
@@ -105,16 +105,18 @@ class Recipe:
         _choice("arch", self.arch, tuple(MODELS))
         for name, allowed in field_choices().items():
             _choice(name, getattr(self, name), allowed)
-        for name in ("size", "presize", "epochs", "bs", "runs"):
+        for name in ("size_px", "presize_px", "epochs", "batch_size", "runs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("cuda_bs", "valid_bs"):
+        for name in ("cuda_batch_size", "valid_batch_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 = the default)")
-        if self.presize < self.size:
-            raise ValueError(f"presize={self.presize} must be >= size={self.size}: crops are cut from the presized image")
-        if not 0 <= self.valid_size <= self.presize:
-            raise ValueError(f"valid_size={self.valid_size} must be in [0, presize={self.presize}] (0 = size)")
+        if self.presize_px < self.size_px:
+            raise ValueError(f"presize_px={self.presize_px} must be >= size_px={self.size_px}: crops are cut from the "
+                             "presized image")
+        if not 0 <= self.valid_size_px <= self.presize_px:
+            raise ValueError(f"valid_size_px={self.valid_size_px} must be in [0, presize_px={self.presize_px}] "
+                             "(0 = size_px)")
         for name, (low, high, low_open, high_open) in FLOAT_RANGES.items():
             _in_range(name, getattr(self, name), low, high, low_open, high_open)
         if self.valid_every < 0:
@@ -137,6 +139,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ValueError(f"{path}: not valid JSON ({err}); fix the file, or train the run again") from err
     if not isinstance(saved, dict):
         raise ValueError(f"{path}: must hold a JSON object of recipe fields, got {type(saved).__name__}")
+    saved = new_names(saved, where=f"{path}: ")  # runs saved before the fields had units
     fields = {f.name: f for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(saved) - set(fields))
     if unknown:
@@ -149,6 +152,26 @@ def load_recipe(path: str | Path) -> Recipe:
         if not fits:
             raise ValueError(f"{path}: field {name} must be {expected.__name__}, got {value!r}")
     return Recipe(**saved)
+
+
+# Fields renamed to carry their units (12-06): old name -> new. The old names still work as
+# flags (`--bs`), as make_recipe keywords, and in the config.json of runs saved before.
+RENAMED: dict[str, str] = {
+    "bs": "batch_size", "cuda_bs": "cuda_batch_size", "valid_bs": "valid_batch_size", "wd": "weight_decay",
+    "mom": "momentum", "ema": "ema_decay", "mixup": "mixup_alpha", "cutmix": "cutmix_alpha", "size": "size_px",
+    "presize": "presize_px", "valid_size": "valid_size_px", "max_rotate": "max_rotate_deg",
+    "checkpoint_every": "checkpoint_every_min",
+}
+
+
+def new_names(fields: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """`fields` with old names (RENAMED) replaced by the new ones; ValueError if both are given."""
+    out = {RENAMED.get(name, name): value for name, value in fields.items()}
+    both = [old for old, new in RENAMED.items() if old in fields and new in fields]
+    if both:
+        raise ValueError(f"{where}{', '.join(f'{old} and {RENAMED[old]}' for old in both)} name the same field "
+                         f"({', '.join(both)}: the old name): give one")
+    return out
 
 
 def field_choices() -> dict[str, tuple[str, ...]]:
@@ -180,61 +203,61 @@ FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "valid_crop": (0.0, 1.0, False, False),
     "max_aspect": (1.0, 100.0, False, False),
     "lr": (0.0, 10.0, True, False),
-    "wd": (0.0, math.inf, False, False),
-    "mom": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, math.inf, False, False),
+    "momentum": (0.0, 1.0, False, True),
     "pct_start": (0.0, 1.0, False, False),
     "label_smoothing": (0.0, 1.0, False, True),
-    "mixup": (0.0, math.inf, False, False),
-    "cutmix": (0.0, math.inf, False, False),
+    "mixup_alpha": (0.0, math.inf, False, False),
+    "cutmix_alpha": (0.0, math.inf, False, False),
     "min_scale": (0.0, 1.0, True, False),
-    "max_rotate": (0.0, 180.0, False, False),
+    "max_rotate_deg": (0.0, 180.0, False, False),
     "max_zoom": (1.0, math.inf, False, False),
     "max_warp": (0.0, 1.0, False, False),
     "max_lighting": (0.0, 1.0, False, False),
     "progressive": (0.0, 1.0, False, False),
     "progressive_end": (0.0, 1.0, False, False),
-    "ema": (0.0, 1.0, False, True),
-    "checkpoint_every": (0.0, math.inf, False, False),
+    "ema_decay": (0.0, 1.0, False, True),
+    "checkpoint_every_min": (0.0, math.inf, False, False),
     "dist_timeout_s": (0.0, math.inf, False, False),
 }
 
 
 # Random-resized crop and flip only, as fastai's leaderboard script augments.
-_CROP_AND_FLIP = dict(max_rotate=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0)
+_CROP_AND_FLIP = dict(max_rotate_deg=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0)
 # What the Imagenette leaderboard presets share: the leaderboard's files (imagenette2-160: shorter
 # side 160, aspect kept), cached whole and cropped as fastai's RandomResizedCrop does, validated
 # as fastai validates (the whole image squashed to 152 px, centre 128); xresnet50 + Mish +
 # self-attention, Ranger, flat-cos, label smoothing. The 5-epoch preset departs where measured.
-_LEADERBOARD = Recipe(data="imagenette-160", arch="xresnet50", act="mish", self_attention=True, size=128,
-                      presize=160, valid_crop=0.0, bs=64, opt="ranger", schedule="flat_cos", pct_start=0.72,
+_LEADERBOARD = Recipe(data="imagenette-160", arch="xresnet50", act="mish", self_attention=True, size_px=128,
+                      presize_px=160, valid_crop=0.0, batch_size=64, opt="ranger", schedule="flat_cos", pct_start=0.72,
                       lr=8e-3, label_smoothing=0.1, **_CROP_AND_FLIP)
 
 # Named starting points. Numbers in docs/BENCHMARKS.md say what each was measured to reach.
 PRESETS: dict[str, Recipe] = {
     # The README's main job: the embedded dataset on 2 CPU cores in under 2 minutes.
     # Measured: 0.56 accuracy in 23 s (AdamW, AMD EPYC, 12-05; 0.63 on 12-04); SGD at lr 8e-3, wd 5e-5 reached 0.41 in 25 s.
-    "quick": Recipe(arch="xresnet18", widen=0.5, size=64, presize=96, epochs=16, bs=32, lr=5e-3,
+    "quick": Recipe(arch="xresnet18", widen=0.5, size_px=64, presize_px=96, epochs=16, batch_size=32, lr=5e-3,
                     label_smoothing=0.1),
     # The 5-epoch leaderboard entry's recipe exactly (87.43 %): xse_resnext50 + MaxBlurPool, Ranger
     # beta1 0.95, wd 1e-4, batch 32, Resize(128) crops (a random square) + flip, validated once at
     # the end on each image's central square. On imagenette2-160 it read 87.92 % (seed 42) where
     # the same levers on xresnet50 with RandomResizedCrop and wd 0.01 read 85.73 %.
     # Runs and ablations: docs/BENCHMARKS.md (target 88 %).
-    "imagenette-128-5ep": replace(_LEADERBOARD, arch="xse_resnext50", max_blur_pool=True, mom=0.95, wd=1e-4,
-                                  bs=32, train_crop="square", valid_every=0, epochs=5),
+    "imagenette-128-5ep": replace(_LEADERBOARD, arch="xse_resnext50", max_blur_pool=True, momentum=0.95,
+                                  weight_decay=1e-4, batch_size=32, train_crop="square", valid_every=0, epochs=5),
     # The leaderboard entries' recipes on xresnet50, unmeasured here (20 epochs are ~4 h on 2
     # cores): 20 epochs as the 91.57 % entry (MaxBlurPool, Ranger beta1 0.95, no Mixup), 80 as
     # the 93.55 % one (no MaxBlurPool, Mixup). docs/BENCHMARKS.md.
-    "imagenette-128-20ep": replace(_LEADERBOARD, max_blur_pool=True, mom=0.95, epochs=20),
-    "imagenette-128-80ep": replace(_LEADERBOARD, mom=0.95, mixup=0.4, epochs=80),
+    "imagenette-128-20ep": replace(_LEADERBOARD, max_blur_pool=True, momentum=0.95, epochs=20),
+    "imagenette-128-80ep": replace(_LEADERBOARD, momentum=0.95, mixup_alpha=0.4, epochs=80),
     # The speedrun: half-width xresnet18, SGD-Nesterov, sizes 64->128 cropped from the whole image
     # (imagenette2-160, presize 160), tested at 160 px on the central 87.5 % of the squashed image
     # (FixRes: random crops make objects look larger in training), validated once at the end.
     # Tuned on the 224 px squares (12-02, presize 224); 9 epochs on imagenette2-160 read 81.7 %.
     # docs/BENCHMARKS.md has the timed runs beside the squares' reference.
-    "imagenette-speedrun": Recipe(data="imagenette-160", arch="xresnet18", widen=0.5, size=128, presize=160,
-                                  valid_size=160, valid_crop=0.875, valid_every=0, epochs=12, bs=128,
-                                  opt="sgd", lr=0.2, wd=5e-4, label_smoothing=0.1, progressive=0.5,
+    "imagenette-speedrun": Recipe(data="imagenette-160", arch="xresnet18", widen=0.5, size_px=128,
+                                  presize_px=160, valid_size_px=160, valid_crop=0.875, valid_every=0, epochs=12,
+                                  batch_size=128, opt="sgd", lr=0.2, weight_decay=5e-4, label_smoothing=0.1, progressive=0.5,
                                   **_CROP_AND_FLIP),
 }
 
@@ -242,27 +265,29 @@ PRESETS: dict[str, Recipe] = {
 def make_recipe(preset: str = "", **overrides: Any) -> Recipe:
     """A Recipe from a preset (a Recipe value) plus explicit overrides, validated.
 
-    An explicit `bs` is the batch on every device: it drops the preset's `cuda_bs`.
+    An explicit `batch_size` is the batch on every device: it drops the preset's `cuda_batch_size`.
+    Old field names (`bs`, `wd`, ... see RENAMED) are accepted.
     """
     if preset and preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not one of: {', '.join(PRESETS)}")
-    if "bs" in overrides:
-        overrides.setdefault("cuda_bs", 0)
+    overrides = new_names(overrides)
+    if "batch_size" in overrides:
+        overrides.setdefault("cuda_batch_size", 0)
     recipe = replace(PRESETS[preset] if preset else Recipe(), **overrides, preset=preset)
     recipe.validate()
     return recipe
 
 
 def for_device(recipe: Recipe, device: torch.device) -> Recipe:
-    """The recipe as it runs on `device`: on CUDA its `cuda_bs` replaces `bs` and `lr` follows.
+    """The recipe as it runs on `device`: on CUDA its `cuda_batch_size` replaces `batch_size`, `lr` follows.
 
-    The result has `cuda_bs` 0, so a run's config.json says what ran and a resume (on any
+    The result has `cuda_batch_size` 0, so a run's config.json says what ran and a resume (on any
     device) continues at the same batch and learning rate.
     """
-    if device.type != "cuda" or not recipe.cuda_bs:
-        return replace(recipe, cuda_bs=0)
-    lr = scaled_lr(recipe.lr, recipe.cuda_bs / recipe.bs, scaling_rule(recipe.lr_scaling, recipe.opt))
-    return replace(recipe, bs=recipe.cuda_bs, lr=lr, cuda_bs=0)
+    if device.type != "cuda" or not recipe.cuda_batch_size:
+        return replace(recipe, cuda_batch_size=0)
+    lr = scaled_lr(recipe.lr, recipe.cuda_batch_size / recipe.batch_size, scaling_rule(recipe.lr_scaling, recipe.opt))
+    return replace(recipe, batch_size=recipe.cuda_batch_size, lr=lr, cuda_batch_size=0)
 
 
 def scaling_rule(lr_scaling: str, opt: str) -> str:

@@ -30,7 +30,7 @@ from .data.names import display_names
 from .files import atomic_write
 from .interpret import Interpretation
 from .metrics import calibration_error, reliability_bins
-from .recipe import Recipe
+from .recipe import Recipe, new_names
 
 REPORT_NAME = "report.html"
 N_TOP_LOSSES = 9
@@ -72,7 +72,7 @@ def write_report(run_dir: str | Path, learn: Any) -> Path:
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): "
                                 "pass the --out of a `vivace train` run")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = new_names(json.loads((run_dir / "config.json").read_text()))  # old runs: the fields' new names
     summary = _read_json(run_dir / "summary.json")
     rows = read_log(run_dir / "log.csv")
     interp = Interpretation.from_learner(learn)

@@ -37,18 +37,18 @@ def build_dataloaders(recipe: Recipe, world: World = World(), progress: bool = T
     """The recipe's data: cache, loaders, augmentation and normalization (this rank's shard).
 
     Under torchrun rank 0 builds the presize cache while the others wait, then they reuse it.
-    `recipe.bs` is the global batch: each of the N processes takes bs // N. `progress`: rank 0
+    `recipe.batch_size` is the global batch: each of the N processes takes batch_size // N. `progress`: rank 0
     prints the split and the cache's progress.
     """
-    augment = dict(min_scale=recipe.min_scale, flip=recipe.flip, max_rotate=recipe.max_rotate,
+    augment = dict(min_scale=recipe.min_scale, flip=recipe.flip, max_rotate=recipe.max_rotate_deg,
                    max_zoom=recipe.max_zoom, max_warp=recipe.max_warp, max_lighting=recipe.max_lighting,
                    trivial=recipe.trivial_augment, crop=recipe.train_crop)
-    bs = max(recipe.bs // world.world_size, 1)
+    bs = max(recipe.batch_size // world.world_size, 1)
     if not world.is_main:
         distributed.barrier()
-    dls = make_dataloaders(recipe.data or None, size=recipe.size, valid_size=recipe.valid_size or None,
-                           valid_crop=recipe.valid_crop, presize=recipe.presize,
-                           bs=bs, valid_bs=recipe.valid_bs or eval_batch_size(bs, world.device),
+    dls = make_dataloaders(recipe.data or None, size=recipe.size_px, valid_size=recipe.valid_size_px or None,
+                           valid_crop=recipe.valid_crop, presize=recipe.presize_px,
+                           bs=bs, valid_bs=recipe.valid_batch_size or eval_batch_size(bs, world.device),
                            augment=augment, normalize=recipe.normalize,
                            stats=recipe.stats, seed=recipe.seed, device=world.device, rank=world.rank,
                            world_size=world.world_size, workers=recipe.workers or None,
@@ -69,16 +69,16 @@ def eval_batch_size(train_bs: int, device: torch.device) -> int:
 def technique_callbacks(recipe: Recipe) -> list[Callback]:
     """The chapter's techniques the recipe switches on, as callbacks."""
     cbs: list[Callback] = []
-    if recipe.mixup > 0 and recipe.cutmix > 0:
-        cbs.append(MixupOrCutMix(recipe.mixup, recipe.cutmix, seed=recipe.seed))
-    elif recipe.mixup > 0:
-        cbs.append(Mixup(recipe.mixup, seed=recipe.seed))
-    elif recipe.cutmix > 0:
-        cbs.append(CutMix(recipe.cutmix, seed=recipe.seed))
-    if recipe.ema > 0:
-        cbs.append(EMA(recipe.ema))
+    if recipe.mixup_alpha > 0 and recipe.cutmix_alpha > 0:
+        cbs.append(MixupOrCutMix(recipe.mixup_alpha, recipe.cutmix_alpha, seed=recipe.seed))
+    elif recipe.mixup_alpha > 0:
+        cbs.append(Mixup(recipe.mixup_alpha, seed=recipe.seed))
+    elif recipe.cutmix_alpha > 0:
+        cbs.append(CutMix(recipe.cutmix_alpha, seed=recipe.seed))
+    if recipe.ema_decay > 0:
+        cbs.append(EMA(recipe.ema_decay))
     if recipe.progressive > 0:
-        cbs.append(ProgressiveResize(SizeSchedule(recipe.size, recipe.progressive, recipe.progressive_end)))
+        cbs.append(ProgressiveResize(SizeSchedule(recipe.size_px, recipe.progressive, recipe.progressive_end)))
     return cbs
 
 
@@ -90,9 +90,9 @@ def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, extra_cbs: list[C
                          max_blur_pool=recipe.max_blur_pool)
     loss = LabelSmoothingCrossEntropy(recipe.label_smoothing) if recipe.label_smoothing else CrossEntropy()
     cbs = technique_callbacks(recipe)
-    cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every), RunLogger(out), *(extra_cbs or [])]
+    cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every_min), RunLogger(out), *(extra_cbs or [])]
     learn = Learner(dls, model, loss, metrics=[accuracy, top5_accuracy, nll, calibration_error], cbs=cbs,
-                    opt_func=recipe.opt, wd=recipe.wd, mom=recipe.mom, channels_last=recipe.channels_last, amp=recipe.amp,
+                    opt_func=recipe.opt, wd=recipe.weight_decay, mom=recipe.momentum, channels_last=recipe.channels_last, amp=recipe.amp,
                     compile=recipe.compile and recipe.compile_mode, sync_bn=recipe.sync_bn)
     learn.valid_every = recipe.valid_every
     return learn
@@ -148,9 +148,10 @@ def train_once(recipe: Recipe, out: Path, cbs: list[Callback] | None = None) -> 
 def on_device(recipe: Recipe, world: World) -> Recipe:
     """The recipe with this device's batch and learning rate (`for_device`), said in one line if they change."""
     resolved = for_device(recipe, world.device)
-    if world.is_main and resolved.bs != recipe.bs:
-        print(f"{world.device.type}: batch {resolved.bs} (cuda_bs) instead of {recipe.bs}, lr {recipe.lr:g} -> "
-              f"{resolved.lr:.3g} ({scaling_rule(recipe.lr_scaling, recipe.opt)} scaling); --bs sets one batch "
+    if world.is_main and resolved.batch_size != recipe.batch_size:
+        print(f"{world.device.type}: batch {resolved.batch_size} (cuda_batch_size) instead of {recipe.batch_size}, "
+              f"lr {recipe.lr:g} -> "
+              f"{resolved.lr:.3g} ({scaling_rule(recipe.lr_scaling, recipe.opt)} scaling); --batch-size sets one batch "
               f"for every device", flush=True)
     return resolved
 
