@@ -122,3 +122,27 @@ def test_load_recipe_round_trips_and_accepts_ints_for_floats(tmp_path):
     recipe = Recipe(epochs=3, lr=0.5, data="x")
     path.write_text(json.dumps({**recipe.to_dict(), "lr": 1}))
     assert load_recipe(path) == Recipe(epochs=3, lr=1.0, data="x")
+
+
+def test_every_commands_arguments_are_generated_from_dataclass_fields():
+    """No hand-written flag: each argument of each command is a field of the Recipe or of the
+    command's options class, with that field's help, so `--help` and the code cannot disagree."""
+    import argparse
+    import dataclasses
+
+    from vivace import options
+    from vivace.cli import build_parser
+    from vivace.recipe import Recipe
+
+    classes = [Recipe, options.RunOptions, options.EvaluateOptions, options.ExportOptions, options.PredictOptions,
+               options.LrFindOptions, options.ShowOptions, options.ExperimentOptions, options.DownloadOptions]
+    helps: dict[str, list[str]] = {}  # field name -> its help in each class that has it
+    for f in (f for cls in classes for f in dataclasses.fields(cls)):
+        helps.setdefault(f.name, []).append(f.metadata["help"])
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"train", "lr-find", "download", "evaluate", "experiments", "show", "export",
+                             "predict", "report"}
+    for name, parser in commands.items():
+        for action in parser._actions:
+            if action.dest != "help":
+                assert any(action.help.startswith(h) for h in helps.get(action.dest, [])), (name, action.dest)

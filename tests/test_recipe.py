@@ -70,11 +70,11 @@ def test_every_field_describes_itself_and_literal_fields_give_the_cli_its_choice
     import dataclasses
 
     from vivace.cli import add_recipe_flags
-    from vivace.recipe import field_choices
+    from vivace.flags import literal_choices
 
     assert all(f.metadata["help"] for f in dataclasses.fields(Recipe))
-    assert field_choices()["opt"] == ("sgd", "adamw", "ranger")
-    assert field_choices()["data_on_device"] == ("auto", "on", "off")
+    assert literal_choices(Recipe)["opt"] == ("sgd", "adamw", "ranger")
+    assert literal_choices(Recipe)["data_on_device"] == ("auto", "on", "off")
     parser = argparse.ArgumentParser()
     add_recipe_flags(parser)
     actions = {a.dest: a for a in parser._actions}

@@ -14,7 +14,10 @@ from typing import Any, Sequence
 from .distributed import rank
 from .experiments import DEFAULTS as EXPERIMENT_DEFAULTS
 from .outputs import check_new_file
-from .recipe import PRESETS, RENAMED, Recipe, field_choices, load_recipe, make_recipe
+from .flags import add_flags
+from .options import (DownloadOptions, EvaluateOptions, ExperimentOptions, ExportOptions, LrFindOptions,
+                      PredictOptions, RunOptions, ShowOptions)
+from .recipe import PRESETS, Recipe, load_recipe, make_recipe
 from .runtime import reuse_freed_memory
 
 DEFAULT_PRESET = "quick"
@@ -22,25 +25,9 @@ DEFAULT_PRESET = "quick"
 
 def add_recipe_flags(parser: argparse.ArgumentParser, names: Sequence[str] = (),
                      defaults: dict[str, Any] | None = None) -> None:
-    """One flag per Recipe field (or per field in `names`), help from its metadata, choices from its
-    Literal type. Unset flags stay None so presets (or the command) can fill them; `defaults` are
-    the values a command other than train fills in, shown in the help instead of the Recipe's."""
-    choices = field_choices()
-    for f in dataclasses.fields(Recipe):
-        if names and f.name not in names:
-            continue
-        flags = [_flag(f.name)] + [_flag(old) for old, new in RENAMED.items() if new == f.name]  # old names: aliases
-        default = f.default
-        text = f"{f.metadata['help']} (default: {(defaults or {}).get(f.name, default)!r})"
-        if isinstance(default, bool):
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            parser.add_argument(*flags, dest=f.name, type=type(default), default=None, help=text,
-                                choices=choices.get(f.name))
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    """One flag per Recipe field (or per field in `names`). Unset flags stay None so presets (or the
+    command) can fill them; `defaults` are the values a command other than train fills in."""
+    add_flags(parser, Recipe, names, defaults, unset_is_none=True)
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -95,10 +82,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     learn, weights = load_run_weights(Path(args.run), args.weights, **overrides)
     print(f"weights: {weights}\n{learn.dls.source.split_note}", flush=True)
     plan = [("none", None)]  # plain, at the size the run was trained at
-    if args.size is not None:
-        plan.append(("none", args.size))
+    if args.size_px is not None:
+        plan.append(("none", args.size_px))
     kinds = TTA_KINDS[1:] if args.tta == "all" else [args.tta] if args.tta != "none" else []
-    plan += [(kind, args.size) for kind in kinds]
+    plan += [(kind, args.size_px) for kind in kinds]
     evaluate(learn, "none")  # untimed warm-up (allocations, kernel choice): every timed row starts warm
     print(format_evaluation([evaluate(learn, kind, size=size) for kind, size in plan]))
     return 0
@@ -147,26 +134,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 def add_chapter_commands(sub) -> None:
     """`evaluate`, `experiments` and `show`: the chapter's TTA, comparison table and pictures."""
     evaluate = sub.add_parser("evaluate", help="accuracy of a trained run without and with test-time augmentation")
-    evaluate.add_argument("run", help="a run directory (the --out of `vivace train`)")
-    evaluate.add_argument("--tta", default="all", choices=("none", "augment", "flip", "five-crop", "all"))
-    evaluate.add_argument("--size", type=int, default=None, help="evaluate at this size, px (<= the run's presize)")
-    evaluate.add_argument("--crop", type=float, default=None,
-                          help="central fraction of each side shown (default: the run's --valid-crop)")
-    evaluate.add_argument("--view", default=None, choices=("squash", "square"),
-                          help="squash the whole image or cut its central square (default: the run's --valid-view)")
-    add_weights_flag(evaluate)
+    add_flags(evaluate, EvaluateOptions)
     evaluate.set_defaults(func=cmd_evaluate)
     exp = sub.add_parser("experiments", help="the book chapter's techniques compared in one table")
-    exp.add_argument("name", choices=("chapter7",))
+    add_flags(exp, ExperimentOptions, ["name"])
     add_recipe_flags(exp, EXPERIMENT_FIELDS, EXPERIMENT_DEFAULTS)  # presize, when only the size is given: 1.5x it
-    exp.add_argument("--runs", type=int, default=1, help="seeded runs per technique; > 1 reports mean ± std")
-    exp.add_argument("--out", default="", help="output folder (default: runs/chapter7-<timestamp>)")
+    add_flags(exp, ExperimentOptions, ["runs", "out"])
     exp.set_defaults(func=cmd_experiments)
     show = sub.add_parser("show", help="save the chapter's pictures: mixup, a batch, augmentations")
-    show.add_argument("what", choices=("mixup", "batch", "augs"))
+    add_flags(show, ShowOptions, ["what"])
     add_recipe_flags(show, SHOW_FIELDS, SHOW_DEFAULTS)
-    show.add_argument("--lam", type=float, default=0.7, help="mixup: the weight of the first image")
-    show.add_argument("--out", default="", help="PNG path (default: <what>.png)")
+    add_flags(show, ShowOptions, ["lam", "out"])
     show.set_defaults(func=cmd_show)
 
 
@@ -237,38 +215,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_weights_flag(parser: argparse.ArgumentParser) -> None:
-    """--weights final|best: which of a run's saved weights a command uses."""
-    parser.add_argument("--weights", default="final", choices=("final", "best"),
-                        help="final: the model at the end of training, as `train` reports it (default); "
-                             "best: the epoch with the best validation accuracy (chosen on that same set)")
-
-
 def add_deploy_commands(sub) -> None:
     """`export`, `predict` and `report`: a trained run as a bundle, predictions and an HTML report."""
     export = sub.add_parser("export", help="write a run's model as one safe bundle file for `predict`")
-    export.add_argument("run", help="a run directory (the --out of `vivace train`)")
-    export.add_argument("-o", "--out", default="", help="bundle path (default: RUN/export.vivace)")
-    add_weights_flag(export)
-    export.add_argument("--tta", default="none", choices=("none", "flip"), help="the bundle's default TTA")
-    export.add_argument("--overwrite", action="store_true", help="replace the bundle if it exists")
+    add_flags(export, ExportOptions)
     export.set_defaults(func=cmd_export)
     predict = sub.add_parser("predict", help="classify images (files or folders) with an exported bundle")
-    predict.add_argument("bundle", help="a bundle written by `vivace export`")
-    predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    predict.add_argument("--topk", type=int, default=3, help="classes printed per image")
-    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                         help="average with the mirror image (default: the bundle's setting)")
-    predict.add_argument("--json", action="store_true", help="one JSON object per image: path, label, probs")
-    predict.add_argument("--csv", default="predictions.csv",
-                         help="where the predictions for folder inputs are written (default: %(default)s)")
-    predict.add_argument("--overwrite", action="store_true", help="replace the --csv file if it exists")
-    predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
+    add_flags(predict, PredictOptions)
     predict.set_defaults(func=cmd_predict)
     report = sub.add_parser("report", help="(re)write RUN/report.html from a run's saved weights")
-    report.add_argument("run", help="a run directory (the --out of `vivace train`)")
-    add_weights_flag(report)
+    add_flags(report, RunOptions)
     report.set_defaults(func=cmd_report)
 
 
@@ -308,10 +264,7 @@ def add_lr_find_command(sub) -> None:
                                          "(the same flags), print fastai's valley (suggested), steep and minimum "
                                          "rates, and plot the smoothed loss against the rate.")
     add_recipe_flags(lr_find)
-    lr_find.add_argument("--num-it", type=int, default=100, help="batches in the sweep (default: %(default)s)")
-    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default: %(default)g)")
-    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last rate (default: %(default)g)")
-    lr_find.add_argument("--plot", default="", help="PNG path (default: lr_find.png, or lr_find-N.png if taken)")
+    add_flags(lr_find, LrFindOptions)
     lr_find.set_defaults(func=cmd_lr_find)
 
 
@@ -325,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     add_lr_find_command(sub)
     download = sub.add_parser("download", help="download and extract a dataset by name")
-    download.add_argument("name", help="imagenette, imagenette-320, imagenette-160, imagewoof, ...")
+    add_flags(download, DownloadOptions)
     download.set_defaults(func=cmd_download)
     add_chapter_commands(sub)
     add_deploy_commands(sub)

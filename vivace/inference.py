@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence, Union
+from typing import Iterable, Literal, Sequence, Union, get_args
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ from .data.names import display_name
 from .data.sources import find_images
 from .view import EvalView
 
-TTA_MODES = ("none", "flip")
+BundleTTA = Literal["none", "flip"]  # what a bundle (and `predict`) may apply: flip is the cheapest TTA
+TTA_MODES: tuple[str, ...] = get_args(BundleTTA)
 Item = Union[str, Path, Image.Image]
 
 
@@ -109,7 +110,7 @@ class Predictor:
         return self.view.size
 
     def predict(self, item: Item | Iterable[Item], batch_size: int = 64,
-                tta: Literal["none", "flip"] | None = None) -> Prediction | list[Prediction]:
+                tta: BundleTTA | None = None) -> Prediction | list[Prediction]:
         """One Prediction for one image (path or PIL); a list for a list or a folder.
 
         In a list, an unreadable image gives an entry with `error` set and the rest go on;
@@ -122,7 +123,7 @@ class Predictor:
         return preds[0] if single else preds
 
     def predict_many(self, items: Sequence[Item], batch_size: int = 64,
-                     tta: Literal["none", "flip"] | None = None) -> list[Prediction]:
+                     tta: BundleTTA | None = None) -> list[Prediction]:
         """A Prediction per item, in order, decoding and running `batch_size` images at a time."""
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")

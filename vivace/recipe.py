@@ -6,12 +6,13 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import torch
 
 from .augment import TrainCrop, ValidView
 from .data.resident import DataOnDevice
+from .flags import knob, literal_choices
 from .models import MODELS
 from .optim import OptName
 from .runtime import CompileMode
@@ -21,11 +22,6 @@ Activation = Literal["relu", "mish", "silu"]
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 Stats = Literal["imagenet", "computed"]
 LrScaling = Literal["auto", "linear", "sqrt", "off"]
-
-
-def knob(default: Any, help: str) -> Any:
-    """A Recipe field with its --help text (the CLI reads it; a Literal type gives the choices)."""
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -40,44 +36,48 @@ class Recipe:
     self_attention: bool = knob(False, "fastai's simple self-attention in the model")
     blur_pool: bool = knob(False, "anti-aliased downsampling: strided convs and pools")
     max_blur_pool: bool = knob(False, "only the pools anti-aliased (MaxBlurPool, as the leaderboard's)")
-    size_px: int = knob(128, "final training and validation crop size, px")
-    presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)")
+    size_px: int = knob(128, "final training and validation crop size, px", aliases=("size",))
+    presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)", aliases=("presize",))
     max_aspect: float = knob(3.0, "longer side / shorter side the cache keeps whole; 1 = centre squares")
-    valid_size_px: int = knob(0, "validation (and export) crop side, px; 0 = size_px (FixRes: test a bit larger)")
+    valid_size_px: int = knob(0, "validation (and export) crop side, px; 0 = size_px (FixRes: test a bit larger)",
+                              aliases=("valid_size",))
     valid_crop: float = knob(1.0, "central fraction of each side validation shows; 0 = fastai's (0.842 at 128 px)")
     valid_view: ValidView = knob("auto", "squash (whole image: fastai's RandomResizedCrop) or square "
                                          "(centre: Resize); auto: train_crop's")
     epochs: int = knob(5, "training epochs")
-    batch_size: int = knob(64, "training batch size (global, over all processes)")
+    batch_size: int = knob(64, "training batch size (global, over all processes)", aliases=("bs",))
     lr: float = knob(3e-3, "peak learning rate for the global batch")
     cuda_batch_size: int = knob(0, "batch size on a CUDA device, where a larger batch keeps the GPU busy; 0 = "
-                                        "batch_size. lr follows by --lr-scaling; an explicit --batch-size wins")
+                                        "batch_size. lr follows by --lr-scaling; an explicit --batch-size wins",
+                                aliases=("cuda_bs",))
     lr_scaling: LrScaling = knob("auto", "how lr follows cuda_batch_size: linear, sqrt or off; auto = linear for sgd, "
                                          "sqrt for adamw and ranger (timm's rule)")
     opt: OptName = knob("adamw", "adamw, sgd (Nesterov) or ranger (RAdam + lookahead)")
-    weight_decay: float = knob(0.01, "weight decay (decoupled for adamw/ranger), not on BatchNorm or biases")
-    momentum: float = knob(0.9, "momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)")
+    weight_decay: float = knob(0.01, "weight decay (decoupled for adamw/ranger), not on BatchNorm or biases",
+                               aliases=("wd",))
+    momentum: float = knob(0.9, "momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)",
+                           aliases=("mom",))
     schedule: Schedule = knob("one_cycle", "one_cycle or flat_cos")
     pct_start: float = knob(0.25, "fraction of training spent warming up (one_cycle) or flat (flat_cos)")
     label_smoothing: float = knob(0.0, "epsilon of label smoothing")
-    mixup_alpha: float = knob(0.0, "Mixup alpha; 0 = off")
-    cutmix_alpha: float = knob(0.0, "CutMix alpha; 0 = off (both > 0: alternate per batch)")
+    mixup_alpha: float = knob(0.0, "Mixup alpha; 0 = off", aliases=("mixup",))
+    cutmix_alpha: float = knob(0.0, "CutMix alpha; 0 = off (both > 0: alternate per batch)", aliases=("cutmix",))
     normalize: bool = knob(True, "normalize inputs by channel statistics")
     stats: Stats = knob("imagenet", "imagenet, or computed (from a sample of the training set)")
     train_crop: TrainCrop = knob("random_resized", "fastai's RandomResizedCrop, or square: its Resize "
                                                    "(largest square, random place)")
     min_scale: float = knob(0.35, "smallest crop area fraction of random-resized-crop")
     flip: bool = knob(True, "random horizontal flips")
-    max_rotate_deg: float = knob(10.0, "degrees, fastai aug_transforms default")
+    max_rotate_deg: float = knob(10.0, "degrees, fastai aug_transforms default", aliases=("max_rotate",))
     max_zoom: float = knob(1.1, "largest random zoom; 1 = none")
     max_warp: float = knob(0.2, "perspective warp strength; 0 = none")
     max_lighting: float = knob(0.2, "brightness and contrast change; 0 = none")
     trivial_augment: bool = knob(False, "TrivialAugment-Wide: one random op of random strength per image")
     progressive: float = knob(0.0, "progressive resizing start fraction of size; 0 = off")
     progressive_end: float = knob(0.75, "fraction of training after which the size stays final")
-    ema_decay: float = knob(0.0, "EMA decay of weights for evaluation; 0 = off")
+    ema_decay: float = knob(0.0, "EMA decay of weights for evaluation; 0 = off", aliases=("ema",))
     valid_batch_size: int = knob(0, "evaluation batch size; 0 = 128 on a CPU, twice the training batch (at least 128) "
-                            "on CUDA")
+                            "on CUDA", aliases=("valid_bs",))
     valid_every: int = knob(1, "validate after every N-th epoch and always the last; 0 = the last only")
     channels_last: bool = knob(True, "NHWC memory format: measured ~1.4x faster on CPU for xresnet50")
     amp: AmpMode = knob("auto", "mixed precision: auto (bf16 on CUDA and AMX CPUs, else off), bf16, fp16, off")
@@ -95,7 +95,8 @@ class Recipe:
     out: str = knob("", 'run directory; "" = runs/<timestamp>')
     resume: bool = knob(False, "continue the run in --out from its last checkpoint")
     overwrite: bool = knob(False, "replace the run already in --out (its records and checkpoints are deleted)")
-    checkpoint_every_min: float = knob(0.0, "minutes between in-epoch checkpoints; 0 = end of epoch only")
+    checkpoint_every_min: float = knob(0.0, "minutes between in-epoch checkpoints; 0 = end of epoch only",
+                                       aliases=("checkpoint_every",))
     preset: str = knob("", "start from a named preset; explicit flags override it")
     dist_timeout_s: float = knob(0.0, "torchrun: seconds a rank waits for a silent one before failing; "
                                       "0 = $VIVACE_DIST_TIMEOUT or 1800")
@@ -103,7 +104,7 @@ class Recipe:
     def validate(self) -> None:
         """Raise ValueError naming the field, its value and what is allowed."""
         _choice("arch", self.arch, tuple(MODELS))
-        for name, allowed in field_choices().items():
+        for name, allowed in literal_choices(Recipe).items():
             _choice(name, getattr(self, name), allowed)
         for name in ("size_px", "presize_px", "epochs", "batch_size", "runs"):
             if getattr(self, name) < 1:
@@ -154,14 +155,10 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe(**saved)
 
 
-# Fields renamed to carry their units (12-06): old name -> new. The old names still work as
-# flags (`--bs`), as make_recipe keywords, and in the config.json of runs saved before.
-RENAMED: dict[str, str] = {
-    "bs": "batch_size", "cuda_bs": "cuda_batch_size", "valid_bs": "valid_batch_size", "wd": "weight_decay",
-    "mom": "momentum", "ema": "ema_decay", "mixup": "mixup_alpha", "cutmix": "cutmix_alpha", "size": "size_px",
-    "presize": "presize_px", "valid_size": "valid_size_px", "max_rotate": "max_rotate_deg",
-    "checkpoint_every": "checkpoint_every_min",
-}
+# Fields renamed to carry their units (12-06): old name -> new, from each field's `aliases`. The
+# old names still work as flags (`--bs`), as make_recipe keywords, and in the config.json of
+# runs saved before.
+RENAMED: dict[str, str] = {old: f.name for f in dataclasses.fields(Recipe) for old in f.metadata["aliases"]}
 
 
 def new_names(fields: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -172,12 +169,6 @@ def new_names(fields: dict[str, Any], where: str = "") -> dict[str, Any]:
         raise ValueError(f"{where}{', '.join(f'{old} and {RENAMED[old]}' for old in both)} name the same field "
                          f"({', '.join(both)}: the old name): give one")
     return out
-
-
-def field_choices() -> dict[str, tuple[str, ...]]:
-    """The allowed values of each Recipe field typed as a Literal (opt, amp, ...)."""
-    hints = get_type_hints(Recipe)
-    return {f.name: get_args(hints[f.name]) for f in dataclasses.fields(Recipe) if get_origin(hints[f.name]) is Literal}
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
