@@ -150,10 +150,12 @@ class SizeSpy(nn.Module):
         return self.body(x)
 
 
-def test_real_learner_tta_kinds_sizes_and_training_rng(tiny_dls):
+def test_real_learner_tta_kinds_sizes_and_training_rng(tiny_folder):
+    from vivace.data import make_dataloaders
+    dls = make_dataloaders(tiny_folder, size=8, valid_size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+                           workers=1, progress=False)  # training crops smaller than validation's
     model = SizeSpy()
-    learn = Learner(tiny_dls, model)
-    learn.dls.train.set_size(8)  # a progressive-resizing run may leave training elsewhere
+    learn = Learner(dls, model)
     rng = learn.dls.train.transform.resize.generator.get_state()
     probs, y = tta(learn, n=2)
     assert probs.shape == (12, 3) and y.shape == (12,)

@@ -34,11 +34,8 @@ class Pipeline:
 
     @property
     def size(self) -> int:
+        """The side batches come out at when no size is passed, px."""
         return self.resize.size
-
-    @size.setter
-    def size(self, px: int) -> None:
-        self.resize.size = px
 
     def __call__(self, x: Pictures | Tensor, size: int | None = None) -> Tensor:
         """The batch transformed (training: augmented at `size`, else its own) and normalized."""

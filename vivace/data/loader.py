@@ -113,12 +113,8 @@ class BatchLoader:
 
     @property
     def size(self) -> int:
-        """Output side of the transform, px (progressive resizing changes it between batches)."""
+        """Output side of the transform, px (the Learner's step may ask for another: progressive resizing)."""
         return self.transform.size
-
-    def set_size(self, px: int) -> None:
-        """Crop the next batches to `px` (where they are cropped: never crop large, then shrink)."""
-        self.transform.size = px
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.iter_from(0)
