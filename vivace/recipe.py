@@ -248,7 +248,8 @@ PRESETS: dict[str, Recipe] = {
     # docs/BENCHMARKS.md has the timed runs beside the squares' reference.
     "imagenette-speedrun": Recipe(data="imagenette-160", arch="xresnet18", widen=0.5, size_px=128,
                                   presize_px=160, valid_size_px=160, valid_crop=0.875, valid_every=0, epochs=12,
-                                  batch_size=128, opt="sgd", lr=0.2, weight_decay=5e-4, label_smoothing=0.1, progressive=0.5,
+                                  batch_size=128, opt="sgd", lr=0.2, weight_decay=5e-4, label_smoothing=0.1,
+                                  progressive=0.5,
                                   **_CROP_AND_FLIP),
 }
 

@@ -92,7 +92,8 @@ def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, extra_cbs: list[C
     cbs = technique_callbacks(recipe)
     cbs += [CheckpointSaver(out, "accuracy", recipe.checkpoint_every_min), RunLogger(out), *(extra_cbs or [])]
     learn = Learner(dls, model, loss, metrics=[accuracy, top5_accuracy, nll, calibration_error], cbs=cbs,
-                    opt_func=recipe.opt, wd=recipe.weight_decay, mom=recipe.momentum, channels_last=recipe.channels_last, amp=recipe.amp,
+                    opt_func=recipe.opt, wd=recipe.weight_decay, mom=recipe.momentum,
+                    channels_last=recipe.channels_last, amp=recipe.amp,
                     compile=recipe.compile and recipe.compile_mode, sync_bn=recipe.sync_bn)
     learn.valid_every = recipe.valid_every
     return learn
