@@ -13,7 +13,6 @@ import types
 from typing import Any, Literal, Sequence, Union, get_args, get_origin, get_type_hints
 
 
-
 def knob(default: Any, help: str, aliases: Sequence[str] = (), short: str = "") -> Any:
     """A field with its --help text; `aliases`: old names of the field, still accepted as flags."""
     return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases), "short": short})
