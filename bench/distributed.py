@@ -36,8 +36,8 @@ def worker(args: argparse.Namespace) -> None:
             self.times.append(time.perf_counter())
 
     world = distributed.init_distributed()
-    recipe = make_recipe(data=str(args.data), arch=args.arch, size_px=128, presize_px=160, batch_size=args.bs, epochs=1,
-                         threads=args.threads)
+    recipe = make_recipe(data=str(args.data), arch=args.arch, size_px=128, presize_px=160, batch_size=args.bs,
+                         epochs=1, threads=args.threads)
     import torch
     torch.set_num_threads(args.threads)
     dls = build_dataloaders(recipe, world)

@@ -8,7 +8,7 @@ from torch import nn
 
 from vivace.augment import TrainAugment, ValidResize
 from vivace.learner import Learner
-from vivace.view import EvalView
+from vivace.data.view import EvalView
 from vivace.tta import (combine_tta, five_crop_tta, five_crop_views, flip_tta, flip_views, predict_probs,
                         prob_metrics, tta, tta_probs, tta_views, view_probs)
 

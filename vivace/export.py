@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .files import atomic_write, content_hash
 from .inference import TTA_MODES, Predictor
 from .models.xresnet import XResNet
-from .view import EvalView
+from .data.view import EvalView
 
 FORMAT = "vivace-export"
 VERSION = 1  # bump when the layout or the meaning of a field changes

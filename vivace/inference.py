@@ -21,7 +21,7 @@ from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
 from .pictures import Pictures
 from .data.names import display_name
 from .data.sources import find_images
-from .view import EvalView
+from .data.view import EvalView
 
 BundleTTA = Literal["none", "flip"]  # what a bundle (and `predict`) may apply: flip is the cheapest TTA
 TTA_MODES: tuple[str, ...] = get_args(BundleTTA)
@@ -163,7 +163,7 @@ class Predictor:
     @torch.no_grad()
     def probs(self, pictures: Pictures, tta: str = "none") -> Tensor:
         """uint8 Pictures (decoded as the cache does) -> class probabilities (B, C) on the device."""
-        x = self.view(pictures.to(self.device))  # the validation transform exactly
+        x = self.view.transform()(pictures.to(self.device))  # the validation transform exactly
         with autocast(self.device, self.amp_dtype):
             p = F.softmax(self.model(x).float(), dim=-1)
             if tta == "flip":  # the cheapest TTA: average with the mirror image (training flips too)

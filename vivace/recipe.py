@@ -76,8 +76,8 @@ class Recipe:
     progressive: float = knob(0.0, "progressive resizing start fraction of size; 0 = off")
     progressive_end: float = knob(0.75, "fraction of training after which the size stays final")
     ema_decay: float = knob(0.0, "EMA decay of weights for evaluation; 0 = off", aliases=("ema",))
-    valid_batch_size: int = knob(0, "evaluation batch size; 0 = 128 on a CPU, twice the training batch (at least 128) "
-                            "on CUDA", aliases=("valid_bs",))
+    valid_batch_size: int = knob(0, "evaluation batch size; 0 = 128 on a CPU, twice the training batch (at least "
+                                    "128) on CUDA", aliases=("valid_bs",))
     valid_every: int = knob(1, "validate after every N-th epoch and always the last; 0 = the last only")
     channels_last: bool = knob(True, "NHWC memory format: measured ~1.4x faster on CPU for xresnet50")
     amp: AmpMode = knob("auto", "mixed precision: auto (bf16 on CUDA and AMX CPUs, else off), bf16, fp16, off")

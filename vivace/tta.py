@@ -26,7 +26,6 @@ from .augment import five_crop
 from .data import Pipeline
 from .metrics import accuracy, calibration_error, nll
 from .pictures import Pictures
-from .view import EvalView
 
 Views = Callable[[Pictures], Iterable[Tensor]]  # a cached batch -> model inputs, one per view
 TTAKind = Literal["none", "augment", "flip", "five-crop"]
@@ -67,9 +66,9 @@ def eval_size(learn, dl, size: int | None) -> int:
     return learn.dls.eval_view.at(dl.size if size is None else size).size  # EvalView checks it
 
 
-def plain_view(learn, size: int) -> EvalView:
+def plain_view(learn, size: int) -> Pipeline:
     """The validation transform at `size` (its centre crop too), then normalize."""
-    return learn.dls.eval_view.at(size)
+    return learn.dls.eval_view.at(size).transform()
 
 
 def augment_view(learn, size: int, seed: int = 0) -> Pipeline:

@@ -9,38 +9,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..augment import VALID_VIEWS, TrainAugment, ValidResize, fastai_valid_crop, to_unit
+from ..augment import VALID_VIEWS, TrainAugment, ValidResize, fastai_valid_crop
 from ..normalize import Normalize, compute_stats, imagenet_stats
-from ..pictures import Pictures
-from ..view import EvalView
 from .cache import MAX_ASPECT, ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
+from .pipeline import Pipeline
 from .resident import DATA_ON_DEVICE, DeviceCache, choose_data_on_device
 from .sources import Source, make_source
+from .view import EvalView
 
 STATS_SAMPLE = 1024  # training images used to compute normalization statistics
-
-
-class Pipeline:
-    """A loader's per-batch transform: resize (train: augment) to `size`, then normalize.
-
-    `resize` is a TrainAugment or ValidResize: its `pixels` may stay uint8, and Normalize turns
-    uint8 into normalized floats in one pass (the batch is converted to float only once).
-    """
-
-    def __init__(self, resize: TrainAugment | ValidResize, normalize: Normalize | None):
-        self.resize, self.normalize = resize, normalize
-
-    @property
-    def size(self) -> int:
-        """The side batches come out at when no size is passed, px."""
-        return self.resize.size
-
-    def __call__(self, x: Pictures | Tensor, size: int | None = None) -> Tensor:
-        """The batch transformed (training: augmented at `size`, else its own) and normalized."""
-        x = self.resize.pixels(x) if size is None else self.resize.pixels(x, size=size)  # uint8 or [0, 1]
-        return self.normalize(x) if self.normalize is not None else to_unit(x)
 
 
 @dataclass
@@ -180,5 +159,5 @@ def sample_stats(cache: ImageCache, indices: np.ndarray, size: int, device: torc
     return compute_stats(batches)
 
 
-__all__ = ["DataLoaders", "Pipeline", "make_dataloaders", "make_source", "Source", "build_cache",
+__all__ = ["DataLoaders", "Pipeline", "EvalView", "make_dataloaders", "make_source", "Source", "build_cache",
            "ImageCache", "BatchLoader", "DeviceCache", "DATA_ON_DEVICE", "data_home", "embedded_path", "resolve_data", "sample_stats"]

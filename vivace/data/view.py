@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from torch import Tensor
-
-from .augment import ValidResize, to_unit
-from .normalize import Normalize
-from .pictures import Pictures
+from ..augment import ValidResize
+from ..normalize import Normalize
+from .pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -37,13 +35,9 @@ class EvalView:
         """The same view at another size (None: this one); ValueError beyond the presize."""
         return self if size is None else replace(self, size=size)
 
-    def resize(self) -> ValidResize:
-        return ValidResize(self.size, self.crop, self.square)
-
-    def __call__(self, pictures: Pictures | Tensor) -> Tensor:
-        """uint8 Pictures -> the normalized float batch (B, 3, size, size) the model sees."""
-        x = self.resize().pixels(pictures)  # uint8: Normalize converts to float in its own pass
-        return self.normalize(x) if self.normalize is not None else to_unit(x)
+    def transform(self) -> Pipeline:
+        """uint8 Pictures -> the normalized float batch (B, 3, size, size) the model sees: validation's."""
+        return Pipeline(ValidResize(self.size, self.crop, self.square), self.normalize)
 
     def bundle_fields(self) -> dict[str, Any]:
         """The export bundle's fields for this view (JSON-ready)."""
