@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean browser
+.PHONY: setup run test test-fast bench clean browser
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,11 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest
+
+# The developer loop: everything but the tests marked slow (end to end, browser, torchrun,
+# pseudo-terminal); under a minute on 2 idle cores. `make test` (CI) runs them all.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

@@ -8,13 +8,13 @@ per run: accuracy, training seconds (training + per-epoch evaluation, after the 
 and minutes; then the mean. `--record` writes `<key>_accuracy_mean` and `<key>_runs`, where the
 key names the data and the preset: `imagenette160_128_5ep` for `imagenette-128-5ep` on the
 imagenette2-160 files, `imagenette_128_5ep` on the 224 px squares (the key every figure before
-12-05 has). For the speedrun it also writes `<data>speedrun_minutes_to_85` (the mean minutes, if
+2026-12-05 has). For the speedrun it also writes `<data>speedrun_minutes_to_85` (the mean minutes, if
 every run reached 85 %) and, when it trained them, the machine's fp32 matmul peak measured just after.
 
     python -m bench accuracy --preset imagenette-speedrun --data imagenette2-160 --runs 2 \
         --reference ../shared/data/imagenette2-224 --record
 
-`--reference DATA` also trains the speedrun as it was tuned on the 224 px squares (12-04: presize
+`--reference DATA` also trains the speedrun as it was tuned on the 224 px squares (2026-12-04: presize
 224, 12 epochs) once on DATA and records its minutes as `speedrun_reference_minutes`: this small
 model's speed moves 2x from day to day, so the speedrun's minutes mean something only beside a
 reference timed in the same session.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from vivace.recipe import make_recipe, new_names
+from vivace.recipe import TrainOptions, make_recipe, new_names, resolve
 from vivace.runtime import autocast_dtype
 from vivace.train import train
 
@@ -37,7 +37,7 @@ from .common import add_data_arg, data_folder, machine, make_parser, matmul_peak
 
 SPEEDRUN = "imagenette-speedrun"
 SPEEDRUN_TARGET = 0.85
-# The speedrun preset as it stood on 12-04, tuned on the 224 px squares: the time reference.
+# The speedrun preset as it stood on 2026-12-04, tuned on the 224 px squares: the time reference.
 SQUARES_SPEEDRUN = dict(presize_px=224, valid_size_px=160, valid_crop=0.875, epochs=12)
 
 
@@ -46,32 +46,37 @@ def trained_runs(preset: str, runs: int, data: str, out: Path) -> list[Path]:
     recipe = make_recipe(preset, data=data)
     dirs = [out / f"run{i}" for i in range(runs)]
     for i, run_dir in enumerate(dirs):
-        train(replace(recipe, seed=recipe.seed + i, out=str(run_dir)))
+        train(replace(recipe, seed=recipe.seed + i), TrainOptions(preset=preset, out=str(run_dir)))
     return dirs
 
 
-# Fields that may differ from the preset's own values without changing what was trained.
-RUN_FIELDS = ("data", "seed", "out", "runs", "resume", "preset", "workers", "checkpoint_every_min", "data_on_device")
+# Recipe fields that may differ from the preset's own values without changing what was trained.
+FREE_FIELDS = ("data", "seed", "data_on_device")
 
 
-def check_is_preset(run_dir: Path, config: dict, overrides: dict | None = None) -> None:
-    """Refuse a run whose settings are not its preset's plus `overrides` (a probe, say)."""
-    kept = {k: config[k] for k in RUN_FIELDS if k in config and k != "preset"}
-    preset = make_recipe(config["preset"], **{**kept, **(overrides or {})})
-    # Fields newer than the run's config.json take their defaults; reuse_memory is speed only.
-    differ = [k for k, v in preset.to_dict().items()
-              if k in config and k != "reuse_memory" and config[k] != v]
+def check_is_preset(run_dir: Path, config: dict, preset: str, overrides: dict | None = None) -> None:
+    """Refuse a run whose recipe is not its preset's plus `overrides` (a probe, say).
+
+    config.json holds the recipe as it ran (resolved: `vivace.recipe.resolve`) or, in runs saved
+    before 2026-12-06, as asked: either matches.
+    """
+    kept = {k: config[k] for k in FREE_FIELDS if k in config}
+    recipe = make_recipe(preset, **{**kept, **(overrides or {})})
+    asked, ran = recipe.to_dict(), resolve(recipe, torch.device("cpu")).to_dict()
+    # Fields newer than the run's config.json take their defaults; run settings are not compared.
+    differ = [k for k in asked if k in config and config[k] not in (asked[k], ran[k])]
     if differ:
-        raise SystemExit(f"{run_dir} is not a plain {config['preset']!r} run: "
-                         + ", ".join(f"{k}={config[k]!r} (preset: {getattr(preset, k)!r})" for k in differ))
+        raise SystemExit(f"{run_dir} is not a plain {preset!r} run: "
+                         + ", ".join(f"{k}={config[k]!r} (preset: {asked[k]!r})" for k in differ))
 
 
 def read_run(run_dir: Path, overrides: dict | None = None) -> dict:
     """A run directory's preset, accuracy and time (from config.json and summary.json)."""
     config = new_names(json.loads((run_dir / "config.json").read_text()))  # runs saved before the renames too
-    check_is_preset(run_dir, config, overrides)
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"dir": str(run_dir), "preset": config["preset"], "data": config.get("data", ""), "seed": summary["seed"],
+    preset = summary.get("preset") or config["preset"]  # runs before 2026-12-06 kept it in config.json
+    check_is_preset(run_dir, config, preset, overrides)
+    return {"dir": str(run_dir), "preset": preset, "data": config.get("data", ""), "seed": summary["seed"],
             "accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"],
             "valid_size": config.get("valid_size_px") or config["size_px"], "amp": config.get("amp", "auto")}
 
@@ -86,7 +91,7 @@ def run_precision(runs: list[dict]) -> str:
 
 
 # Data folders (or names) whose figures get their own key prefix; anything else is "imagenette",
-# the 224 px squares every figure before 12-05 was taken on.
+# the 224 px squares every figure before 2026-12-05 was taken on.
 DATA_PREFIXES = {"imagenette2-160": "imagenette160", "imagenette-160": "imagenette160",
                  "imagewoof2-160": "imagewoof160", "imagewoof-160": "imagewoof160"}
 
@@ -118,9 +123,9 @@ def reference_minutes(data: Path | None, run_dir: Path | None, out: Path) -> dic
     """Train (or read) the squares' speedrun once; its accuracy and minutes, to time the speedrun against."""
     if run_dir is None:
         run_dir = out / "speedrun-reference"
-        train(replace(make_recipe(SPEEDRUN, data=str(data), **SQUARES_SPEEDRUN), out=str(run_dir)))
+        train(make_recipe(SPEEDRUN, data=str(data), **SQUARES_SPEEDRUN), TrainOptions(preset=SPEEDRUN, out=str(run_dir)))
     run = read_run(run_dir, SQUARES_SPEEDRUN)
-    print(f"{run['dir']}: reference (speedrun of 12-04 on {run['data']}): accuracy {run['accuracy']:.4f} "
+    print(f"{run['dir']}: reference (speedrun of 2026-12-04 on {run['data']}): accuracy {run['accuracy']:.4f} "
           f"in {run['train_seconds'] / 60:.1f} min")
     return {"speedrun_reference_accuracy": round(run["accuracy"], 4),
             "speedrun_reference_minutes": round(run["train_seconds"] / 60, 2)}
@@ -135,7 +140,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--from-runs", nargs="+", type=Path, default=None,
                    help="report (and record) runs already trained instead of training new ones")
     p.add_argument("--reference", type=Path, default=None, metavar="DATA",
-                   help="also time the speedrun of 12-04 (tuned on the 224 px squares) once on DATA")
+                   help="also time the speedrun of 2026-12-04 (tuned on the 224 px squares) once on DATA")
     p.add_argument("--reference-run", type=Path, default=None, metavar="DIR",
                    help="a reference run already trained, instead of --reference")
     p.add_argument("--record", action="store_true", help="write the figures to docs/benchmarks.json")

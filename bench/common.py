@@ -176,4 +176,4 @@ def side_dataloaders(side: str, data: Path, size: int, bs: int, presize: int, mi
     only, then vivace's loaders (every side uses them: image counts, the device, TTA's files)."""
     if side in VIVACE_AMP:
         configure_process(threads=0, reuse_memory=True)
-    return make_dataloaders(data, size=size, presize=presize, bs=bs, augment=dict(min_scale=min_scale), progress=False)
+    return make_dataloaders(data, size_px=size, presize_px=presize, batch_size=bs, augment=dict(min_scale=min_scale), progress=False)

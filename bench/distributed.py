@@ -24,9 +24,10 @@ WARMUP = 2
 def worker(args: argparse.Namespace) -> None:
     """Runs inside each process: a short fit, batch times written by rank 0."""
     from vivace import distributed
-    from vivace.callbacks import Callback, StopAfter
+    from vivace.callbacks import Callback
+    from vivace.guards import StopAfter
     from vivace.recipe import make_recipe
-    from vivace.train import build_dataloaders, build_learner
+    from vivace.build import build_dataloaders, build_learner
 
     class Clock(Callback):
         def __init__(self):
@@ -37,7 +38,7 @@ def worker(args: argparse.Namespace) -> None:
 
     world = distributed.init_distributed()
     recipe = make_recipe(data=str(args.data), arch=args.arch, size_px=128, presize_px=160, batch_size=args.bs,
-                         epochs=1, threads=args.threads)
+                         epochs=1)
     import torch
     torch.set_num_threads(args.threads)
     dls = build_dataloaders(recipe, world)

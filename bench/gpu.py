@@ -52,7 +52,7 @@ def measure(source: Source, arch: str, bs: int, size: int, batches: int, compile
     """Model step and end to end (cache on the device, then from the host) at one batch size."""
     row = {"bs": bs, "compile": compile or "off"}
     for data_on_device in ("on", "off"):
-        dls = make_dataloaders(source, size=size, presize=160, bs=bs, progress=False, data_on_device=data_on_device)
+        dls = make_dataloaders(source, size_px=size, presize_px=160, batch_size=bs, progress=False, data_on_device=data_on_device)
         if "model_step" not in row:
             row["model_step"] = round(ceiling(arch, bs, size, len(dls.vocab), batches, device=dls.device,
                                               amp_dtype=autocast_dtype(dls.device, "auto"), compile=compile), 1)

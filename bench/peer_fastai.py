@@ -10,7 +10,7 @@ crop size and augmentation on the Imagenette train split:
   Normalize per batch), 2 worker processes, `Learner(..., CrossEntropyLossFlat(), accuracy)`,
   `learn.to_channelslast(use_amp=False)` (fastai's default there is fp16 autocast, which on a CPU
   is far slower than fp32), `fit_one_cycle`; a Callback stops the fit with CancelFitException.
-- vivace: `make_dataloaders(size, presize=160, augment=dict(min_scale=0.35))` and its Learner's
+- vivace: `make_dataloaders(size, presize_px=160, augment=dict(min_scale=0.35))` and its Learner's
   `fit_one_cycle`; a Callback asks it to stop.
 
 The optimizer is the chapter's (fastai's default Adam; vivace's 'adamw', the same update) unless
@@ -232,7 +232,7 @@ def main(argv: list[str]) -> int:
     print(machine())
     print(versions())
     start = time.perf_counter()  # cache build (first use only) + loaders: startup, never timed below
-    v_dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
+    v_dls = make_dataloaders(args.data, size_px=args.size, presize_px=PRESIZE, batch_size=args.bs,
                              augment=dict(min_scale=MIN_SCALE), progress=False)
     print(f"vivace data setup {time.perf_counter() - start:.1f} s (builds the presize cache on first use)")
     tta_failure = vivace_tta_missing() if args.tta_images else None

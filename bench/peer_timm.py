@@ -14,7 +14,7 @@ channels_last, cross-entropy, Nesterov SGD with decay off BatchNorm and biases:
   and the plain loop: forward, loss, zero_grad, backward, step. In fp32 (`timm`: its train.py's
   default) and with forward and loss under bf16 autocast (`timm-bf16`: `--amp --amp-dtype
   bfloat16`, which timm applies on a CPU too).
-- vivace: `make_dataloaders(size, presize=160, augment=dict(min_scale=0.35))` (crop, flip,
+- vivace: `make_dataloaders(size, presize_px=160, augment=dict(min_scale=0.35))` (crop, flip,
   rotate/zoom/warp, lighting from the uint8 presize cache) and its Learner's `fit_one_cycle`.
 
 Images/s are timed over `--batches` batches after WARMUP untimed ones, so they leave out warm-up
@@ -156,7 +156,7 @@ def main(argv: list[str]) -> int:
     print(machine())
     print(versions())
     start = time.perf_counter()  # cache build (first use only) + loaders: startup, never timed below
-    dls = make_dataloaders(args.data, size=args.size, presize=PRESIZE, bs=args.bs,
+    dls = make_dataloaders(args.data, size_px=args.size, presize_px=PRESIZE, batch_size=args.bs,
                            augment=dict(min_scale=MIN_SCALE), progress=False)
     print(f"vivace data setup {time.perf_counter() - start:.1f} s (builds the presize cache on first use)")
     print(f"{len(dls.train.indices)} training images; {args.batches} timed batches after {WARMUP} warm-up; "

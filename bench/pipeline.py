@@ -51,7 +51,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--presize", type=int, default=160, help="cache: shorter side, px")
     p.add_argument("--max-aspect", type=float, nargs="+", default=[MAX_ASPECT],
                    help="cache: longest/shortest side kept whole; several values are measured side "
-                        "by side (1 = the centre-square cache vivace had before 12-05)")
+                        "by side (1 = the centre-square cache vivace had before 2026-12-05)")
     p.add_argument("--size", type=int, default=128, help="training crop side, px")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--n-batches", type=int, default=30, help="timed batches for (b) and (c)")
@@ -86,7 +86,7 @@ def make_augments(size: int) -> dict[str, Callable[[Tensor], Tensor]]:
     from vivace.data import Pipeline
     from vivace.normalize import Normalize
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    crop_flip = TrainAugment(size, min_scale=RRC_SCALE[0], ratio=RRC_RATIO, max_rotate=0.0, max_zoom=1.0,
+    crop_flip = TrainAugment(size, min_scale=RRC_SCALE[0], ratio=RRC_RATIO, max_rotate_deg=0.0, max_zoom=1.0,
                              max_warp=0.0, p_affine=0.0, max_lighting=0.0, p_lighting=0.0, seed=0)
     full = TrainAugment(size, min_scale=RRC_SCALE[0], seed=0)
     # The loaders' own transform (make_dataloaders): augment, then Normalize.

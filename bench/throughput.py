@@ -25,12 +25,17 @@ from vivace.runtime import autocast, autocast_dtype, compile_mode, reuse_freed_m
 WARMUP = 2  # batches not timed: allocator and thread pools warming up
 
 
+def mode_of(compile: bool | str) -> str:
+    """The torch.compile mode of a benchmark's `compile` switch: True or a mode name."""
+    return compile if isinstance(compile, str) else "default"
+
+
 def end_to_end(arch: str, dls, batches: int, amp: str = "auto", compile: bool | str = False) -> float:
     """vivace's own loop on real cached data with augmentation (its defaults for the device)."""
     torch.manual_seed(0)
     watch = Stopwatch(WARMUP + 1, batches, dls.device)
     learn = Learner(dls, create_model(arch, n_out=len(dls.vocab)), cbs=[VivaceClock(watch)], amp=amp,
-                    compile=compile)
+                    compile=bool(compile), compile_mode=mode_of(compile))
     learn.recorder.print_table = False
     learn.fit_one_cycle(1, 1e-3)
     return watch.images_per_s(dls.train.batch_size)
@@ -49,7 +54,7 @@ def ceiling(arch: str, bs: int, size: int, n_out: int, batches: int, channels_la
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(arch, n_out=n_out, **model_kwargs).to(device, memory_format=layout).train()
     opt = make_optimizer(model, opt_name, lr=1e-3, fused=fused)
-    step_model = torch.compile(model, mode=compile_mode(compile)) if compile else model
+    step_model = torch.compile(model, mode=compile_mode(mode_of(compile))) if compile else model
     x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=layout)
     y = torch.randint(0, n_out, (bs,), device=device)
     watch, done = Stopwatch(WARMUP + 1, batches, device), False
@@ -127,7 +132,7 @@ def main(argv: list[str]) -> None:
     if not args.no_reuse_memory:
         reuse_freed_memory()  # as `vivace train` does (Recipe.reuse_memory)
     print(machine())
-    dls = make_dataloaders(data, size=args.size, presize=160, bs=args.bs, progress=False)
+    dls = make_dataloaders(data, size_px=args.size, presize_px=160, batch_size=args.bs, progress=False)
     amp_dtype = autocast_dtype(dls.device, args.amp)
     peaks = {"fp32": matmul_peak_gflops()}
     if amp_dtype == torch.bfloat16:

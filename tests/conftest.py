@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny learnable image folder and an isolated data home."""
+"""Shared fixtures and helpers: a tiny learnable image folder, tiny models, an isolated data home.
+
+Tests marked `slow` (end to end, browser, torchrun, pseudo-terminal) are left out by
+`make test-fast` (`pytest -m "not slow"`); `make test` runs them all.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 CLASSES = ["red", "green", "blue"]
 
@@ -42,21 +47,48 @@ def tiny_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("tiny"))
 
 
+TINY_DATA = dict(size_px=16, presize_px=24, batch_size=4, valid_batch_size=8, seed=0, device="cpu", workers=1,
+                 progress=False)  # make_dataloaders' keywords for the tiny folders: 3 classes, 16 px crops
+
+
+def tiny_dataloaders(folder: Path, **overrides):
+    """make_dataloaders on a tiny folder with TINY_DATA, changed by `overrides`."""
+    from vivace.data import make_dataloaders
+    return make_dataloaders(folder, **{**TINY_DATA, **overrides})
+
+
 @pytest.fixture
 def tiny_dls(tiny_folder):
-    from vivace.data import make_dataloaders
-    return make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
-                            workers=1, progress=False)
+    return tiny_dataloaders(tiny_folder)
+
+
+def tiny_model(n_out: int = 3) -> nn.Module:
+    """A seeded conv -> BN -> pool -> linear model: trains in milliseconds on any input size."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out))
+
+
+class SizeSpy(nn.Module):
+    """`tiny_model` that records the input side it sees in eval mode (validation, TTA) in `sizes`."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = tiny_model()
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        if not self.training:
+            self.sizes.append(x.shape[-1])
+        return self.body(x)
 
 
 def trained_tiny_learner(folder: Path, valid_bs: int = 8):
     """A quarter-width xresnet18 trained one epoch on a tiny folder (fixtures share it)."""
-    from vivace.data import make_dataloaders
     from vivace.learner import Learner
     from vivace.models import create_model
 
-    dls = make_dataloaders(folder, size=16, presize=24, bs=4, valid_bs=valid_bs, seed=0, device="cpu",
-                           workers=1, progress=False)
+    dls = tiny_dataloaders(folder, valid_batch_size=valid_bs)
     torch.manual_seed(0)
     learn = Learner(dls, create_model("xresnet18", n_out=len(dls.vocab), widen=0.25))
     learn.fit_one_cycle(1, 1e-2)

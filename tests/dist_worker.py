@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from vivace import distributed
 from vivace.callbacks import Callback
-from vivace.recipe import make_recipe
+from vivace.recipe import TrainOptions, make_recipe
 from vivace.train import train_once
 
 
@@ -60,9 +60,9 @@ if __name__ == "__main__":
         sys.exit(stall_or_train(data, base / "out0", os.environ["STALL_RANK"]))
     world = distributed.init_distributed()
     recipe = make_recipe(data=data, arch="xresnet18", widen=0.25, size=16, presize=24, epochs=2, bs=8,
-                         valid_bs=5, lr=1e-2, workers=1)
+                         valid_bs=5, lr=1e-2)
     # One --out per rank here (the same path in real use) so the test can see who wrote what.
     cbs = [ShardSpy(dump)]
     if os.environ.get("DIE_RANK") == str(world.rank):
         cbs.append(DieAt())
-    train_once(recipe, base / f"out{world.rank}", cbs=cbs)
+    train_once(recipe, base / f"out{world.rank}", TrainOptions(workers=1), cbs=cbs)

@@ -5,12 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vivace.augment import (TrainAugment, ValidResize, affine_matrices, center_crop_resize, five_crop,
-                            lighting, random_resized_crop_params, resample, sample_grid, warp_matrices)
+from vivace.augment import (TrainAugment, affine_matrices, lighting, random_resized_crop_params, resample,
+                            sample_grid, warp_matrices)
+from vivace.views import ValidResize, center_crop_resize, five_crop
 from vivace.normalize import Normalize, compute_stats, imagenet_stats
 
 CL = torch.channels_last
-NO_AUG = dict(min_scale=1.0, ratio=(1.0, 1.0), flip=False, max_rotate=0.0, max_zoom=1.0,
+NO_AUG = dict(min_scale=1.0, ratio=(1.0, 1.0), flip=False, max_rotate_deg=0.0, max_zoom=1.0,
               max_warp=0.0, p_affine=0.0, max_lighting=0.0, p_lighting=0.0)
 
 
@@ -103,7 +104,7 @@ def test_crops_vary_across_items_and_calls():
 
 def test_rotation_changes_image():
     x = batch()
-    y = TrainAugment(16, **{**NO_AUG, "max_rotate": 30.0, "p_affine": 1.0}, seed=0)(x)
+    y = TrainAugment(16, **{**NO_AUG, "max_rotate_deg": 30.0, "p_affine": 1.0}, seed=0)(x)
     assert (y - x.float() / 255).abs().mean() > 0.05
 
 
@@ -144,7 +145,7 @@ def test_determinism_with_seed():
 
 
 @pytest.mark.parametrize("kw", [dict(size=0), dict(min_scale=0.0), dict(min_scale=1.5),
-                                dict(ratio=(2.0, 1.0)), dict(max_zoom=0.5), dict(max_rotate=-1.0),
+                                dict(ratio=(2.0, 1.0)), dict(max_zoom=0.5), dict(max_rotate_deg=-1.0),
                                 dict(max_warp=0.9), dict(p_affine=1.5), dict(max_lighting=1.0),
                                 dict(p_lighting=-0.1)])
 def test_train_augment_rejects_bad_args(kw):
@@ -230,7 +231,7 @@ def test_pixels_stay_uint8_only_where_no_stage_needs_floats():
     torch.testing.assert_close(unit, px.float() / 255)
     lit = TrainAugment(12, **{**NO_AUG, "max_lighting": 0.5, "p_lighting": 1.0}, seed=0)
     assert lit.pixels(x).dtype == torch.float32  # lighting works on floats
-    rotated = TrainAugment(12, **{**NO_AUG, "max_rotate": 30.0, "p_affine": 1.0}, seed=0)
+    rotated = TrainAugment(12, **{**NO_AUG, "max_rotate_deg": 30.0, "p_affine": 1.0}, seed=0)
     assert rotated.pixels(x).dtype == torch.float32
     valid = ValidResize(10)
     assert valid.pixels(x).dtype == torch.uint8

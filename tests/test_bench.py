@@ -123,9 +123,10 @@ def _finished_run(run_dir: Path, accuracy: float, seconds: float, **overrides) -
     """A run directory as `vivace train` leaves it: config.json and summary.json."""
     from vivace.recipe import make_recipe
     run_dir.mkdir(parents=True)
-    recipe = make_recipe("imagenette-speedrun", data="/d/imagenette2-224", out=str(run_dir), **overrides)
+    recipe = make_recipe("imagenette-speedrun", data="/d/imagenette2-224", **overrides)
     (run_dir / "config.json").write_text(json.dumps(recipe.to_dict()))
-    (run_dir / "summary.json").write_text(json.dumps({"seed": 42, "accuracy": accuracy, "train_seconds": seconds}))
+    (run_dir / "summary.json").write_text(json.dumps({"seed": 42, "accuracy": accuracy, "train_seconds": seconds,
+                                                      "preset": "imagenette-speedrun"}))
     return run_dir
 
 

@@ -13,11 +13,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vivace.book
 import vivace.lr_finder
 from vivace.book import *  # the chapter's `from fastai.vision.all import *`
-from vivace.callbacks import StopAfter
+from vivace.guards import StopAfter
 from vivace.data.datasets import DATASETS, embedded_path
 from vivace.data.names import display_names
 from vivace.inference import Predictor
@@ -257,7 +258,13 @@ def test_label_smoothing_cell(baseline_dls, capsys):
     learn = Learner(dls, model, loss_func=LabelSmoothingCrossEntropy(),
                     metrics=accuracy)
     learn.fit_one_cycle(1, 3e-3)
-    check_rows(table(capsys.readouterr().out), 1)
+    rows = table(capsys.readouterr().out)
+    check_rows(rows, 1)
+    # The table's valid_loss is the smoothed loss (eps 0.1, the book's default), not plain cross-entropy.
+    preds, targets = learn.get_preds()
+    smoothed = F.cross_entropy(preds, targets, label_smoothing=0.1).item()
+    assert float(rows[1][2]) == pytest.approx(smoothed, abs=2e-6)
+    assert abs(smoothed - F.cross_entropy(preds, targets).item()) > 1e-3
 
 
 # -- the rest of the API the chapter and its questionnaire touch ----------------------------
@@ -315,7 +322,7 @@ def test_aug_transforms_mirror_fastai():
     (aug,) = aug_transforms()
     assert aug.size is None and aug.min_scale == 1.0  # no random crop: the whole image
     (aug,) = aug_transforms(mult=2.0, do_flip=False)
-    assert (aug.max_rotate, aug.max_warp, aug.max_lighting, aug.flip) == (20.0, 0.4, 0.4, False)
+    assert (aug.max_rotate_deg, aug.max_warp, aug.max_lighting, aug.flip) == (20.0, 0.4, 0.4, False)
     assert aug.max_zoom == 1.1 and aug.p_affine == 0.75 and aug.p_lighting == 0.75
     with pytest.raises(ValueError, match="flip_vert"):
         aug_transforms(flip_vert=True)

@@ -170,7 +170,7 @@ def test_show_results_shows_human_names_of_wordnet_ids(tiny_folder, tmp_path):
     for split in ("train", "val"):
         for colour, wnid in wnids.items():
             shutil.copytree(tiny_folder / split / colour, folder / split / wnid)
-    dls = make_dataloaders(folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+    dls = make_dataloaders(folder, size_px=16, presize_px=24, batch_size=4, valid_batch_size=8, seed=0, device="cpu",
                            workers=1, progress=False)
     learn = Learner(dls, create_model("xresnet18", n_out=3, widen=0.25))
     fig = learn.show_results(max_n=3)

@@ -9,7 +9,7 @@ import torch
 from vivace.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 
 TINY = dict(arch="xresnet18", widen=0.25, size=16, presize=24, epochs=3, bs=4, valid_bs=8, lr=1e-2,
-            workers=1, mixup=0.4, label_smoothing=0.1)
+            mixup=0.4, label_smoothing=0.1)
 
 
 def test_flatten_round_trip():
@@ -40,11 +40,12 @@ def test_foreign_and_missing_files(tmp_path):
 
 def run_training(tmp_path, folder, out, kill_at=None, resume=False, every=0.0):
     """Train in a fresh process; optionally SIGKILL it after (epoch, batch)."""
-    recipe = {**TINY, "data": str(folder), "out": str(out), "resume": resume, "checkpoint_every": every}
+    recipe = {**TINY, "data": str(folder)}
+    options = {"workers": 1, "out": str(out), "resume": resume, "checkpoint_every_min": every}
     script = textwrap.dedent(f"""
         import os, signal
         from vivace.callbacks import Callback
-        from vivace.recipe import make_recipe
+        from vivace.recipe import TrainOptions, make_recipe
         from vivace.train import train
 
         class KillAt(Callback):
@@ -53,7 +54,7 @@ def run_training(tmp_path, folder, out, kill_at=None, resume=False, every=0.0):
                 if (learn.state.epoch, learn.state.iter) == {kill_at!r}:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-        train(make_recipe(**{recipe!r}), cbs=[KillAt()])
+        train(make_recipe(**{recipe!r}), TrainOptions(**{options!r}), cbs=[KillAt()])
     """)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
 
@@ -79,12 +80,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_folder, every)
 
 
 def test_ema_run_exports_the_evaluated_weights(tmp_path, tiny_folder):
-    from vivace.recipe import make_recipe
-    from vivace.train import load_run, train
+    from vivace.recipe import TrainOptions, make_recipe
+    from vivace.runs import load_run
+    from vivace.train import train
 
     out = tmp_path / "ema"
     recipe = {k: v for k, v in TINY.items() if k not in ("mixup", "label_smoothing")}
-    summary = train(make_recipe(**{**recipe, "epochs": 2}, data=str(tiny_folder), out=str(out), ema=0.5))
+    summary = train(make_recipe(**{**recipe, "epochs": 2}, data=str(tiny_folder), ema=0.5),
+                    TrainOptions(workers=1, out=str(out)))
     state = load_checkpoint(out / "last.safetensors")
     assert "eval_model" in state
     learn = load_run(out)  # final weights

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vivace.cli import build_parser, main, recipe_from_args
+from vivace.cli import build_parser, main, options_from_args, recipe_from_args
+from vivace.recipe import PRESETS
 
 TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "2",
         "--bs", "4", "--valid-bs", "8", "--workers", "1"]
@@ -21,10 +22,13 @@ def test_help_texts():
 
 def test_flags_map_onto_recipe_and_presets():
     args = build_parser().parse_args(["train", "--preset", "imagenette-128-5ep", "--epochs", "2", "--no-normalize"])
-    recipe = recipe_from_args(args)
+    recipe, options = recipe_from_args(args, options_from_args(args))
     assert recipe.arch == "xse_resnext50" and recipe.epochs == 2 and recipe.normalize is False
-    default = recipe_from_args(build_parser().parse_args(["train"]))
-    assert default.preset == "quick" and default.data == ""
+    assert options.preset == "imagenette-128-5ep"
+    args = build_parser().parse_args(["train", "--workers", "1", "--no-reuse-memory"])
+    default, options = recipe_from_args(args, options_from_args(args))
+    assert options.preset == "quick" and default.data == "" and default == PRESETS["quick"]
+    assert (options.workers, options.reuse_memory) == (1, False)  # a default-True switch can be turned off
 
 
 def test_train_writes_run_dir(tmp_path, tiny_folder, capsys):
@@ -132,9 +136,9 @@ def test_every_commands_arguments_are_generated_from_dataclass_fields():
 
     from vivace import options
     from vivace.cli import build_parser
-    from vivace.recipe import Recipe
+    from vivace.recipe import Recipe, TrainOptions
 
-    classes = [Recipe, options.RunOptions, options.EvaluateOptions, options.ExportOptions, options.PredictOptions,
+    classes = [Recipe, TrainOptions, options.RunOptions, options.EvaluateOptions, options.ExportOptions, options.PredictOptions,
                options.LrFindOptions, options.ShowOptions, options.ExperimentOptions, options.DownloadOptions]
     helps: dict[str, list[str]] = {}  # field name -> its help in each class that has it
     for f in (f for cls in classes for f in dataclasses.fields(cls)):

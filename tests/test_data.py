@@ -7,7 +7,7 @@ from conftest import make_image_folder
 from vivace.cli import main
 from vivace.data import make_dataloaders
 
-TINY_DATA = dict(size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu", workers=1)
+TINY_DATA = dict(size_px=16, presize_px=24, batch_size=4, valid_batch_size=8, seed=0, device="cpu", workers=1)
 TINY_TRAIN = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "1",
               "--bs", "4", "--valid-bs", "8", "--workers", "1"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vivace.train import load_run
+from vivace.runs import load_run
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 

@@ -10,7 +10,8 @@ from vivace.callbacks import Callback
 from vivace.cli import main
 from vivace.experiments import CHAPTER7, Step, chapter7, fit_progressive, format_table, slug, summarize
 from vivace.recipe import make_recipe
-from vivace.train import build_dataloaders, build_learner, load_run
+from vivace.build import build_dataloaders, build_learner
+from vivace.runs import load_run
 from vivace.tta import evaluate
 
 TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "2",
@@ -77,11 +78,10 @@ def test_fit_progressive_trains_half_then_full_size(tiny_folder, tmp_path):
         def transform_batch(self, learn, x, y):
             self.shapes.append(x.shape[-1])
             return x, y
-    recipe = make_recipe(data=str(tiny_folder), arch="xresnet18", widen=0.25, size=16, presize=24, epochs=3,
-                         bs=4, workers=1)
+    recipe = make_recipe(data=str(tiny_folder), arch="xresnet18", widen=0.25, size=16, presize=24, epochs=3, bs=4)
     spy = Shapes()
-    learn = build_learner(recipe, build_dataloaders(replace(recipe, size_px=8)), tmp_path, extra_cbs=[spy])
-    fit_progressive(learn, recipe)
+    learn = build_learner(recipe, build_dataloaders(replace(recipe, size_px=8), workers=1), tmp_path, extra_cbs=[spy])
+    fit_progressive(learn, recipe, workers=1)
     assert spy.shapes == [8] * 6 + [16] * 12  # epochs // 2 at half size, the rest at full size
     assert learn.dls.valid.size == 16
 

@@ -1,7 +1,7 @@
 """vivace's modules import one another without circles: the package reads in data-flow order.
 
-Every import counts, at module level or inside a function (a lazy import is still a
-dependency); only imports under `if TYPE_CHECKING:` are left out, since they never run.
+Every import counts: at module level, inside a function (a lazy import is still a dependency)
+and under `if TYPE_CHECKING:` (it never runs, but a reader of the structure sees the edge).
 """
 from __future__ import annotations
 
@@ -20,13 +20,6 @@ def module_names(package: Path = PACKAGE) -> dict[str, Path]:
             parts.pop()
         names[".".join(parts)] = path
     return names
-
-
-def type_checking_nodes(tree: ast.Module) -> set[int]:
-    """The ids of every node inside an `if TYPE_CHECKING:` block."""
-    return {id(node) for block in ast.walk(tree)
-            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
-            for node in ast.walk(block)}
 
 
 def imported(module: str, node: ast.Import | ast.ImportFrom, modules: dict[str, Path]) -> set[str]:
@@ -48,9 +41,7 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     graph = {}
     for module, path in modules.items():
         tree = ast.parse(path.read_text())
-        skipped = type_checking_nodes(tree)
-        graph[module] = {target for node in ast.walk(tree)
-                         if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skipped
+        graph[module] = {target for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                          for target in imported(module, node, modules) if target != module}
     return graph
 
@@ -83,13 +74,14 @@ def test_find_cycle_reports_a_circle_and_accepts_a_tree():
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
-def test_import_graph_sees_lazy_imports_but_not_type_checking_ones(tmp_path):
+def test_import_graph_sees_lazy_and_type_checking_imports(tmp_path):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("def f():\n    from . import b\n")
     (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n")
-    assert import_graph(pkg) == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": set()}
+    assert import_graph(pkg) == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}}
+    assert find_cycle(import_graph(pkg)) == ["pkg.a", "pkg.b", "pkg.a"]
 
 
 def test_vivace_has_no_import_cycles():
@@ -97,3 +89,25 @@ def test_vivace_has_no_import_cycles():
     assert "vivace.learner" in graph and graph["vivace.train"]  # the walk found the package
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def design_rows(design: Path = PACKAGE.parent / "docs" / "DESIGN.md") -> dict[str, int]:
+    """Module -> its row in DESIGN.md's stage table (the data flow, foundations first)."""
+    rows: dict[str, int] = {}
+    table = [line for line in design.read_text().splitlines() if line.startswith("| ") and "`vivace/" in line]
+    for row, line in enumerate(table):
+        for path in line.split("|")[2].replace("`", "").split(","):
+            path = path.strip().removesuffix("/")
+            parts = path.removesuffix(".py").split("/")
+            rows[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = row
+    return rows
+
+
+def test_design_table_lists_every_module_and_imports_point_up_it():
+    rows, graph = design_rows(), import_graph()
+    book = {m for m in graph if m.startswith("vivace.book")}
+    assert set(graph) - book == set(rows) - {"vivace.book"}, "DESIGN.md's table and vivace/ list different modules"
+    for module, targets in graph.items():
+        row = rows["vivace.book" if module in book else module]
+        below = sorted(t for t in targets if t not in book and rows[t] > row)
+        assert not below, f"{module} (DESIGN.md row {row}) imports {below}, listed below it"

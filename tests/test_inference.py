@@ -18,7 +18,7 @@ from vivace.pictures import Pictures
 
 @pytest.fixture(scope="module")
 def bundle(tiny_folder, tmp_path_factory):
-    dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+    dls = make_dataloaders(tiny_folder, size_px=16, presize_px=24, batch_size=4, valid_batch_size=8, seed=0, device="cpu",
                            workers=1, progress=False)
     torch.manual_seed(0)
     learn = Learner(dls, create_model("xresnet18", n_out=3, widen=0.25))
@@ -158,7 +158,7 @@ def test_cli_predict_exit_codes(bundle, mixed_folder, tmp_path, capsys):
 
 
 def test_predict_text_names_imagenette_classes_and_json_keeps_ids(wordnet_folder, tmp_path, capsys):
-    dls = make_dataloaders(wordnet_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+    dls = make_dataloaders(wordnet_folder, size_px=16, presize_px=24, batch_size=4, valid_batch_size=8, seed=0, device="cpu",
                            workers=1, progress=False)
     learn = Learner(dls, create_model("xresnet18", n_out=3, widen=0.25))
     bundle = export_learner(learn, tmp_path / "wordnet.vivace")

@@ -3,16 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from vivace.callbacks import Callback, StopAfter
+from vivace.callbacks import Callback
+from vivace.guards import StopAfter
 from vivace.learner import Learner, TrainingFailed
 from vivace.lr_finder import lr_find
 from vivace.metrics import accuracy
 
-
-def tiny_model(n_out: int = 3) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out))
+from conftest import tiny_model
 
 
 class EventLog(Callback):
@@ -118,7 +115,7 @@ def test_same_seed_same_losses(tiny_dls, tiny_folder):
     from vivace.data import make_dataloaders
 
     def run():
-        dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, seed=3, device="cpu", workers=1, progress=False)
+        dls = make_dataloaders(tiny_folder, size_px=16, presize_px=24, batch_size=4, seed=3, device="cpu", workers=1, progress=False)
         learn = Learner(dls, tiny_model())
         learn.fit(2, 1e-2)
         return [r["train_loss"] for r in learn.recorder.rows]
@@ -155,7 +152,7 @@ def test_schedule_reaches_optimizer(tiny_dls):
 
 @pytest.mark.parametrize("opt,key", [("ranger", "betas"), ("sgd", "momentum"), ("adamw", "betas")])
 def test_mom_reaches_the_optimizer_and_flat_cos_keeps_it(tiny_dls, opt, key):
-    learn = Learner(tiny_dls, tiny_model(), opt_func=opt, mom=0.95, cbs=[StopAfter(2)])
+    learn = Learner(tiny_dls, tiny_model(), optimizer=opt, momentum=0.95, cbs=[StopAfter(2)])
     learn.fit_flat_cos(1, 1e-3)
     value = learn.opt.param_groups[0][key]
     assert (value[0] if key == "betas" else value) == pytest.approx(0.95)
@@ -174,7 +171,7 @@ def test_lr_find_suggests_and_restores(tiny_dls, tmp_path):
 
 
 def test_ema_averages_weights_and_becomes_the_model(tiny_dls):
-    from vivace.callbacks import EMA
+    from vivace.techniques import EMA
 
     model = tiny_model()
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -193,7 +190,7 @@ def test_ema_averages_weights_and_becomes_the_model(tiny_dls):
 def test_ema_update_rule():
     from types import SimpleNamespace
 
-    from vivace.callbacks import EMA
+    from vivace.techniques import EMA
 
     model = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(model.weight)
@@ -211,7 +208,7 @@ def test_ema_update_rule():
 @pytest.mark.parametrize("valid_every, validated", [(0, [False, False, True]), (2, [False, True, True])])
 def test_valid_every_skips_validation_but_never_the_last_epoch(tiny_dls, tmp_path, valid_every, validated):
     import math
-    from vivace.callbacks import EarlyStopping
+    from vivace.guards import EarlyStopping
     from vivace.checkpoint import CheckpointSaver
     learn = Learner(tiny_dls, tiny_model(), cbs=[CheckpointSaver(tmp_path, "accuracy"), EarlyStopping(patience=1)])
     learn.valid_every = valid_every

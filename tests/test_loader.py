@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vivace.augment import fastai_valid_crop
+from vivace.views import fastai_valid_crop
 from vivace.data import make_dataloaders
 from vivace.data.cache import ImageCache, build_cache
 from vivace.data.loader import BatchLoader, shard_indices
@@ -205,8 +205,8 @@ def test_loader_over_built_cache(tmp_path):
     ("square", "squash", 0.0, (fastai_valid_crop(16), False)),
 ])
 def test_the_training_crop_decides_the_validation_view_unless_told(tiny_folder, crop, valid_view, valid_crop, view):
-    dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu", workers=1,
-                           progress=False, valid_crop=valid_crop, augment=dict(crop=crop), valid_view=valid_view)
+    dls = make_dataloaders(tiny_folder, size_px=16, presize_px=24, batch_size=4, valid_batch_size=8, seed=0, device="cpu", workers=1,
+                           progress=False, valid_crop=valid_crop, augment=dict(train_crop=crop), valid_view=valid_view)
     resize = dls.valid.transform.resize
     assert (resize.crop, resize.square) == view
     assert dls.train.transform.resize.crop == crop

@@ -137,6 +137,7 @@ def test_cli_prints_the_three_suggestions_and_writes_the_plot(tiny_folder, tmp_p
     assert (tmp_path / "lr_find-2.png").is_file()
 
 
-def test_cli_refuses_a_run_directory(tiny_folder, capsys):
-    assert main(["lr-find", "--data", str(tiny_folder), "--out", "somewhere"]) == 2
-    assert "name the plot with --plot PATH" in capsys.readouterr().err
+def test_cli_takes_no_run_directory(tiny_folder, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["lr-find", "--data", str(tiny_folder), "--out", "somewhere"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --out somewhere" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vivace.callbacks import CutMix, Mixup, MixupOrCutMix
+from vivace.techniques import CutMix, Mixup, MixupOrCutMix
 from vivace.learner import FitState
 from vivace.mixing import cutmix, cutmix_boxes, mix_loss, mixup, mixup_params
 

@@ -10,21 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vivace.callbacks import CHECK_EVERY, Callback
+from vivace.callbacks import Callback
+from vivace.guards import CHECK_EVERY
 from vivace.checkpoint import CheckpointSaver, load_checkpoint
 from vivace.learner import Learner, TrainingFailed
 from vivace.losses import LabelSmoothingCrossEntropy
-from vivace.callbacks import Mixup
+from vivace.techniques import Mixup
+
+from conftest import tiny_model
 
 # Tensor methods that copy a value to the host: on a GPU each waits for the device to catch up.
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
 AUGMENT_SOURCE = "vivace/augment.py"
-
-
-def tiny_model(n_out: int = 3) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_out))
 
 
 class NaNInputAt(Callback):
@@ -61,7 +58,7 @@ def test_nan_at_batch_k_is_caught_within_check_every(tiny_dls, tmp_path):
 
 
 def test_mid_epoch_checkpoints_skip_a_nan_the_guard_has_not_looked_at_yet(tiny_dls, tmp_path):
-    saver = CheckpointSaver(tmp_path, every_minutes=1e-9)  # would save after every batch
+    saver = CheckpointSaver(tmp_path, checkpoint_every_min=1e-9)  # would save after every batch
     learn = Learner(tiny_dls, tiny_model(), cbs=[NaNInputAt(0, 2), saver])
     with pytest.raises(TrainingFailed, match="epoch 0, batches 0-5"):
         learn.fit(1, 1e-2)
@@ -134,7 +131,7 @@ def test_no_host_sync_per_batch(tiny_folder):
     """Host reads inside the batch loop: only the guard's look every check_every batches."""
     from vivace.data import make_dataloaders
 
-    dls = make_dataloaders(tiny_folder, size=16, presize=24, bs=1, valid_bs=8, seed=0, device="cpu",
+    dls = make_dataloaders(tiny_folder, size_px=16, presize_px=24, batch_size=1, valid_batch_size=8, seed=0, device="cpu",
                            workers=1, progress=False)  # 24 batches an epoch
     reads, inside = Counter(), []
 
@@ -188,14 +185,14 @@ def test_cli_run_that_diverges_exits_non_zero_with_one_line(tmp_path, tiny_folde
 
 
 def test_failed_run_names_its_kept_checkpoint_and_writes_no_summary(tmp_path, tiny_folder):
-    from vivace.recipe import make_recipe
+    from vivace.recipe import TrainOptions, make_recipe
     from vivace.train import train
 
     out = tmp_path / "run"
-    recipe = make_recipe(data=str(tiny_folder), out=str(out), arch="xresnet18", widen=0.25, size=16, presize=24,
-                         epochs=3, bs=4, valid_bs=8, workers=1)
+    recipe = make_recipe(data=str(tiny_folder), arch="xresnet18", widen=0.25, size=16, presize=24,
+                         epochs=3, bs=4, valid_bs=8)
     kept = f"the last good checkpoint is kept: {out / 'last.safetensors'}"
     with pytest.raises(TrainingFailed, match=f"in epoch 1, .*; {re.escape(kept)}"):
-        train(recipe, cbs=[NaNInputAt(1, 1)])
+        train(recipe, TrainOptions(workers=1, out=str(out)), cbs=[NaNInputAt(1, 1)])
     assert load_checkpoint(out / "last.safetensors")["position"] == {"epoch": 1, "batch": 0}
     assert (out / "log.csv").is_file() and not (out / "summary.json").exists()

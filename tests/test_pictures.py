@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vivace.augment import (TrainAugment, ValidResize, crop_resize, fastai_valid_crop, random_resized_crop_params,
-                            random_square_boxes, resample_pictures, crop_matrices)
+from vivace.augment import (TrainAugment, crop_matrices, crop_resize, random_resized_crop_params, random_square_boxes,
+                            resample_pictures)
+from vivace.views import ValidResize, fastai_valid_crop
 from vivace.data.cache import build_cache
 from vivace.pictures import Pictures
 
@@ -30,7 +31,7 @@ def test_training_crops_reach_both_ends_of_a_three_to_one_image(tmp_path, wide):
     cache = build_cache([_three_to_one(tmp_path / "pano.png", wide)], 48, tmp_path / "c", workers=1, progress=False)
     assert cache.sizes.tolist() == [[48, 144] if wide else [144, 48]]
     pictures = cache.gather(np.zeros(400, dtype=np.int64))  # one image, 400 draws
-    aug = TrainAugment(32, min_scale=0.35, flip=False, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0, seed=0)
+    aug = TrainAugment(32, min_scale=0.35, flip=False, max_rotate_deg=0, max_zoom=1, max_warp=0, max_lighting=0, seed=0)
     y = aug(pictures)  # (400, 3, 32, 32) in [0, 1]
     red = (y[:, 0] > 0.9) & (y[:, 1] < 0.1)
     blue = (y[:, 2] > 0.9) & (y[:, 1] < 0.1)
@@ -101,12 +102,12 @@ def test_square_crop_is_fastais_resize_the_largest_square_anywhere_along_the_lon
     assert cy[tall].min() <= -0.66 and cy[tall].max() >= 0.66
 
     cache = build_cache([_three_to_one(tmp_path / "pano.png")], 48, tmp_path / "c", workers=1, progress=False)
-    aug = TrainAugment(32, crop="square", flip=False, max_rotate=0, max_zoom=1, max_warp=0, max_lighting=0, seed=0)
+    aug = TrainAugment(32, train_crop="square", flip=False, max_rotate_deg=0, max_zoom=1, max_warp=0, max_lighting=0, seed=0)
     y = aug(cache.gather(np.zeros(200, dtype=np.int64)))
     red_column = ((y[:, 0] > 0.9) & (y[:, 1] < 0.1))[:, :, 0].all(1)
     assert red_column.any() and not red_column.all()  # the left end, sometimes
     with pytest.raises(ValueError, match="crop='centre' is not one of"):
-        TrainAugment(32, crop="centre")
+        TrainAugment(32, train_crop="centre")
 
 
 def _mixed() -> Pictures:

@@ -18,7 +18,7 @@ import torch
 
 from conftest import make_image_folder
 from vivace import progress
-from vivace.callbacks import ProgressBar
+from vivace.progress import ProgressBar
 from vivace.learner import Learner
 from vivace.models import create_model
 

@@ -1,4 +1,5 @@
 import ast
+import html as html_module
 import io
 import json
 import re
@@ -15,10 +16,11 @@ from PIL import Image
 from vivace import report
 from vivace.cli import main
 from vivace.data.names import display_names
-from vivace.recipe import make_recipe
+from vivace.recipe import TrainOptions, make_recipe
 from vivace.report import (N_TOP_LOSSES, REPORT_NAME, config_value, confusion_section, curves_png, epochs_section,
                            mmss, per_class_section, read_log, sig4, write_report)
-from vivace.train import load_run, train
+from vivace.runs import load_run
+from vivace.train import train
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -29,7 +31,7 @@ EMBEDDED_IMAGES = 3 + N_TOP_LOSSES  # curves, schedule, reliability, and each to
 def run_dir(tiny_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "tiny"
     train(make_recipe(data=str(tiny_folder), arch="xresnet18", widen=0.25, size=16, presize=24, epochs=2,
-                      bs=4, wd=5e-5, workers=1, threads=2, out=str(out)))
+                      bs=4, wd=5e-5), TrainOptions(workers=1, threads=2, out=str(out)))
     return out
 
 
@@ -122,9 +124,13 @@ def test_numbers_and_config_values_read_as_typed():
 def test_config_shows_what_differs_from_the_defaults(run_dir):
     html = (run_dir / REPORT_NAME).read_text()
     config = json.loads((run_dir / "config.json").read_text())
-    diff, full = html.split("<h2>Config</h2>")[1].split("<details>")[:2]
+    diff, described, full = html.split("<h2>Config</h2>")[1].split("<details>")[:3]
     assert "<tr><td class=k>weight_decay</td><td class=k>5e-05</td><td class=k>0.01</td></tr>" in diff
-    assert "<td class=k>arch</td>" not in diff and "<td class=k>opt</td>" not in diff  # at their defaults
+    assert "<td class=k>arch</td>" not in diff and "<td class=k>optimizer</td>" not in diff  # at their defaults
+    # recipe.txt, as the run wrote it: the resolved validation view beside what was asked
+    assert "recipe.txt: the recipe as it ran" in described
+    assert html_module.escape((run_dir / "recipe.txt").read_text()) in described
+    assert 'valid_view = &quot;squash&quot;  # asked: &quot;auto&quot;' in described
     assert f"full config ({len(config)} fields)" in full
     assert all(f"<tr><td class=k>{field}</td>" in full for field in config)
 

@@ -30,7 +30,7 @@ def mixed_folder(tmp_path_factory) -> Path:
 
 
 def loaders(folder: Path, data_on_device: str, **kwargs):
-    return make_dataloaders(folder, size=16, presize=24, bs=4, valid_bs=5, seed=0, device="cpu", workers=1,
+    return make_dataloaders(folder, size_px=16, presize_px=24, batch_size=4, valid_batch_size=5, seed=0, device="cpu", workers=1,
                             progress=False, data_on_device=data_on_device, **kwargs)
 
 
@@ -53,7 +53,7 @@ def test_resident_cache_holds_the_cached_pixels(mixed_folder, monkeypatch):
     assert there.transposed.any() and not there.transposed.all()  # portrait and landscape images
 
 
-@pytest.mark.parametrize("augment", [{}, {"crop": "square"}, {"max_rotate": 20.0, "max_lighting": 0.3}])
+@pytest.mark.parametrize("augment", [{}, {"train_crop": "square"}, {"max_rotate_deg": 20.0, "max_lighting": 0.3}])
 def test_both_paths_give_the_same_batches(mixed_folder, augment):
     host, device = loaders(mixed_folder, "off", augment=augment), loaders(mixed_folder, "on", augment=augment)
     assert isinstance(device.train.cache, DeviceCache) and not isinstance(host.train.cache, DeviceCache)
@@ -103,5 +103,5 @@ def test_the_choice_and_the_line_that_says_it(mixed_folder, monkeypatch, capsys)
     assert not on and line.endswith("prefetched from the cache (0.00 GB) in host memory (data_on_device off)")
     with pytest.raises(ValueError, match="data_on_device='gpu' is not one of: auto, on, off"):
         choose_data_on_device("gpu", cache, cuda)
-    make_dataloaders(mixed_folder, size=16, presize=24, bs=4, device="cpu", workers=1, data_on_device="on")
+    make_dataloaders(mixed_folder, size_px=16, presize_px=24, batch_size=4, device="cpu", workers=1, data_on_device="on")
     assert "is resident on cpu; batches are gathered there" in capsys.readouterr().out

@@ -1,4 +1,5 @@
 """A run's folder over its life: checked before work, recipe first, never replaced by accident."""
+import dataclasses
 import json
 import math
 import os
@@ -7,8 +8,10 @@ import sys
 import pytest
 
 from vivace.cli import main
-from vivace.recipe import FLOAT_RANGES, Recipe
-from vivace.train import RUN_RECORDS, check_before_start
+from vivace.recipe import Recipe, TrainOptions
+from vivace.runs import RUN_RECORDS, check_before_start
+
+FLOATS = [f.name for cls in (Recipe, TrainOptions) for f in dataclasses.fields(cls) if isinstance(f.default, float)]
 
 TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "2",
         "--bs", "4", "--valid-bs", "8", "--workers", "1"]
@@ -29,7 +32,7 @@ def killed_while_caching(*args, **kwargs):
 def test_a_run_killed_while_caching_resumes_its_own_recipe(tmp_path, tiny_folder, monkeypatch, capsys):
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(sys.modules["vivace.train"], "make_dataloaders", killed_while_caching)  # the module, not vivace.train()
+        m.setattr(sys.modules["vivace.build"], "make_dataloaders", killed_while_caching)
         with pytest.raises(KeyboardInterrupt):
             main(["train", "--data", str(tiny_folder), "--out", str(out), *TINY])
     assert json.loads((out / "config.json").read_text())["data"] == str(tiny_folder)  # written first
@@ -37,15 +40,18 @@ def test_a_run_killed_while_caching_resumes_its_own_recipe(tmp_path, tiny_folder
     assert main(["train", "--out", str(out), "--resume"]) == 0
     assert "training its recipe (config.json) from the start" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
-    assert config["data"] == str(tiny_folder) and config["preset"] == ""  # not `quick` on the embedded set
+    assert config["data"] == str(tiny_folder) and "preset" not in config  # not `quick` on the embedded set
+    assert (out / "recipe.txt").read_text().startswith("# vivace recipe: preset (none);")
     assert len((out / "log.csv").read_text().splitlines()) == 3  # the recipe's 2 epochs, not quick's 16
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--mixup", "inf"], "mixup_alpha=inf must be a finite number >= 0"),
-    (["--lr", "nan"], "lr=nan must be a finite number in (0.0, 10.0]"),
-    (["--lr", "-1"], "lr=-1.0 must be in (0.0, 10.0]"),
-    (["--ema=-inf"], "ema_decay=-inf must be a finite number in [0.0, 1.0)"),
+    (["--lr", "nan"], "lr=nan must be a finite number in (0, 10]"),
+    (["--lr", "-1"], "lr=-1.0 must be in (0, 10]"),
+    (["--ema=-inf"], "ema_decay=-inf must be a finite number in [0, 1)"),
+    (["--max-warp", "0.8"], "max_warp=0.8 must be in [0, 0.5]"),
+    (["--checkpoint-every-min", "-1"], "checkpoint_every_min=-1.0 must be >= 0"),
     (["--resume", "--overwrite"], "resume and overwrite contradict each other"),
 ])
 def test_bad_values_stop_before_any_folder_exists(argv, message, tmp_path, capsys):
@@ -54,16 +60,17 @@ def test_bad_values_stop_before_any_folder_exists(argv, message, tmp_path, capsy
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", sorted(FLOAT_RANGES))
+@pytest.mark.parametrize("name", FLOATS)
 def test_every_float_field_rejects_inf_and_nan(name):
+    cls = Recipe if name in Recipe.__dataclass_fields__ else TrainOptions
     for value in (math.inf, -math.inf, math.nan):
         with pytest.raises(ValueError, match=f"{name}=.* must be a finite number"):
-            Recipe(**{name: value}).validate()
+            cls(**{name: value}).validate()
 
 
 def test_every_float_field_has_a_range():
-    floats = {name for name, value in Recipe().to_dict().items() if isinstance(value, float)}
-    assert floats == set(FLOAT_RANGES)
+    for cls in (Recipe, TrainOptions):
+        assert all(f.metadata["range"] for f in dataclasses.fields(cls) if isinstance(f.default, float))
 
 
 def test_out_that_is_a_file_or_under_one(tmp_path, tiny_folder, capsys):
@@ -124,8 +131,8 @@ def test_overwrite_replaces_the_old_run(tmp_path, tiny_folder, capsys):
     out = fake_run(tmp_path / "run")
     assert main(["train", "--data", str(tiny_folder), "--out", str(out), "--overwrite", *TINY]) == 0
     assert all((out / name).read_text(errors="replace") != "old" for name in RUN_RECORDS)
-    # Saved as False: `--resume` of this run continues it, it does not replace it again.
-    assert json.loads((out / "config.json").read_text())["overwrite"] is False
+    # Not saved: `--resume` of this run continues it, it does not replace it again.
+    assert "overwrite" not in json.loads((out / "config.json").read_text())
 
 
 def test_empty_or_unrelated_folders_are_fine(tmp_path, tiny_folder):
@@ -139,4 +146,4 @@ def test_several_runs_check_their_subfolders(tmp_path, tiny_folder):
     (tmp_path / "run1").mkdir()
     (tmp_path / "run1" / "last.safetensors").write_text("old")
     with pytest.raises(ValueError, match="run1/last.safetensors"):
-        check_before_start(Recipe(data=str(tiny_folder), runs=2), tmp_path)
+        check_before_start(Recipe(data=str(tiny_folder)), tmp_path, runs=2)

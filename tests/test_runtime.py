@@ -88,14 +88,14 @@ def test_compile_modes_map_onto_torch_compile(monkeypatch, tiny_dls):
     from vivace.models import create_model
     from vivace.runtime import compile_mode
 
-    assert compile_mode(True) is None and compile_mode("default") is None
+    assert compile_mode("default") is None
     assert compile_mode("reduce-overhead") == "reduce-overhead"
-    with pytest.raises(ValueError, match="compile='graphs' is not True or one of: default, reduce-overhead"):
+    with pytest.raises(ValueError, match="compile_mode='graphs' is not one of: default, reduce-overhead"):
         compile_mode("graphs")
     seen = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
     model = create_model("xresnet18", n_out=3, widen=0.25)
-    Learner(tiny_dls, model, compile="reduce-overhead")
+    Learner(tiny_dls, model, compile=True, compile_mode="reduce-overhead")
     Learner(tiny_dls, model, compile=True)
     Learner(tiny_dls, model)
     assert seen == ["reduce-overhead", None]

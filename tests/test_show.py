@@ -33,7 +33,7 @@ def test_mixup_picture_uses_two_classes_and_the_soft_target(tiny_dls):
 
 def test_figures_name_imagenette_classes(wordnet_folder):
     from vivace.data import make_dataloaders
-    dls = make_dataloaders(wordnet_folder, size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+    dls = make_dataloaders(wordnet_folder, size_px=16, presize_px=24, batch_size=4, valid_batch_size=8, seed=0, device="cpu",
                            workers=1, progress=False)
     names = {"tench", "English springer", "cassette player"}
     mixup = show_mixup(dls, lam=0.7)

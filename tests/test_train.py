@@ -7,7 +7,7 @@ import pytest
 from vivace.cli import main
 from vivace.data.sources import make_source
 from vivace.export import load, read_bundle
-from vivace.train import load_run_weights
+from vivace.runs import load_run_weights
 
 TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "2",
         "--bs", "4", "--valid-bs", "8", "--workers", "1"]

@@ -101,7 +101,7 @@ def test_ops_list_and_bins_are_torchvisions_wide_set():
 def test_train_augment_trivial_flag_and_recipe_field():
     x = pixels(b=8, p=24).contiguous(memory_format=CL)
     plain = TrainAugment(16, seed=0, max_lighting=0.0)(x)
-    trivial = TrainAugment(16, seed=0, max_lighting=0.0, trivial=True)(x)
+    trivial = TrainAugment(16, seed=0, max_lighting=0.0, trivial_augment=True)(x)
     assert trivial.shape == plain.shape and trivial.is_contiguous(memory_format=CL)
     assert not torch.equal(trivial, plain)
     assert make_recipe(trivial_augment=True).trivial_augment

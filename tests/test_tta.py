@@ -6,11 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from vivace.augment import TrainAugment, ValidResize
+from vivace.augment import TrainAugment
+from vivace.data.eval_view import EvalView
 from vivace.learner import Learner
-from vivace.data.view import EvalView
 from vivace.tta import (combine_tta, five_crop_tta, five_crop_views, flip_tta, flip_views, predict_probs,
                         prob_metrics, tta, tta_probs, tta_views, view_probs)
+from vivace.views import ValidResize
+
+from conftest import SizeSpy
 
 
 class Fn(nn.Module):
@@ -134,25 +137,9 @@ def test_prob_metrics_on_known_probabilities():
 
 
 # -- with a real Learner on the tiny folder ------------------------------------------------
-class SizeSpy(nn.Module):
-    """Tiny fully convolutional model that records the input sizes it sees in eval mode."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-        self.sizes = []
-
-    def forward(self, x):
-        if not self.training:
-            self.sizes.append(x.shape[-1])
-        return self.body(x)
-
-
 def test_real_learner_tta_kinds_sizes_and_training_rng(tiny_folder):
     from vivace.data import make_dataloaders
-    dls = make_dataloaders(tiny_folder, size=8, valid_size=16, presize=24, bs=4, valid_bs=8, seed=0, device="cpu",
+    dls = make_dataloaders(tiny_folder, size_px=8, valid_size_px=16, presize_px=24, batch_size=4, valid_batch_size=8, seed=0, device="cpu",
                            workers=1, progress=False)  # training crops smaller than validation's
     model = SizeSpy()
     learn = Learner(dls, model)

@@ -1,7 +1,10 @@
 """vivace: train state-of-the-art image classifiers from scratch, fast."""
-from .augment import TrainAugment, ValidResize
+from .augment import TrainAugment
+from .views import ValidResize
 from .normalize import Normalize, compute_stats, imagenet_stats
-from .callbacks import EMA, Callback, CutMix, EarlyStopping, Mixup, MixupOrCutMix, ProgressiveResize, StopAfter
+from .callbacks import Callback
+from .guards import EarlyStopping, StopAfter
+from .techniques import EMA, CutMix, Mixup, MixupOrCutMix, ProgressiveResize
 from .checkpoint import CheckpointSaver, load_checkpoint, save_checkpoint
 from .data import DataLoaders, make_dataloaders, make_source
 from .export import export_learner, load

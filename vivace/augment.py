@@ -8,16 +8,18 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .flags import Range, check_fields, knob
 from .pictures import Pictures, as_pictures
 from .trivial_augment import trivial_augment
 
-_CL = torch.channels_last
+CHANNELS_LAST = torch.channels_last
 
 
 def random_resized_crop_params(sizes: Tensor, scale: tuple[float, float] = (0.35, 1.0),
@@ -138,7 +140,7 @@ def crop_resize(p: Pictures, boxes: Tensor, signs: Tensor, size: int) -> Tensor:
             t = transposed[i]  # stored transposed: the box's rows are the canvas's columns
             crop = x[i:i + 1, :, left:left + w, top:top + h] if t else x[i:i + 1, :, top:top + h, left:left + w]
             # The resize kernel needs a dense crop, so it is copied anyway: mirroring in that copy is free.
-            crop = crop.flip(-2 if t else -1) if mirror[i] else crop.contiguous(memory_format=_CL)
+            crop = crop.flip(-2 if t else -1) if mirror[i] else crop.contiguous(memory_format=CHANNELS_LAST)
             crop = crop if on_cpu else to_unit(crop)
             resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             resized = resized.transpose(-1, -2) if t else resized
@@ -258,50 +260,61 @@ def lighting(x: Tensor, max_lighting: float = 0.2, p: float = 0.75,
     return torch.logit(x, eps=1e-6).mul_(c).add_(shift).sigmoid_()
 
 
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise ValueError(f"{name}={value} must be in [{lo}, {hi}]")
-
-
-def _check_size(size: int) -> None:
+def check_size(size: int) -> None:
+    """A crop side must be a positive int (pixels)."""
     if not isinstance(size, int) or size < 1:
         raise ValueError(f"size={size!r} must be a positive int (pixels)")
 
 
 TrainCrop = Literal["random_resized", "square"]  # fastai's RandomResizedCrop, or its Resize (crop method)
-ValidView = Literal["auto", "squash", "square"]  # auto: the training crop's view in fastai (see ValidResize)
-TRAIN_CROPS, VALID_VIEWS = get_args(TrainCrop), get_args(ValidView)
+
+
+@dataclass
+class AugmentSpec:
+    """The Recipe's training augmentation: the keyword arguments of `TrainAugment`, which checks them too."""
+
+    train_crop: TrainCrop = knob("random_resized", "fastai's RandomResizedCrop, or square: its Resize "
+                                                   "(largest square, random place)")
+    min_scale: float = knob(0.35, "smallest crop area fraction of random-resized-crop", range=Range(0.0, 1.0, True))
+    flip: bool = knob(True, "random horizontal flips")
+    max_rotate_deg: float = knob(10.0, "degrees, fastai aug_transforms default", aliases=("max_rotate",),
+                                 range=Range(0.0, 180.0))
+    max_zoom: float = knob(1.1, "largest random zoom; 1 = none", range=Range(1.0, 10.0))
+    # Beyond ~0.5 the warp's homography can fold the image over itself.
+    max_warp: float = knob(0.2, "perspective warp strength; 0 = none", range=Range(0.0, 0.5))
+    max_lighting: float = knob(0.2, "brightness and contrast change; 0 = none", range=Range(0.0, 1.0, high_open=True))
+    trivial_augment: bool = knob(False, "TrivialAugment-Wide: one random op of random strength per image")
+
+
+UNIT = Range(0.0, 1.0)  # a probability
 
 
 class TrainAugment:
     """fastai `aug_transforms` + `RandomResizedCrop` on a uint8 batch, as one resample per image.
 
-    `crop="square"` replaces the random-resized crop by fastai's `Resize(size)`: the largest square
-    at a random place (`min_scale` is then unused). `trivial=True` adds TrivialAugment-Wide after
-    the crop (one random operation per image, see `vivace.trivial_augment`), before lighting.
+    Its keywords are `AugmentSpec`'s fields (checked against their ranges), plus the
+    probabilities and aspect ratios the book's `aug_transforms` sets. `train_crop="square"`
+    replaces the random-resized crop by fastai's `Resize(size)`: the largest square at a random
+    place (`min_scale` is then unused). `trivial_augment=True` adds TrivialAugment-Wide after the
+    crop (one random operation per image, see `vivace.trivial_augment`), before lighting.
     """
 
-    def __init__(self, size: int, min_scale: float = 0.35, ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                 flip: bool = True, max_rotate: float = 10.0, max_zoom: float = 1.1,
-                 max_warp: float = 0.2, p_affine: float = 0.75, max_lighting: float = 0.2,
-                 p_lighting: float = 0.75, trivial: bool = False, crop: str = "random_resized",
+    def __init__(self, size: int, train_crop: TrainCrop = "random_resized", min_scale: float = 0.35,
+                 flip: bool = True, max_rotate_deg: float = 10.0, max_zoom: float = 1.1, max_warp: float = 0.2,
+                 max_lighting: float = 0.2, trivial_augment: bool = False,
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), p_affine: float = 0.75, p_lighting: float = 0.75,
                  seed: int | None = None):
-        _check_size(size)
-        if crop not in TRAIN_CROPS:
-            raise ValueError(f"crop={crop!r} is not one of: {', '.join(TRAIN_CROPS)}")
-        _check_range("min_scale", min_scale, 1e-3, 1.0)
-        _check_range("ratio[0]", ratio[0], 1e-3, ratio[1])
-        _check_range("max_rotate", max_rotate, 0.0, 180.0)
-        _check_range("max_zoom", max_zoom, 1.0, 10.0)
-        _check_range("max_warp", max_warp, 0.0, 0.5)  # beyond ~0.5 the homography can fold over
-        _check_range("p_affine", p_affine, 0.0, 1.0)
-        _check_range("max_lighting", max_lighting, 0.0, 0.99)
-        _check_range("p_lighting", p_lighting, 0.0, 1.0)
+        check_size(size)
+        check_fields(AugmentSpec(train_crop, min_scale, flip, max_rotate_deg, max_zoom, max_warp, max_lighting,
+                                 trivial_augment))
+        Range(1e-3, ratio[1]).check("ratio[0]", ratio[0])
+        UNIT.check("p_affine", p_affine)
+        UNIT.check("p_lighting", p_lighting)
         self.size, self.flip_p = size, (0.5 if flip else 0.0)
         self.scale, self.ratio = (min_scale, 1.0), (float(ratio[0]), float(ratio[1]))
-        self.max_rotate, self.max_zoom, self.max_warp = max_rotate, max_zoom, max_warp
+        self.max_rotate, self.max_zoom, self.max_warp = max_rotate_deg, max_zoom, max_warp
         self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
-        self.trivial, self.crop = trivial, crop
+        self.trivial, self.crop = trivial_augment, train_crop
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def __call__(self, x: Pictures | Tensor, generator: torch.Generator | None = None,
@@ -319,7 +332,7 @@ class TrainAugment:
         """
         p = as_pictures(x)
         size = size or self.size
-        _check_size(size)
+        check_size(size)
         g = generator if generator is not None else self.generator
         # Parameters are drawn and composed on the CPU (tiny); one (B, 3, 3) copy to the device.
         n = len(p)
@@ -336,7 +349,7 @@ class TrainAugment:
             y = trivial_augment(to_unit(y), g)
         if self.max_lighting > 0 and self.p_lighting > 0:
             y = lighting(to_unit(y), self.max_lighting, self.p_lighting, g)
-        return y.contiguous(memory_format=_CL)  # one relayout at the end, for channels_last convs
+        return y.contiguous(memory_format=CHANNELS_LAST)  # one relayout at the end, for channels_last convs
 
     def _two_stage(self, p: Pictures, boxes: Tensor, signs: Tensor, geo: Tensor, size: int) -> Tensor:
         """CPU path: uint8 crop-resize (fast, antialiased), then rotate/zoom/warp where drawn."""
@@ -344,103 +357,10 @@ class TrainAugment:
         moved = ((geo - torch.eye(3)).abs().amax(dim=(1, 2)) > 1e-6).nonzero().flatten()
         if len(moved):  # a second bilinear resample, only of the images that rotate/zoom/warp
             y = to_unit(y)
-            y[moved] = resample(y[moved], geo[moved], size).contiguous(memory_format=_CL)
+            y[moved] = resample(y[moved], geo[moved], size).contiguous(memory_format=CHANNELS_LAST)
         return y
 
 
 def to_unit(x: Tensor) -> Tensor:
     """uint8 pixels -> float in [0, 1] (same memory format); floating tensors pass through."""
     return x if x.is_floating_point() else x.float().mul_(1 / 255)
-
-
-def _resize_pixels(x: Tensor, size: int) -> Tensor:
-    """Antialiased resize to (size, size), channels_last; uint8 stays uint8 on the CPU."""
-    if tuple(x.shape[-2:]) == (size, size):
-        return x.contiguous(memory_format=_CL)
-    if x.dtype != torch.uint8 or x.device.type != "cpu":  # the uint8 kernel is the CPU's
-        x = to_unit(x)
-    y = F.interpolate(x.contiguous(memory_format=_CL), size=(size, size), mode="bilinear",
-                      antialias=True, align_corners=False)
-    return y.contiguous(memory_format=_CL)
-
-
-def _check_crop(size: int, crop_frac: float) -> None:
-    _check_size(size)
-    _check_range("crop_frac", crop_frac, 1e-3, 1.0)
-
-
-def square_boxes(sizes: Tensor, crop_frac: float, where: str = "centre") -> Tensor:
-    """(n, 4) boxes of the square of side crop_frac * min(h, w) at the centre or a corner (tl, tr, bl, br)."""
-    h, w = sizes.double().unbind(dim=1)
-    side = (crop_frac * torch.minimum(h, w)).round().clamp(min=1)
-    bw, bh = side / w, side / h
-    sx = {"centre": 0, "tl": -1, "tr": 1, "bl": -1, "br": 1}[where]
-    sy = {"centre": 0, "tl": -1, "tr": -1, "bl": 1, "br": 1}[where]
-    return torch.stack([sx * (1 - bw), sy * (1 - bh), bw, bh], dim=1).float()
-
-
-def center_crop_resize(x: Pictures | Tensor, size: int, crop_frac: float = 1.0) -> Tensor:
-    """Centre square of side crop_frac*min(h, w) of each image, resized to (B, 3, size, size) float in [0, 1]."""
-    _check_crop(size, crop_frac)
-    p = as_pictures(x)
-    return to_unit(crop_resize(p, square_boxes(p.sizes, crop_frac), torch.ones(len(p)), size))
-
-
-def five_crop(x: Pictures | Tensor, size: int, crop_frac: float = 0.875) -> list[Tensor]:
-    """Centre, top-left, top-right, bottom-left, bottom-right squares, each (B, 3, size, size) float in [0, 1]."""
-    _check_crop(size, crop_frac)
-    p = as_pictures(x)
-    keep = torch.ones(len(p))
-    return [to_unit(crop_resize(p, square_boxes(p.sizes, crop_frac, where), keep, size))
-            for where in ("centre", "tl", "tr", "bl", "br")]
-
-
-VAL_XTRA = 0.14  # fastai's RandomResizedCrop: validation resizes to size + xtra, then centre-crops
-
-
-def fastai_valid_crop(size: int) -> float:
-    """The fraction of each side fastai's RandomResizedCrop shows in validation at `size`.
-
-    It squashes the whole image to size + xtra square (xtra = 14 % of size, rounded up to a
-    multiple of 8) and centre-crops `size`: 128 / 152 = 0.842 at 128 px, 224 / 256 at 224.
-    """
-    return size / (size + math.ceil(size * VAL_XTRA / 8) * 8)
-
-
-class ValidResize:
-    """Validation transform, fastai's: each image squashed whole to (size / crop) square, antialiased,
-    then its central (size, size) cut out (crop < 1 shows objects larger, as training's crops did).
-    `square=True` is the view of fastai's `Resize` (training with `crop="square"`) instead: the
-    central square of side crop * the shorter side, resized to `size`; no squash.
-
-    `crop=fastai_valid_crop(size)` is exactly fastai's RandomResizedCrop in validation. On square
-    images this is the centre `crop` fraction resized (timm's crop_pct): 0.875 measured +1.2 % on
-    xresnet50 and +1.2-1.8 % on the speedrun model (docs/notes/benchmarks-journal.md).
-    """
-
-    def __init__(self, size: int, crop: float = 1.0, square: bool = False):
-        _check_size(size)
-        _check_range("crop", crop, 1e-3, 1.0)
-        self.size, self.crop, self.square = size, crop, square
-
-    def __call__(self, x: Pictures | Tensor) -> Tensor:
-        """uint8 Pictures (or a (B, 3, H, W) batch) -> float (B, 3, size, size) in [0, 1], channels_last."""
-        return to_unit(self.pixels(x))
-
-    @property
-    def resized(self) -> int:
-        """The side each image is squashed to before the centre crop."""
-        return max(self.size, round(self.size / self.crop))
-
-    def pixels(self, x: Pictures | Tensor) -> Tensor:
-        """As calling it, but uint8 (0..255) on the CPU: `Normalize` scales it in its own pass."""
-        p = as_pictures(x)
-        if self.square:
-            return crop_resize(p, square_boxes(p.sizes, self.crop), torch.ones(len(p)), self.size)
-        if p.fill_canvas:  # one shape for the whole batch (square data): one batched resize
-            y = _resize_pixels(p.pixels, self.resized)
-        else:
-            y = crop_resize(p, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(p), 4), torch.ones(len(p)),
-                            self.resized)
-        margin = (self.resized - self.size) // 2
-        return y[..., margin:margin + self.size, margin:margin + self.size].contiguous(memory_format=_CL)

@@ -149,7 +149,7 @@ def restore_learner(learn, state: dict[str, Any]) -> None:
 
 
 class CheckpointSaver(Callback):
-    """Writes `last.safetensors` each epoch (and every `every_minutes` inside one) and `best`.
+    """Writes `last.safetensors` each epoch (and every `checkpoint_every_min` inside one) and `best`.
 
     The best checkpoint follows `monitor` (higher is better unless it names a loss or error).
     Nothing is written after a failure, so the last good checkpoint survives a NaN.
@@ -157,8 +157,8 @@ class CheckpointSaver(Callback):
 
     order = 20
 
-    def __init__(self, directory: Path, monitor: str = "accuracy", every_minutes: float = 0.0):
-        self.directory, self.monitor, self.every_s = Path(directory), monitor, every_minutes * 60
+    def __init__(self, directory: Path, monitor: str = "accuracy", checkpoint_every_min: float = 0.0):
+        self.directory, self.monitor, self.every_s = Path(directory), monitor, checkpoint_every_min * 60
         self.sign = -1.0 if "loss" in monitor or "error" in monitor else 1.0
         self.best: float | None = None
         self.last_save = time.monotonic()

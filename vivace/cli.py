@@ -1,4 +1,5 @@
-"""`vivace` command line: each `train` flag is a field of `Recipe`."""
+"""`vivace` command line: each `train` flag is a field of `Recipe` (what is trained) or of
+`TrainOptions` (how the run is carried out)."""
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,11 @@ from typing import Any, Sequence
 
 from .distributed import rank
 from .experiments import DEFAULTS as EXPERIMENT_DEFAULTS
-from .outputs import check_new_file
+from .files import check_new_file
 from .flags import add_flags
 from .options import (DownloadOptions, EvaluateOptions, ExperimentOptions, ExportOptions, LrFindOptions,
                       PredictOptions, RunOptions, ShowOptions)
-from .recipe import PRESETS, Recipe, load_recipe, make_recipe
+from .recipe import PRESETS, Recipe, TrainOptions, describe, load_recipe, make_recipe, resolve
 from .runtime import reuse_freed_memory
 
 DEFAULT_PRESET = "quick"
@@ -30,22 +31,40 @@ def add_recipe_flags(parser: argparse.ArgumentParser, names: Sequence[str] = (),
     add_flags(parser, Recipe, names, defaults, unset_is_none=True)
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """Preset (or, with --resume, the run's saved config), then the flags given explicitly."""
+def options_from_args(args: argparse.Namespace) -> TrainOptions:
+    """The TrainOptions fields this command has flags for (the others keep their defaults)."""
+    return TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)
+                           if hasattr(args, f.name)})
+
+
+def recipe_from_args(args: argparse.Namespace, options: TrainOptions) -> tuple[Recipe, TrainOptions]:
+    """Preset (or, with --resume, the run's saved config), then the flags given explicitly; the
+    options say which preset that was (with neither --data nor --preset: the embedded dataset's quick job)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
-    saved_config = Path(given.get("out", "")) / "config.json"
-    if given.get("resume") and given.get("out") and saved_config.is_file():
-        return make_recipe(**{**load_recipe(saved_config).to_dict(), **given})
-    if not given.get("preset") and not given.get("data"):
-        given["preset"] = DEFAULT_PRESET  # no data named: the embedded dataset's quick job
-    return make_recipe(**given)
+    saved_config = Path(options.out) / "config.json"
+    if options.resume and options.out and saved_config.is_file():
+        return make_recipe(**{**load_recipe(saved_config).to_dict(), **given}), options
+    preset = options.preset or ("" if given.get("data") else DEFAULT_PRESET)
+    return make_recipe(preset, **given), dataclasses.replace(options, preset=preset)
+
+
+def print_recipe(recipe: Recipe, options: TrainOptions) -> None:
+    """The recipe resolved for this machine's device (and WORLD_SIZE under torchrun), as it would run."""
+    import torch
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    print(describe(recipe, resolve(recipe, device), device, options.preset, world_size), end="")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainingFailed, train
-    recipe = recipe_from_args(args)
+    recipe, options = recipe_from_args(args, options_from_args(args))
+    options.validate()
+    if options.print_recipe:
+        print_recipe(recipe, options)
+        return 0
     try:
-        result = train(recipe)
+        result = train(recipe, options)
     except TrainingFailed as err:
         print(f"vivace train: error: {err}", file=sys.stderr)
         return 1
@@ -76,7 +95,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train import load_run_weights
+    from .runs import load_run_weights
     from .tta import TTA_KINDS, evaluate, format_evaluation
     overrides = {k: v for k, v in (("valid_crop", args.crop), ("valid_view", args.view)) if v is not None}
     learn, weights = load_run_weights(Path(args.run), args.weights, **overrides)
@@ -92,8 +111,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 EXPERIMENT_FIELDS = ("data", "valid_name", "arch", "widen", "size_px", "presize_px", "epochs", "batch_size", "lr",
-                     "seed", "workers")
-SHOW_FIELDS = ("data", "valid_name", "size_px", "presize_px", "seed", "workers")
+                     "seed")
+SHOW_FIELDS = ("data", "valid_name", "size_px", "presize_px", "seed")
 SHOW_DEFAULTS = dict(size_px=128, presize_px=160)
 
 
@@ -109,7 +128,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if "size_px" in given and "presize_px" not in given:
         given["presize_px"] = given["size_px"] * 3 // 2  # room for random crops and for larger-size TTA
     out = Path(args.out) if args.out else Path("runs") / f"chapter7-{time.strftime('%Y%m%d-%H%M%S')}"
-    chapter7(out, runs=args.runs, **given)
+    chapter7(out, runs=args.runs, workers=args.workers, **given)
     return 0
 
 
@@ -117,8 +136,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from . import show
     from .data import make_dataloaders
     settings = {**dataclasses.asdict(Recipe()), **SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)}
-    dls = make_dataloaders(settings["data"] or None, size=settings["size_px"], presize=settings["presize_px"], bs=9,
-                           seed=settings["seed"], workers=settings["workers"] or None, progress=False,
+    dls = make_dataloaders(settings["data"], size_px=settings["size_px"], presize_px=settings["presize_px"],
+                           batch_size=9, seed=settings["seed"], workers=args.workers, progress=False,
                            valid_name=settings["valid_name"])
     out = Path(args.out or f"{args.what}.png")
     if args.what == "mixup":
@@ -139,18 +158,20 @@ def add_chapter_commands(sub) -> None:
     exp = sub.add_parser("experiments", help="the book chapter's techniques compared in one table")
     add_flags(exp, ExperimentOptions, ["name"])
     add_recipe_flags(exp, EXPERIMENT_FIELDS, EXPERIMENT_DEFAULTS)  # presize, when only the size is given: 1.5x it
+    add_flags(exp, TrainOptions, ["workers"])
     add_flags(exp, ExperimentOptions, ["runs", "out"])
     exp.set_defaults(func=cmd_experiments)
     show = sub.add_parser("show", help="save the chapter's pictures: mixup, a batch, augmentations")
     add_flags(show, ShowOptions, ["what"])
     add_recipe_flags(show, SHOW_FIELDS, SHOW_DEFAULTS)
+    add_flags(show, TrainOptions, ["workers"])
     add_flags(show, ShowOptions, ["lam", "out"])
     show.set_defaults(func=cmd_show)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_learner
-    from .train import load_run_weights
+    from .runs import load_run_weights
     learn, weights = load_run_weights(Path(args.run), args.weights)
     out = Path(args.out) if args.out else Path(args.run) / "export.vivace"
     check_new_file(out, "-o", args.overwrite)  # a bundle someone may already be serving is not replaced silently
@@ -208,7 +229,7 @@ def _folder_summary(preds: list, csv_path: Path) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .train import load_run_weights
+    from .runs import load_run_weights
     learn, weights = load_run_weights(Path(args.run), args.weights)
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the report's path, for scripts
     print(write_report(Path(args.run), learn))
@@ -229,15 +250,14 @@ def add_deploy_commands(sub) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .build import build_dataloaders, build_learner
     from .lr_finder import lr_find
     from .runtime import configure_process
-    from .train import build_dataloaders, build_learner
-    if args.out is not None:
-        raise ValueError("lr-find writes no run directory: name the plot with --plot PATH")
-    recipe = recipe_from_args(args)
-    recipe.validate()
-    configure_process(recipe.threads, recipe.reuse_memory)
-    learn = build_learner(recipe, build_dataloaders(recipe), Path("."))  # the sweep writes no checkpoint or log
+    recipe, options = recipe_from_args(args, options_from_args(args))
+    options.validate()
+    configure_process(options.threads, options.reuse_memory)
+    # The sweep writes no checkpoint or log.
+    learn = build_learner(recipe, build_dataloaders(recipe, workers=options.workers), Path("."))
     result = lr_find(learn, args.start_lr, args.end_lr, args.num_it)
     plot = Path(args.plot) if args.plot else _unused_path(Path("lr_find.png"))
     result.plot(plot)
@@ -257,6 +277,9 @@ def _unused_path(path: Path) -> Path:
     return candidate
 
 
+LR_FIND_SETTINGS = ("preset", "threads", "reuse_memory", "workers")  # the TrainOptions the sweep uses
+
+
 def add_lr_find_command(sub) -> None:
     """`lr-find`: the LR sweep on the data and model `train` would use, its suggestions and plot."""
     lr_find = sub.add_parser("lr-find", help="sweep learning rates; print fastai's suggestions and plot loss vs LR",
@@ -264,6 +287,7 @@ def add_lr_find_command(sub) -> None:
                                          "(the same flags), print fastai's valley (suggested), steep and minimum "
                                          "rates, and plot the smoothed loss against the rate.")
     add_recipe_flags(lr_find)
+    add_flags(lr_find, TrainOptions, LR_FIND_SETTINGS)
     add_flags(lr_find, LrFindOptions)
     lr_find.set_defaults(func=cmd_lr_find)
 
@@ -275,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description=f"Train a model. Presets: {', '.join(PRESETS)}. With neither "
                                        f"--data nor --preset, the '{DEFAULT_PRESET}' preset trains on the embedded dataset.")
     add_recipe_flags(train)
+    add_flags(train, TrainOptions)
     train.set_defaults(func=cmd_train)
     add_lr_find_command(sub)
     download = sub.add_parser("download", help="download and extract a dataset by name")

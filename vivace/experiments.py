@@ -25,11 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .learner import Learner
+from .build import build_dataloaders, build_learner
+from .learner import Learner, TrainingFailed
 from .recipe import Recipe, make_recipe, new_names
 from .records import write_json
 from .runtime import configure_process
-from .train import TrainingFailed, build_dataloaders, build_learner, fit
+from .schedule import ScheduleSpec
 from .tta import prob_metrics, tta
 
 METRICS = ("accuracy", "nll", "ece")
@@ -68,7 +69,7 @@ def slug(name: str) -> str:
     return "-".join(words)
 
 
-def fit_progressive(learn: Learner, recipe: Recipe) -> None:
+def fit_progressive(learn: Learner, recipe: Recipe, workers: int = 0) -> None:
     """The book's progressive resizing: half size for half the epochs, then swap in full-size data.
 
     `fine_tune` runs without its warm phase: a from-scratch model has no frozen body (fastai's
@@ -76,22 +77,22 @@ def fit_progressive(learn: Learner, recipe: Recipe) -> None:
     """
     small_epochs = recipe.epochs // 2
     learn.fit_one_cycle(small_epochs, recipe.lr, pct_start=recipe.pct_start)
-    learn.dls = build_dataloaders(recipe)  # same cache (same presize), crops at the full size
+    learn.dls = build_dataloaders(recipe, workers=workers)  # same cache (same presize), crops at the full size
     learn.fine_tune(recipe.epochs - small_epochs, recipe.lr / FINE_TUNE_LR_DIV, freeze_epochs=0)
 
 
-def train_step(step: Step, recipe: Recipe, out: Path) -> tuple[Learner, dict[str, float]]:
+def train_step(step: Step, recipe: Recipe, out: Path, workers: int = 0) -> tuple[Learner, dict[str, float]]:
     """Train one row's recipe into `out`; returns the Learner and its final metrics and fit time."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", recipe.to_dict())  # `vivace evaluate` can load the run
     first = replace(recipe, size_px=recipe.size_px // 2) if step.progressive else recipe
-    learn = build_learner(recipe, build_dataloaders(first), out)
+    learn = build_learner(recipe, build_dataloaders(first, workers=workers), out)
     start = time.perf_counter()
     try:
         if step.progressive:
-            fit_progressive(learn, recipe)
+            fit_progressive(learn, recipe, workers)
         else:
-            fit(learn, recipe)
+            learn.fit_schedule(**recipe.kwargs(ScheduleSpec))
     except TrainingFailed as err:
         raise TrainingFailed(f"{step.name}: {err}") from None
     seconds = time.perf_counter() - start
@@ -106,7 +107,8 @@ def tta_step(learn: Learner) -> dict[str, float]:
     return {**prob_metrics(probs, targets), "seconds": time.perf_counter() - start}
 
 
-def run_steps(base: Recipe, out: Path, runs: int = 1, steps: Sequence[Step] = CHAPTER7) -> list[dict[str, Any]]:
+def run_steps(base: Recipe, out: Path, runs: int = 1, steps: Sequence[Step] = CHAPTER7,
+              workers: int = 0) -> list[dict[str, Any]]:
     """Every step for `runs` seeds; one result row per (run, step)."""
     rows: list[dict[str, Any]] = []
     for run in range(runs):
@@ -121,7 +123,7 @@ def run_steps(base: Recipe, out: Path, runs: int = 1, steps: Sequence[Step] = CH
             else:
                 recipe = replace(base, **step.overrides, seed=seed, epochs=base.epochs * step.epochs_mult)
                 recipe.validate()
-                learn, result = train_step(step, recipe, out / slug(step.name) / f"run{run}")
+                learn, result = train_step(step, recipe, out / slug(step.name) / f"run{run}", workers)
             rows.append({"technique": step.name, "run": run, "seed": seed, **result})
     return rows
 
@@ -183,19 +185,23 @@ def plot_results(summary: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, format="png", dpi=100)
 
 
-def chapter7(out: Path, runs: int = 1, steps: Sequence[Step] = CHAPTER7, **recipe_fields: Any) -> list[dict[str, Any]]:
-    """Run the chapter's comparison into `out` (results.csv, results.png, table.md); returns the summary."""
+def chapter7(out: Path, runs: int = 1, steps: Sequence[Step] = CHAPTER7, workers: int = 0,
+             **recipe_fields: Any) -> list[dict[str, Any]]:
+    """Run the chapter's comparison into `out` (results.csv, results.png, table.md); returns the summary.
+
+    `workers`: processes building the cache (0 = all cores); `recipe_fields` change `DEFAULTS`.
+    """
     if runs < 1:
         raise ValueError(f"runs={runs} must be >= 1")
     base = make_recipe(**{**DEFAULTS, **new_names(recipe_fields)})  # validated before any heavy work
     if any(s.progressive for s in steps) and base.epochs < 2:
         raise ValueError(f"epochs={base.epochs}: progressive resizing needs >= 2 (half at half size, half at full)")
-    configure_process(base.threads, base.reuse_memory)
+    configure_process(threads=0, reuse_memory=True)  # as `vivace train` by default
     # RunLogger plots after every fit: import matplotlib now, so that its first import (a second
     # or so) is not counted in the baseline's time.
     import matplotlib.figure  # noqa: F401
     out.mkdir(parents=True, exist_ok=True)
-    rows = run_steps(base, out, runs, steps)
+    rows = run_steps(base, out, runs, steps, workers)
     summary = summarize(rows)
     table = format_table(summary)
     write_results(rows, out / "results.csv")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .files import atomic_write, content_hash
 from .inference import TTA_MODES, Predictor
 from .models.xresnet import XResNet
-from .data.view import EvalView
+from .data.eval_view import EvalView
 
 FORMAT = "vivace-export"
 VERSION = 1  # bump when the layout or the meaning of a field changes
@@ -116,10 +116,10 @@ def check_info(path: Path, info: Any, tensors: dict[str, Tensor]) -> None:
     crop = info.get("crop", 1.0)  # bundles from before valid_crop resized the whole square
     if not _finite_number(crop) or not 0 < crop <= 1:
         raise bad("crop", "a number in (0, 1]", crop)
-    max_aspect = info.get("max_aspect", 1.0)  # bundles from before 12-05 cached centre squares
+    max_aspect = info.get("max_aspect", 1.0)  # bundles from before 2026-12-05 cached centre squares
     if not _finite_number(max_aspect) or not 1 <= max_aspect <= 100:
         raise bad("max_aspect", "a number in [1, 100]", max_aspect)
-    if not isinstance(info.get("square", False), bool):  # bundles before 12-05 squashed
+    if not isinstance(info.get("square", False), bool):  # bundles before 2026-12-05 squashed
         raise bad("square", "true or false", info.get("square"))
     if info.get("tta") not in TTA_MODES:
         raise bad("tta", f"one of {', '.join(TTA_MODES)}", info.get("tta"))

@@ -1,21 +1,46 @@
-"""Command-line flags generated from dataclass fields, the same way for every command.
+"""Fields that describe themselves, and command-line flags generated from them.
 
-`train` and `lr-find` take the `Recipe`'s fields (`vivace/recipe.py`); the other commands take
-the small option classes of `vivace/options.py`. A field's help is its metadata (`knob`), its
-choices come from a `Literal` type, `aliases` are older flag names that keep working, and `arg`
-marks a positional argument.
+A field made with `knob` carries its help, its allowed range and older names; its choices come
+from a `Literal` type. `check_fields` is the one check of ranges and choices: `Recipe.validate`
+and the functions a spec configures (`TrainAugment`, ...) both call it. `train` and `lr-find`
+take the `Recipe`'s fields (`vivace/recipe.py`); the other commands take the small option
+classes of `vivace/options.py`; `arg` marks a positional argument.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 from typing import Any, Literal, Sequence, Union, get_args, get_origin, get_type_hints
 
 
-def knob(default: Any, help: str, aliases: Sequence[str] = (), short: str = "") -> Any:
-    """A field with its --help text; `aliases`: old names of the field, still accepted as flags."""
-    return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases), "short": short})
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number field allows; `high=inf`: no upper bound (the value must still be finite)."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False
+
+    def check(self, name: str, value: float) -> None:
+        """ValueError naming the field, its value and this range when the value is outside it."""
+        too_low = value <= self.low if self.low_open else value < self.low
+        too_high = value >= self.high if self.high_open else value > self.high
+        if not math.isfinite(value) or too_low or too_high:  # nan fails every comparison: test it explicitly
+            raise ValueError(f"{name}={value} must be {'' if math.isfinite(value) else 'a finite number '}{self}")
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def knob(default: Any, help: str, aliases: Sequence[str] = (), short: str = "", range: Range | None = None) -> Any:
+    """A field with its --help text and allowed `range`; `aliases`: old names, still accepted as flags."""
+    return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases), "short": short,
+                                                        "range": range})
 
 
 def arg(help: str, nargs: str | None = None) -> Any:
@@ -44,6 +69,17 @@ def literal_choices(cls: type) -> dict[str, tuple[Any, ...]]:
     return {f.name: choices for f in dataclasses.fields(cls) if (choices := base_type(hints[f.name])[1])}
 
 
+def check_fields(obj: Any) -> None:
+    """ValueError for the first field of dataclass `obj` outside its `range` or its Literal's choices."""
+    choices = literal_choices(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in choices and value not in choices[f.name]:
+            raise ValueError(f"{f.name}={value!r} is not one of: {', '.join(map(str, choices[f.name]))}")
+        if f.metadata.get("range") is not None:
+            f.metadata["range"].check(f.name, value)
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] = (),
               shown_defaults: dict[str, Any] | None = None, unset_is_none: bool = False) -> None:
     """One argument per field of `cls` (or per field in `names`), with `dest` the field's name.
@@ -63,9 +99,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] =
         flags += [flag_name(f.name), *(flag_name(old) for old in f.metadata.get("aliases", ()))]
         default = None if unset_is_none else f.default
         shown = (shown_defaults or {}).get(f.name, f.default)
-        text = f.metadata["help"] + (f" (default: {shown!r})" if shown is not None else "")  # None: the help says
-        if kind is bool and (unset_is_none or f.default is None):  # --x / --no-x, unset: None
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        allowed = f"; {f.metadata['range']}" if f.metadata.get("range") is not None else ""
+        text = f.metadata["help"] + allowed + (f" (default: {shown!r})" if shown is not None else "")  # None: the help says
+        if kind is bool and (unset_is_none or f.default is not False):  # --x / --no-x
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif kind is bool:
             parser.add_argument(*flags, dest=f.name, action="store_true", help=text)
         else:

@@ -21,7 +21,7 @@ from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
 from .pictures import Pictures
 from .data.names import display_name
 from .data.sources import find_images
-from .data.view import EvalView
+from .data.eval_view import EvalView
 
 BundleTTA = Literal["none", "flip"]  # what a bundle (and `predict`) may apply: flip is the cheapest TTA
 TTA_MODES: tuple[str, ...] = get_args(BundleTTA)

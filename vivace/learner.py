@@ -12,18 +12,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import distributed, runtime
 from . import schedule as sched
-from .callbacks import Callback, NaNGuard, ProgressBar, Recorder, WeightAverage
+from .callbacks import Callback, Recorder
+from .guards import NaNGuard
+from .progress import ProgressBar
+from .techniques import WeightAverage
+from .flags import Range, knob
 from .losses import CrossEntropy
 from .metrics import accuracy
-from .optim import make_optimizer, set_hyper
+from .optim import OptName, make_optimizer, set_hyper
 from .pictures import Pictures
+from .runtime import AmpMode, CompileMode
+
+
+@dataclass
+class StepSpec:
+    """The Recipe's settings of how the step runs: the Learner's keyword arguments of the same names."""
+
+    channels_last: bool = knob(True, "NHWC memory format: measured ~1.4x faster on CPU for xresnet50")
+    amp: AmpMode = knob("auto", "mixed precision: auto (bf16 on CUDA and AMX CPUs, else off), bf16, fp16, off")
+    compile: bool = knob(False, "torch.compile the model (slow start, no gain measured on CPU)")
+    compile_mode: CompileMode = knob("default", "with --compile: default, reduce-overhead (CUDA graphs), "
+                                               "max-autotune, ...")
+    sync_bn: bool = knob(False, "SyncBatchNorm across processes under torchrun")
+    valid_every: int = knob(1, "validate after every N-th epoch and always the last; 0 = the last only",
+                            range=Range(0))
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -73,20 +92,22 @@ class Learner:
 
     Args:
         dls: a DataLoaders (train and valid loaders, vocab) from `vivace.data`.
-        opt_func: an optimizer name ('sgd', 'adamw', 'ranger') or a function(model, lr) -> optimizer.
-        mom: a named optimizer's momentum (SGD) or beta1 (AdamW, Ranger), where the schedule does
-            not set it: `fit_one_cycle` cycles it, `fit_flat_cos` keeps it.
+        optimizer: a name ('sgd', 'adamw', 'ranger': `make_optimizer`) or a function(model, lr) -> optimizer.
+        momentum: a named optimizer's momentum (SGD) or beta1 (AdamW, Ranger), where the schedule
+            does not set it: `fit_one_cycle` cycles it, `fit_flat_cos` keeps it.
         amp: 'auto' (bf16 on CUDA and on CPUs with AMX, else fp32), 'bf16', 'fp16' or 'off':
             see `vivace.runtime.autocast_dtype`. Training and evaluation both run under it.
-        compile: False, True, or a torch.compile mode (`vivace.runtime.COMPILE_MODES`; 'reduce-overhead'
-            replays the training forward and backward as CUDA graphs, one per input size).
+        compile, compile_mode: torch.compile the training model in this mode (`vivace.runtime.COMPILE_MODES`;
+            'reduce-overhead' replays the training forward and backward as CUDA graphs, one per input size).
+        valid_every: validate after every N-th epoch and always after the last (0: the last only).
     """
 
     def __init__(self, dls, model: nn.Module, loss_func: nn.Module | Callable | None = None,
                  metrics: Metric | Sequence[Metric] | None = accuracy,
                  cbs: Callback | type | Iterable[Callback | type] | None = None,
-                 opt_func: str | Callable = "sgd", wd: float = 5e-5, mom: float = 0.9, channels_last: bool = True,
-                 amp: str = "auto", compile: bool | str = False, sync_bn: bool = False):
+                 optimizer: OptName | Callable = "sgd", weight_decay: float = 5e-5, momentum: float = 0.9,
+                 channels_last: bool = True, amp: AmpMode = "auto", compile: bool = False,
+                 compile_mode: CompileMode = "default", sync_bn: bool = False, valid_every: int = 1):
         self.dls, self.device = dls, dls.device
         self.model = model.to(self.device)
         if channels_last:
@@ -98,10 +119,10 @@ class Learner:
         self.train_model = distributed.wrap_model(self.model)
         self.eval_model = self.model  # the EMA callback evaluates its average instead
         if compile:
-            self.train_model = torch.compile(self.train_model, mode=runtime.compile_mode(compile))
+            self.train_model = torch.compile(self.train_model, mode=runtime.compile_mode(compile_mode))
         self.loss_func = loss_func if loss_func is not None else CrossEntropy()
         self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, Sequence) else [metrics]
-        self.opt_func, self.wd, self.mom, self.opt = opt_func, wd, mom, None
+        self.optimizer, self.weight_decay, self.momentum, self.opt = optimizer, weight_decay, momentum, None
         self.amp_dtype = runtime.autocast_dtype(self.device, amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.is_main = distributed.rank() == 0
@@ -112,7 +133,7 @@ class Learner:
         # (`ProgressiveResize`, `EMA`): the crop size as a function of progress, and a weight average.
         self.size_schedule: Callable[[float], int] | None = None
         self.ema: WeightAverage | None = None
-        self.valid_every = 1  # epochs between validations (the last epoch always validates)
+        self.valid_every = valid_every  # epochs between validations (the last epoch always validates)
         self.resume: ResumePoint | None = None  # set from a checkpoint: where the next fit starts
         self.state = FitState(size=dls.train.size)
 
@@ -145,6 +166,13 @@ class Learner:
     def fit_flat_cos(self, n_epoch: int, lr: float = 1e-3, pct_start: float = 0.75, div_final: float = 1e5) -> None:
         """Flat LR for pct_start of training, then cosine annealing (fastai's Ranger recipe)."""
         self._fit(n_epoch, sched.flat_cos(lr, pct_start, div_final), None)
+
+    def fit_schedule(self, epochs: int, lr: float, schedule: str = "one_cycle", pct_start: float = 0.25) -> None:
+        """The Recipe's schedule (`ScheduleSpec`): `fit_one_cycle` or `fit_flat_cos`."""
+        if schedule == "flat_cos":
+            self.fit_flat_cos(epochs, lr, pct_start=pct_start)
+        else:
+            self.fit_one_cycle(epochs, lr, pct_start=pct_start)
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, pct_start: float = 0.3,
                   div: float = 5.0) -> None:
@@ -194,9 +222,8 @@ class Learner:
         self.model.train()
         state.training, state.start = True, start
         self.dls.train.set_epoch(state.epoch)
-        state.n_batches = len(self.dls.train)  # read by callbacks in before_epoch; recounted below
-        self._emit("before_epoch")  # may change the batch size (ProgressiveResize with scale_batch)
         state.n_batches = len(self.dls.train)
+        self._emit("before_epoch")
         # Batches come as cached (uint8 Pictures); the step augments them at its own size.
         for state.iter, (pictures, y) in enumerate(self.dls.train.iter_from(start.batch, raw=True), start.batch):
             state.progress = (state.epoch + state.iter / state.n_batches) / state.n_epochs
@@ -236,9 +263,9 @@ class Learner:
         set_hyper(self.opt, state.lr, state.mom_schedule(state.progress) if state.mom_schedule else None)
 
     def _make_opt(self):
-        if callable(self.opt_func):
-            return self.opt_func(self.model, 1e-3)
-        return make_optimizer(self.model, self.opt_func, weight_decay=self.wd, momentum=self.mom)
+        if callable(self.optimizer):
+            return self.optimizer(self.model, 1e-3)
+        return make_optimizer(self.model, self.optimizer, weight_decay=self.weight_decay, momentum=self.momentum)
 
     def _in_order(self) -> list[Callback]:
         return sorted(self.cbs, key=lambda c: c.order)

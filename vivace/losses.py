@@ -1,8 +1,24 @@
 """Losses that accept hard labels (B,) or soft targets (B, C), so mixing composes with smoothing."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .flags import Range, knob
+
+
+@dataclass
+class LossSpec:
+    """The Recipe's loss: `make_loss`'s arguments."""
+
+    label_smoothing: float = knob(0.0, "epsilon of label smoothing", range=Range(0.0, 1.0, high_open=True))
+
+
+def make_loss(label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy, with label smoothing when `label_smoothing` > 0."""
+    return LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing else CrossEntropy()
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .callbacks import Callback, ProgressBar
+from .callbacks import Callback
+from .progress import ProgressBar
 
 SMOOTHING = 0.98  # fastai's: the exponential moving average of the loss that is recorded
 DIVERGED = 4.0    # the sweep stops once the smoothed loss exceeds this many times its best

@@ -26,6 +26,11 @@ def top_k_accuracy(preds: Tensor, target: Tensor, k: int = 5) -> Tensor:
     return (top == _labels(target)[:, None]).any(-1).float().mean()
 
 
+def top5_accuracy(preds: Tensor, target: Tensor) -> Tensor:
+    """Top-5 accuracy (a metric for the Learner, which names it by the function)."""
+    return top_k_accuracy(preds, target, 5)
+
+
 def nll(logits: Tensor, target: Tensor) -> Tensor:
     """Mean negative log-likelihood of the labels under softmax(logits)."""
     return F.cross_entropy(logits.float(), _labels(target))

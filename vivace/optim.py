@@ -1,10 +1,13 @@
 """Optimizers with decoupled weight decay, never on BatchNorm weights or biases."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+
+from .flags import Range, knob
 
 OptName = Literal["sgd", "adamw", "ranger"]
 
@@ -58,27 +61,38 @@ class Lookahead:
                 slow.copy_(s)
 
 
-def make_optimizer(model: nn.Module, name: OptName = "sgd", lr: float = 1e-3, weight_decay: float = 5e-5,
+@dataclass
+class OptimizerSpec:
+    """The Recipe's optimizer: `make_optimizer`'s keyword arguments (and the Learner's)."""
+
+    optimizer: OptName = knob("adamw", "adamw, sgd (Nesterov) or ranger (RAdam + lookahead)", aliases=("opt",))
+    weight_decay: float = knob(0.01, "weight decay (decoupled for adamw/ranger), not on BatchNorm or biases",
+                               aliases=("wd",), range=Range(0.0))
+    momentum: float = knob(0.9, "momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)",
+                           aliases=("mom",), range=Range(0.0, 1.0, high_open=True))
+
+
+def make_optimizer(model: nn.Module, optimizer: OptName = "sgd", lr: float = 1e-3, weight_decay: float = 5e-5,
                    momentum: float = 0.9, foreach: bool | None = None,
                    fused: bool | None = None) -> torch.optim.Optimizer:
-    """Build the named optimizer over `param_groups(model, weight_decay)`.
+    """Build the `optimizer` named over `param_groups(model, weight_decay)`.
 
     `foreach` and `fused` pick torch's implementation (None: torch's choice, foreach on CUDA);
     fused (one kernel for all parameters) exists for sgd and adamw, not for Ranger's RAdam.
     """
     groups = param_groups(model, weight_decay)
-    if name == "sgd":
+    if optimizer == "sgd":
         # SGD's weight_decay is L2, which with plain SGD equals decoupled decay scaled by lr.
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, foreach=foreach, fused=fused)
-    if name == "adamw":
+    if optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.99), eps=1e-6, foreach=foreach, fused=fused)
     if fused:
-        raise ValueError(f"optimizer {name!r} has no fused implementation in torch: use sgd or adamw")
-    if name == "ranger":
+        raise ValueError(f"optimizer {optimizer!r} has no fused implementation in torch: use sgd or adamw")
+    if optimizer == "ranger":
         radam = torch.optim.RAdam(groups, lr=lr, betas=(momentum, 0.99), eps=1e-6,
                                   decoupled_weight_decay=True, foreach=foreach)
         return Lookahead(radam)
-    raise ValueError(f"optimizer name={name!r}: choose one of 'sgd', 'adamw', 'ranger'")
+    raise ValueError(f"optimizer={optimizer!r}: choose one of 'sgd', 'adamw', 'ranger'")
 
 
 def set_hyper(opt: torch.optim.Optimizer, lr: float, momentum: float | None) -> None:

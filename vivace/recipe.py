@@ -1,129 +1,89 @@
-"""The one config: a `Recipe` dataclass that the CLI maps onto, and named presets."""
+"""The one config: a `Recipe` of small specs, the run settings beside it, and named presets.
+
+A Recipe is what is trained. Its fields come in specs, each the keyword arguments of the
+function that uses them, under the same names, so a field reaches its use unrenamed:
+
+    DataSpec      -> make_dataloaders(**recipe.kwargs(DataSpec), augment=...)   vivace/data
+    AugmentSpec   -> TrainAugment(size_px, **...)                                vivace/augment.py
+    ModelSpec     -> create_model(**...)                                         vivace/models
+    OptimizerSpec -> Learner(..., **...) -> make_optimizer                       vivace/optim.py
+    StepSpec      -> Learner(..., **...)                                         vivace/learner.py
+    ScheduleSpec  -> learn.fit_schedule(**...)                                   vivace/schedule.py
+    LossSpec      -> make_loss(**...)                                            vivace/losses.py
+    TechniqueSpec -> technique_callbacks(**..., size_px=, seed=)                 vivace/techniques.py
+    ScalingSpec   -> device_batch(device, batch_size, lr, optimizer, **...)      here
+
+Each field carries its help, its range or choices (`vivace.flags.knob`), and older names that
+still work as flags, make_recipe keywords and config.json keys. How a run is carried out (its
+folder, resume or overwrite, repeats, threads, workers, timeouts) is a `TrainOptions`, never
+saved in config.json. `resolve` applies the device rules and the validation view's `auto`s;
+`describe` prints the result (`vivace train --print-recipe`, each run's recipe.txt).
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
-from .augment import TrainCrop, ValidView
-from .data.resident import DataOnDevice
-from .flags import knob, literal_choices
-from .models import MODELS
-from .optim import OptName
-from .runtime import CompileMode
+from .augment import AugmentSpec
+from .data import DataSpec, eval_batch_size
+from .flags import Range, check_fields, knob
+from .learner import StepSpec
+from .losses import LossSpec
+from .models import MODELS, ModelSpec
+from .optim import OptimizerSpec
+from .runtime import autocast_dtype
+from .schedule import ScheduleSpec
+from .techniques import TechniqueSpec
+from .views import resolve_valid_view
 
-Schedule = Literal["one_cycle", "flat_cos"]
-Activation = Literal["relu", "mish", "silu"]
-AmpMode = Literal["auto", "bf16", "fp16", "off"]
-Stats = Literal["imagenet", "computed"]
 LrScaling = Literal["auto", "linear", "sqrt", "off"]
+Spec = TypeVar("Spec")
 
 
 @dataclass
-class Recipe:
-    """Everything a training run needs; `vivace train --help` lists each field."""
+class ScalingSpec:
+    """How the batch and lr change on a CUDA device: `device_batch`'s keyword arguments."""
 
-    data: str = knob("", 'dataset name (imagenette, imagewoof-160, ...) or folder; "" = embedded')
-    valid_name: str = knob("", 'validation folder beside train/ in --data; "" = val or valid')
-    arch: str = knob("xresnet18", "model name from vivace.models.MODELS")
-    widen: float = knob(1.0, "channel width multiplier (0.5 = half-width)")
-    act: Activation = knob("relu", "activation: relu, mish or silu")
-    self_attention: bool = knob(False, "fastai's simple self-attention in the model")
-    blur_pool: bool = knob(False, "anti-aliased downsampling: strided convs and pools")
-    max_blur_pool: bool = knob(False, "only the pools anti-aliased (MaxBlurPool, as the leaderboard's)")
-    size_px: int = knob(128, "final training and validation crop size, px", aliases=("size",))
-    presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)", aliases=("presize",))
-    max_aspect: float = knob(3.0, "longer side / shorter side the cache keeps whole; 1 = centre squares")
-    valid_size_px: int = knob(0, "validation (and export) crop side, px; 0 = size_px (FixRes: test a bit larger)",
-                              aliases=("valid_size",))
-    valid_crop: float = knob(1.0, "central fraction of each side validation shows; 0 = fastai's (0.842 at 128 px)")
-    valid_view: ValidView = knob("auto", "squash (whole image: fastai's RandomResizedCrop) or square "
-                                         "(centre: Resize); auto: train_crop's")
-    epochs: int = knob(5, "training epochs")
-    batch_size: int = knob(64, "training batch size (global, over all processes)", aliases=("bs",))
-    lr: float = knob(3e-3, "peak learning rate for the global batch")
     cuda_batch_size: int = knob(0, "batch size on a CUDA device, where a larger batch keeps the GPU busy; 0 = "
-                                        "batch_size. lr follows by --lr-scaling; an explicit --batch-size wins",
-                                aliases=("cuda_bs",))
+                                   "batch_size. lr follows by --lr-scaling; an explicit --batch-size wins",
+                                aliases=("cuda_bs",), range=Range(0))
     lr_scaling: LrScaling = knob("auto", "how lr follows cuda_batch_size: linear, sqrt or off; auto = linear for sgd, "
                                          "sqrt for adamw and ranger (timm's rule)")
-    opt: OptName = knob("adamw", "adamw, sgd (Nesterov) or ranger (RAdam + lookahead)")
-    weight_decay: float = knob(0.01, "weight decay (decoupled for adamw/ranger), not on BatchNorm or biases",
-                               aliases=("wd",))
-    momentum: float = knob(0.9, "momentum (sgd) or beta1 (adamw, ranger) where the schedule keeps it (flat_cos)",
-                           aliases=("mom",))
-    schedule: Schedule = knob("one_cycle", "one_cycle or flat_cos")
-    pct_start: float = knob(0.25, "fraction of training spent warming up (one_cycle) or flat (flat_cos)")
-    label_smoothing: float = knob(0.0, "epsilon of label smoothing")
-    mixup_alpha: float = knob(0.0, "Mixup alpha; 0 = off", aliases=("mixup",))
-    cutmix_alpha: float = knob(0.0, "CutMix alpha; 0 = off (both > 0: alternate per batch)", aliases=("cutmix",))
-    normalize: bool = knob(True, "normalize inputs by channel statistics")
-    stats: Stats = knob("imagenet", "imagenet, or computed (from a sample of the training set)")
-    train_crop: TrainCrop = knob("random_resized", "fastai's RandomResizedCrop, or square: its Resize "
-                                                   "(largest square, random place)")
-    min_scale: float = knob(0.35, "smallest crop area fraction of random-resized-crop")
-    flip: bool = knob(True, "random horizontal flips")
-    max_rotate_deg: float = knob(10.0, "degrees, fastai aug_transforms default", aliases=("max_rotate",))
-    max_zoom: float = knob(1.1, "largest random zoom; 1 = none")
-    max_warp: float = knob(0.2, "perspective warp strength; 0 = none")
-    max_lighting: float = knob(0.2, "brightness and contrast change; 0 = none")
-    trivial_augment: bool = knob(False, "TrivialAugment-Wide: one random op of random strength per image")
-    progressive: float = knob(0.0, "progressive resizing start fraction of size; 0 = off")
-    progressive_end: float = knob(0.75, "fraction of training after which the size stays final")
-    ema_decay: float = knob(0.0, "EMA decay of weights for evaluation; 0 = off", aliases=("ema",))
-    valid_batch_size: int = knob(0, "evaluation batch size; 0 = 128 on a CPU, twice the training batch (at least "
-                                    "128) on CUDA", aliases=("valid_bs",))
-    valid_every: int = knob(1, "validate after every N-th epoch and always the last; 0 = the last only")
-    channels_last: bool = knob(True, "NHWC memory format: measured ~1.4x faster on CPU for xresnet50")
-    amp: AmpMode = knob("auto", "mixed precision: auto (bf16 on CUDA and AMX CPUs, else off), bf16, fp16, off")
-    compile: bool = knob(False, "torch.compile the model (slow start, no gain measured on CPU)")
-    compile_mode: CompileMode = knob("default", "with --compile: default, reduce-overhead (CUDA graphs), "
-                                               "max-autotune, ...")
-    sync_bn: bool = knob(False, "SyncBatchNorm across processes under torchrun")
-    threads: int = knob(0, "torch intra-op threads; 0 = all cores")
-    reuse_memory: bool = knob(True, "glibc keeps freed memory, no re-faulting per step (1.04-1.2x on CPU)")
-    workers: int = knob(0, "processes for building the cache; 0 = all cores")
-    data_on_device: DataOnDevice = knob("auto", "keep the cache in device memory: auto (a CUDA device it "
-                                                "fits on), on, off")
-    seed: int = knob(42, "random seed: initial weights, shuffling, augmentation")
-    runs: int = knob(1, "repeat with seeds seed, seed+1, ... and report mean and std")
-    out: str = knob("", 'run directory; "" = runs/<timestamp>')
-    resume: bool = knob(False, "continue the run in --out from its last checkpoint")
-    overwrite: bool = knob(False, "replace the run already in --out (its records and checkpoints are deleted)")
-    checkpoint_every_min: float = knob(0.0, "minutes between in-epoch checkpoints; 0 = end of epoch only",
-                                       aliases=("checkpoint_every",))
-    preset: str = knob("", "start from a named preset; explicit flags override it")
-    dist_timeout_s: float = knob(0.0, "torchrun: seconds a rank waits for a silent one before failing; "
-                                      "0 = $VIVACE_DIST_TIMEOUT or 1800")
+
+
+# The specs in data-flow order. A dataclass takes the fields of its *last* base first, so
+# Recipe lists its bases in reverse to keep --help and config.json in this order.
+SPECS = (DataSpec, AugmentSpec, ModelSpec, OptimizerSpec, StepSpec, ScheduleSpec, LossSpec, TechniqueSpec,
+         ScalingSpec)
+
+
+@dataclass
+class Recipe(ScalingSpec, TechniqueSpec, LossSpec, ScheduleSpec, StepSpec, OptimizerSpec, ModelSpec, AugmentSpec,
+             DataSpec):
+    """Everything that decides what a run trains; `vivace train --help` lists each field."""
+
+    seed: int = knob(42, "random seed: initial weights, shuffling, augmentation, mixing")
+
+    def kwargs(self, spec: type) -> dict[str, Any]:
+        """The values of `spec`'s fields: the keyword arguments of the function the spec configures."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(spec)}
 
     def validate(self) -> None:
         """Raise ValueError naming the field, its value and what is allowed."""
-        _choice("arch", self.arch, tuple(MODELS))
-        for name, allowed in literal_choices(Recipe).items():
-            _choice(name, getattr(self, name), allowed)
-        for name in ("size_px", "presize_px", "epochs", "batch_size", "runs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("cuda_batch_size", "valid_batch_size"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 = the default)")
+        if self.arch not in MODELS:
+            raise ValueError(f"arch={self.arch!r} is not one of: {', '.join(MODELS)}")
+        check_fields(self)
         if self.presize_px < self.size_px:
             raise ValueError(f"presize_px={self.presize_px} must be >= size_px={self.size_px}: crops are cut from the "
                              "presized image")
-        if not 0 <= self.valid_size_px <= self.presize_px:
+        if self.valid_size_px > self.presize_px:
             raise ValueError(f"valid_size_px={self.valid_size_px} must be in [0, presize_px={self.presize_px}] "
                              "(0 = size_px)")
-        for name, (low, high, low_open, high_open) in FLOAT_RANGES.items():
-            _in_range(name, getattr(self, name), low, high, low_open, high_open)
-        if self.valid_every < 0:
-            raise ValueError(f"valid_every={self.valid_every} must be >= 0")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite contradict each other: continue the run in --out, or replace it")
         if "/" in self.valid_name or self.valid_name in (".", ".."):
             raise ValueError(f"valid_name={self.valid_name!r} must be a folder name (like val or test), not a path")
 
@@ -131,8 +91,42 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class TrainOptions:
+    """How a run is carried out, not what it trains: never part of config.json."""
+
+    preset: str = knob("", "start from a named preset; explicit flags override it")
+    out: str = knob("", 'run directory; "" = runs/<timestamp>')
+    resume: bool = knob(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = knob(False, "replace the run already in --out (its records and checkpoints are deleted)")
+    runs: int = knob(1, "repeat with seeds seed, seed+1, ... and report mean and std", range=Range(1))
+    threads: int = knob(0, "torch intra-op threads; 0 = all cores", range=Range(0))
+    reuse_memory: bool = knob(True, "glibc keeps freed memory, no re-faulting per step (1.04-1.2x on CPU)")
+    workers: int = knob(0, "processes for building the cache; 0 = all cores", range=Range(0))
+    checkpoint_every_min: float = knob(0.0, "minutes between in-epoch checkpoints; 0 = end of epoch only",
+                                       aliases=("checkpoint_every",), range=Range(0.0))
+    dist_timeout_s: float = knob(0.0, "torchrun: seconds a rank waits for a silent one before failing; "
+                                      "0 = $VIVACE_DIST_TIMEOUT or 1800", range=Range(0.0))
+    print_recipe: bool = knob(False, "print the resolved recipe (preset, flags and device rules applied) and exit")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the option, its value and what is allowed."""
+        check_fields(self)
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"preset={self.preset!r} is not one of: {', '.join(PRESETS)}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite contradict each other: continue the run in --out, or replace it")
+
+
+RUN_SETTINGS = {f.name for f in dataclasses.fields(TrainOptions)}
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """The Recipe saved in a run's config.json (not validated); ValueError naming the file if unusable."""
+    """The Recipe saved in a run's config.json (not validated); ValueError naming the file if unusable.
+
+    Runs saved before the run settings left the recipe carry them (out, runs, threads, ...) in
+    config.json too: they are skipped, as they never decided what was trained.
+    """
     path = Path(path)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -141,6 +135,7 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(saved, dict):
         raise ValueError(f"{path}: must hold a JSON object of recipe fields, got {type(saved).__name__}")
     saved = new_names(saved, where=f"{path}: ")  # runs saved before the fields had units
+    saved = {name: value for name, value in saved.items() if name not in RUN_SETTINGS}
     fields = {f.name: f for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(saved) - set(fields))
     if unknown:
@@ -155,10 +150,11 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe(**saved)
 
 
-# Fields renamed to carry their units (12-06): old name -> new, from each field's `aliases`. The
-# old names still work as flags (`--bs`), as make_recipe keywords, and in the config.json of
-# runs saved before.
-RENAMED: dict[str, str] = {old: f.name for f in dataclasses.fields(Recipe) for old in f.metadata["aliases"]}
+# Fields renamed to carry their units (2026-12-06) and `opt` -> `optimizer`: old name -> new, from
+# each field's `aliases`. The old names still work as flags (`--bs`), as make_recipe keywords,
+# and in the config.json of runs saved before.
+RENAMED: dict[str, str] = {old: f.name for cls in (Recipe, TrainOptions) for f in dataclasses.fields(cls)
+                           for old in f.metadata["aliases"]}
 
 
 def new_names(fields: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -171,48 +167,6 @@ def new_names(fields: dict[str, Any], where: str = "") -> dict[str, Any]:
     return out
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
-
-
-def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or too_low or too_high:  # nan fails every comparison: test it explicitly
-        kind = "" if math.isfinite(value) else "a finite number "
-        if high == math.inf:
-            raise ValueError(f"{name}={value} must be {kind}{'>' if low_open else '>='} {low:g}")
-        left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name}={value} must be {kind}in {left}{low}, {high}{right}")
-
-
-# The allowed range of every float field: (low, high, low_open, high_open). inf = no upper
-# bound, but a value must still be finite (`--mixup inf` is a typo, not a recipe).
-FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "widen": (0.0, math.inf, True, False),
-    "valid_crop": (0.0, 1.0, False, False),
-    "max_aspect": (1.0, 100.0, False, False),
-    "lr": (0.0, 10.0, True, False),
-    "weight_decay": (0.0, math.inf, False, False),
-    "momentum": (0.0, 1.0, False, True),
-    "pct_start": (0.0, 1.0, False, False),
-    "label_smoothing": (0.0, 1.0, False, True),
-    "mixup_alpha": (0.0, math.inf, False, False),
-    "cutmix_alpha": (0.0, math.inf, False, False),
-    "min_scale": (0.0, 1.0, True, False),
-    "max_rotate_deg": (0.0, 180.0, False, False),
-    "max_zoom": (1.0, math.inf, False, False),
-    "max_warp": (0.0, 1.0, False, False),
-    "max_lighting": (0.0, 1.0, False, False),
-    "progressive": (0.0, 1.0, False, False),
-    "progressive_end": (0.0, 1.0, False, False),
-    "ema_decay": (0.0, 1.0, False, True),
-    "checkpoint_every_min": (0.0, math.inf, False, False),
-    "dist_timeout_s": (0.0, math.inf, False, False),
-}
-
-
 # Random-resized crop and flip only, as fastai's leaderboard script augments.
 _CROP_AND_FLIP = dict(max_rotate_deg=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0)
 # What the Imagenette leaderboard presets share: the leaderboard's files (imagenette2-160: shorter
@@ -220,37 +174,31 @@ _CROP_AND_FLIP = dict(max_rotate_deg=0.0, max_zoom=1.0, max_warp=0.0, max_lighti
 # as fastai validates (the whole image squashed to 152 px, centre 128); xresnet50 + Mish +
 # self-attention, Ranger, flat-cos, label smoothing. The 5-epoch preset departs where measured.
 _LEADERBOARD = Recipe(data="imagenette-160", arch="xresnet50", act="mish", self_attention=True, size_px=128,
-                      presize_px=160, valid_crop=0.0, batch_size=64, opt="ranger", schedule="flat_cos", pct_start=0.72,
-                      lr=8e-3, label_smoothing=0.1, **_CROP_AND_FLIP)
+                      presize_px=160, valid_crop=0.0, batch_size=64, optimizer="ranger", schedule="flat_cos",
+                      pct_start=0.72, lr=8e-3, label_smoothing=0.1, **_CROP_AND_FLIP)
 
-# Named starting points. Numbers in docs/BENCHMARKS.md say what each was measured to reach.
+# Named starting points; `vivace train --preset NAME --print-recipe` shows one resolved. What
+# each was measured to reach: docs/BENCHMARKS.md.
 PRESETS: dict[str, Recipe] = {
     # The README's main job: the embedded dataset on 2 CPU cores in under 2 minutes.
-    # Measured: 0.56 accuracy in 23 s (AdamW, AMD EPYC, 12-05; 0.63 on 12-04); SGD at lr 8e-3, wd 5e-5 reached 0.41 in 25 s.
     "quick": Recipe(arch="xresnet18", widen=0.5, size_px=64, presize_px=96, epochs=16, batch_size=32, lr=5e-3,
                     label_smoothing=0.1),
     # The 5-epoch leaderboard entry's recipe exactly (87.43 %): xse_resnext50 + MaxBlurPool, Ranger
     # beta1 0.95, wd 1e-4, batch 32, Resize(128) crops (a random square) + flip, validated once at
-    # the end on each image's central square. On imagenette2-160 it read 87.92 % (seed 42) where
-    # the same levers on xresnet50 with RandomResizedCrop and wd 0.01 read 85.73 %.
-    # Runs and ablations: docs/BENCHMARKS.md (target 88 %).
+    # the end on each image's central square (target 88 %).
     "imagenette-128-5ep": replace(_LEADERBOARD, arch="xse_resnext50", max_blur_pool=True, momentum=0.95,
                                   weight_decay=1e-4, batch_size=32, train_crop="square", valid_every=0, epochs=5),
-    # The leaderboard entries' recipes on xresnet50, unmeasured here (20 epochs are ~4 h on 2
-    # cores): 20 epochs as the 91.57 % entry (MaxBlurPool, Ranger beta1 0.95, no Mixup), 80 as
-    # the 93.55 % one (no MaxBlurPool, Mixup). docs/BENCHMARKS.md.
+    # The leaderboard entries' recipes on xresnet50: 20 epochs as the 91.57 % entry (MaxBlurPool,
+    # Ranger beta1 0.95, no Mixup), 80 as the 93.55 % one (no MaxBlurPool, Mixup).
     "imagenette-128-20ep": replace(_LEADERBOARD, max_blur_pool=True, momentum=0.95, epochs=20),
     "imagenette-128-80ep": replace(_LEADERBOARD, momentum=0.95, mixup_alpha=0.4, epochs=80),
     # The speedrun: half-width xresnet18, SGD-Nesterov, sizes 64->128 cropped from the whole image
     # (imagenette2-160, presize 160), tested at 160 px on the central 87.5 % of the squashed image
     # (FixRes: random crops make objects look larger in training), validated once at the end.
-    # Tuned on the 224 px squares (12-02, presize 224); 9 epochs on imagenette2-160 read 81.7 %.
-    # docs/BENCHMARKS.md has the timed runs beside the squares' reference.
     "imagenette-speedrun": Recipe(data="imagenette-160", arch="xresnet18", widen=0.5, size_px=128,
                                   presize_px=160, valid_size_px=160, valid_crop=0.875, valid_every=0, epochs=12,
-                                  batch_size=128, opt="sgd", lr=0.2, weight_decay=5e-4, label_smoothing=0.1,
-                                  progressive=0.5,
-                                  **_CROP_AND_FLIP),
+                                  batch_size=128, optimizer="sgd", lr=0.2, weight_decay=5e-4, label_smoothing=0.1,
+                                  progressive=0.5, **_CROP_AND_FLIP),
 }
 
 
@@ -258,38 +206,89 @@ def make_recipe(preset: str = "", **overrides: Any) -> Recipe:
     """A Recipe from a preset (a Recipe value) plus explicit overrides, validated.
 
     An explicit `batch_size` is the batch on every device: it drops the preset's `cuda_batch_size`.
-    Old field names (`bs`, `wd`, ... see RENAMED) are accepted.
+    Old field names (`bs`, `wd`, ... see RENAMED) are accepted; run settings (out, workers, ...)
+    are not: they belong to `TrainOptions`.
     """
     if preset and preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not one of: {', '.join(PRESETS)}")
     overrides = new_names(overrides)
+    settings = sorted(set(overrides) & RUN_SETTINGS)
+    if settings:
+        raise ValueError(f"{', '.join(settings)}: run settings, not recipe fields: pass them in TrainOptions")
     if "batch_size" in overrides:
         overrides.setdefault("cuda_batch_size", 0)
-    recipe = replace(PRESETS[preset] if preset else Recipe(), **overrides, preset=preset)
+    recipe = replace(PRESETS[preset] if preset else Recipe(), **overrides)
     recipe.validate()
     return recipe
 
 
+def device_batch(device: torch.device, batch_size: int, lr: float, optimizer: str, cuda_batch_size: int = 0,
+                 lr_scaling: LrScaling = "auto") -> tuple[int, float]:
+    """The (batch_size, lr) a run uses on `device`: on CUDA `cuda_batch_size` (when set), lr scaled by its rule."""
+    if device.type != "cuda" or not cuda_batch_size:
+        return batch_size, lr
+    return cuda_batch_size, scaled_lr(lr, cuda_batch_size / batch_size, scaling_rule(lr_scaling, optimizer))
+
+
 def for_device(recipe: Recipe, device: torch.device) -> Recipe:
-    """The recipe as it runs on `device`: on CUDA its `cuda_batch_size` replaces `batch_size`, `lr` follows.
+    """The recipe as it runs on `device` (`device_batch`), with `cuda_batch_size` 0.
 
-    The result has `cuda_batch_size` 0, so a run's config.json says what ran and a resume (on any
-    device) continues at the same batch and learning rate.
+    So a run's config.json says what ran, and a resume (on any device) continues at the same
+    batch and learning rate.
     """
-    if device.type != "cuda" or not recipe.cuda_batch_size:
-        return replace(recipe, cuda_batch_size=0)
-    lr = scaled_lr(recipe.lr, recipe.cuda_batch_size / recipe.batch_size, scaling_rule(recipe.lr_scaling, recipe.opt))
-    return replace(recipe, batch_size=recipe.cuda_batch_size, lr=lr, cuda_batch_size=0)
+    batch_size, lr = device_batch(device, recipe.batch_size, recipe.lr, recipe.optimizer,
+                                  **recipe.kwargs(ScalingSpec))
+    return replace(recipe, batch_size=batch_size, lr=lr, cuda_batch_size=0)
 
 
-def scaling_rule(lr_scaling: str, opt: str) -> str:
+def scaling_rule(lr_scaling: str, optimizer: str) -> str:
     """`auto` as timm resolves it: linear for SGD (Goyal et al. 2017), sqrt for adaptive optimizers."""
     if lr_scaling != "auto":
         return lr_scaling
-    return "linear" if opt == "sgd" else "sqrt"
+    return "linear" if optimizer == "sgd" else "sqrt"
 
 
 def scaled_lr(lr: float, batch_ratio: float, rule: str) -> float:
     """`lr` for a batch `batch_ratio` times the one it was tuned for."""
     exponent = {"linear": 1.0, "sqrt": 0.5, "off": 0.0}[rule]
     return lr * batch_ratio**exponent
+
+
+def resolve(recipe: Recipe, device: torch.device) -> Recipe:
+    """The recipe as it runs: the device's batch and lr (`for_device`) and the validation view
+    as `make_dataloaders` resolves it (no `auto`, no 0 for the view, its crop or its size)."""
+    recipe = for_device(recipe, device)
+    valid_size_px = recipe.valid_size_px or recipe.size_px
+    view, crop = resolve_valid_view(recipe.valid_view, recipe.valid_crop, valid_size_px, recipe.train_crop)
+    return replace(recipe, valid_view=view, valid_crop=crop, valid_size_px=valid_size_px)
+
+
+def describe(asked: Recipe, resolved: Recipe, device: torch.device, preset: str = "", world_size: int = 1) -> str:
+    """The resolved recipe as text, spec by spec (`name = value`, TOML-like), each resolved value
+    beside what was asked: `vivace train --print-recipe` and each run's recipe.txt."""
+    lines = [f"# vivace recipe: preset {preset or '(none)'}; on {device.type}, {world_size} process(es)",
+             "# '# asked' marks a value resolved for this device or from an auto / 0"]
+    for spec in SPECS:
+        lines.append(f"\n[{spec.__name__.removesuffix('Spec').lower()}]")
+        lines += [_line(f.name, getattr(asked, f.name), getattr(resolved, f.name)) for f in dataclasses.fields(spec)]
+    lines += ["", _line("seed", asked.seed, resolved.seed)]
+    notes = _device_notes(resolved, device, world_size)
+    return "\n".join(lines + [""] + [f"# {note}" for note in notes]) + "\n"
+
+
+def _line(name: str, asked: Any, used: Any) -> str:
+    text = f"{name} = {json.dumps(used)}"
+    return text if asked == used else f"{text}  # asked: {json.dumps(asked)}"
+
+
+def _device_notes(recipe: Recipe, device: torch.device, world_size: int) -> list[str]:
+    """What the device decides at run time, beyond the recipe's values."""
+    per_rank = max(recipe.batch_size // world_size, 1)
+    dtype = autocast_dtype(device, recipe.amp)
+    notes = [f"amp {recipe.amp}: {'fp32' if dtype is None else str(dtype).removeprefix('torch.')} on this "
+             f"{device.type}"]
+    if not recipe.valid_batch_size:
+        notes.append(f"valid_batch_size 0: {eval_batch_size(per_rank, device)} per process on {device.type}")
+    if world_size > 1:
+        notes.append(f"batch_size {recipe.batch_size} is global: {per_rank} per process")
+    return notes

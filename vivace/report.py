@@ -3,7 +3,7 @@
 Everything is inline: CSS in a <style> block, every plot and image a base64 PNG data URI, no
 scripts and no external links, so the file can be mailed or archived alone. `write_report` draws
 what it is given (a run directory and a trained Learner); rebuilding a Learner from a run
-directory is the caller's step (`vivace.train.load_run`), so this module never imports training.
+directory is the caller's step (`vivace.runs.load_run`), so this module never imports training.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def write_report(run_dir: str | Path, learn: Any) -> Path:
             per_class_section(interp.confusion_matrix(), names, interp.vocab),
             confusion_section(interp.confusion_matrix(), names),
             top_losses_section(interp, names), reliability_section(interp.logits, interp.targets),
-            config_section(config), _details("summary.json", summary)]
+            config_section(config, _read_text(run_dir / "recipe.txt")), _details("summary.json", summary)]
     page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>vivace report: {name}</title><style>{STYLE}</style></head>\n"
             f"<body>\n{chr(10).join(body)}\n</body></html>\n")
@@ -174,7 +174,8 @@ def headline(config: dict[str, Any], summary: dict[str, Any], rows: list[dict[st
     accuracy = summary.get("accuracy")
     seconds = summary.get("train_seconds")
     facts = {"data": data_name(config.get("data", "")), "model": model,
-             "preset": config.get("preset") or "none", "epochs": epochs,
+             # summary.json names the preset (config.json did before 2026-12-06)
+             "preset": summary.get("preset") or config.get("preset") or "none", "epochs": epochs,
              "final accuracy": f"{accuracy:.2%}" if isinstance(accuracy, float) else "not measured",
              "wall time": mmss(seconds) if isinstance(seconds, (int, float)) else "unknown",
              "machine": machine, "weights scored": f"{summary.get('weights', 'final')} weights"}
@@ -347,12 +348,20 @@ def reliability_section(logits: Tensor, targets: Tensor) -> str:
 
 
 # -- config ----------------------------------------------------------------------------------
-def config_section(config: dict[str, Any]) -> str:
-    """The fields that differ from the Recipe defaults; the full config folded below."""
+def _read_text(path: Path) -> str:
+    """A run's text record, or "" where the run has none (runs before recipe.txt existed)."""
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def config_section(config: dict[str, Any], recipe_text: str = "") -> str:
+    """The fields that differ from the Recipe defaults; the resolved recipe (recipe.txt) and the
+    full config folded below."""
     defaults = {f.name: f.default for f in dataclasses.fields(Recipe)}
     changed = [[k, config_value(v), config_value(defaults[k]) if k in defaults else "(not a Recipe field)"]
                for k, v in config.items() if k not in defaults or v != defaults[k]]
     diff = (table(["field", "value", "default"], changed, n_names=3) if changed
             else "<p class='muted'>every field at its default</p>")
-    return (f"<h2>Config</h2><p class='muted'>fields that differ from the defaults</p>{diff}"
+    described = (f"<details><summary>recipe.txt: the recipe as it ran</summary><pre>{_esc(recipe_text)}</pre>"
+                 f"</details>" if recipe_text else "")
+    return (f"<h2>Config</h2><p class='muted'>fields that differ from the defaults</p>{diff}{described}"
             f"{_details('full config', config)}")

@@ -77,16 +77,16 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 # torch.compile's modes. reduce-overhead replays each input size's step as a CUDA graph (a
 # progressive-resizing run captures one per size): the launch-free step of issue #22, unmeasured
 # until a GPU is lent; default mode gave nothing on CPU or on an H200 (docs/BENCHMARKS.md).
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 COMPILE_MODES = get_args(CompileMode)
 
 
-def compile_mode(compile: bool | str) -> str | None:
-    """torch.compile's `mode` for a Learner's `compile` (True = "default" = None); ValueError if unknown."""
-    mode = "default" if compile is True else compile
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile={compile!r} is not True or one of: {', '.join(COMPILE_MODES)}")
-    return None if mode == "default" else mode
+def compile_mode(compile_mode: str) -> str | None:
+    """torch.compile's `mode` for a Learner's `compile_mode` ("default" = None); ValueError if unknown."""
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode={compile_mode!r} is not one of: {', '.join(COMPILE_MODES)}")
+    return None if compile_mode == "default" else compile_mode
 
 
 def configure_process(threads: int, reuse_memory: bool) -> None:

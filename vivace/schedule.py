@@ -3,9 +3,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
+
+from .flags import Range, knob
 
 Schedule = Callable[[float], float]
+ScheduleName = Literal["one_cycle", "flat_cos"]
+
+
+@dataclass
+class ScheduleSpec:
+    """The Recipe's schedule: the arguments of `Learner.fit_schedule`."""
+
+    epochs: int = knob(5, "training epochs", range=Range(1))
+    lr: float = knob(3e-3, "peak learning rate for the global batch", range=Range(0.0, 10.0, low_open=True))
+    schedule: ScheduleName = knob("one_cycle", "one_cycle or flat_cos")
+    pct_start: float = knob(0.25, "fraction of training spent warming up (one_cycle) or flat (flat_cos)",
+                            range=Range(0.0, 1.0))
 
 
 def cos_anneal(start: float, end: float, p: float) -> float:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .augment import TrainAugment, ValidResize
+from .augment import TrainAugment
+from .views import ValidResize
 from .pictures import Pictures, as_pictures
 from .normalize import Normalize
 from .data import DataLoaders

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .augment import five_crop
+from .views import five_crop
 from .data import Pipeline
 from .metrics import accuracy, calibration_error, nll
 from .pictures import Pictures

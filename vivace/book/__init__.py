@@ -8,7 +8,7 @@ from pathlib import Path
 from vivace.normalize import imagenet_stats
 from vivace.losses import LabelSmoothingCrossEntropy
 from vivace.metrics import accuracy, error_rate
-from vivace.callbacks import CutMix, Mixup
+from vivace.techniques import CutMix, Mixup
 from vivace.models import xresnet18, xresnet34, xresnet50, xresnet101, xresnet152
 
 from .data import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, RandomSplitter, URLs,

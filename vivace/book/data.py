@@ -167,8 +167,8 @@ class DataBlock:
                     device: str | torch.device | None = None) -> DataLoaders:
         """vivace DataLoaders: presize cache, batches on the device, augmentation, normalization."""
         aug = self.aug if self.aug is not None else no_augmentation()
-        dls = make_dataloaders(self.source(source), size=aug.size or self.presize, presize=self.presize,
-                               bs=bs, valid_bs=val_bs or bs, augment=aug.augment_kwargs(),
+        dls = make_dataloaders(self.source(source), size_px=aug.size or self.presize, presize_px=self.presize,
+                               batch_size=bs, valid_batch_size=val_bs or bs, augment=aug.augment_kwargs(),
                                normalize=self.normalize is not None, stats=stats_from(self.normalize),
                                seed=DEFAULT_SEED, device=device, max_aspect=1.0)  # Resize: squares
         return DataLoaders.of(dls)

@@ -9,7 +9,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from vivace import learner
-from vivace.callbacks import Callback, Mixup
+from vivace.callbacks import Callback
+from vivace.techniques import Mixup
 from vivace.inference import Item
 from vivace.losses import CrossEntropy
 from vivace.export import export_learner
@@ -36,8 +37,18 @@ class Learner(learner.Learner):
                  cbs: Callback | type | Iterable[Callback | type] | None = None,
                  metrics: Callable | Sequence[Callable] | None = None, wd: float = FASTAI_WD, **kwargs: Any):
         super().__init__(dls, model, loss_func=loss_func if loss_func is not None else CrossEntropyLossFlat(),
-                         metrics=metrics, cbs=cbs, opt_func=opt_func, wd=wd, **kwargs)
+                         metrics=metrics, cbs=cbs, optimizer=opt_func, weight_decay=wd, **kwargs)
         reuse_freed_memory()  # the book's sessions get `vivace train`'s allocator setting (runtime.py)
+
+    @property
+    def opt_func(self) -> str | Callable:
+        """fastai's name for the optimizer the Learner builds (`optimizer`)."""
+        return self.optimizer
+
+    @property
+    def wd(self) -> float:
+        """fastai's name for the weight decay (`weight_decay`)."""
+        return self.weight_decay
 
     @property
     def n_classes(self) -> int:

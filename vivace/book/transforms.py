@@ -45,7 +45,7 @@ class AugTransforms:
     min_scale: float
     ratio: tuple[float, float]
     flip: bool
-    max_rotate: float
+    max_rotate_deg: float
     max_zoom: float
     max_warp: float
     p_affine: float
@@ -81,7 +81,7 @@ def aug_transforms(mult: float = 1.0, do_flip: bool = True, flip_vert: bool = Fa
     if min_zoom != 1.0:
         raise ValueError(f"aug_transforms(min_zoom={min_zoom}): vivace zooms in only (min_zoom=1.0)")
     aug = AugTransforms(size=size, min_scale=min_scale, ratio=SQUARE_CROP, flip=do_flip,
-                        max_rotate=max_rotate * mult, max_zoom=max_zoom, max_warp=max_warp * mult,
+                        max_rotate_deg=max_rotate * mult, max_zoom=max_zoom, max_warp=max_warp * mult,
                         p_affine=p_affine, max_lighting=max_lighting * mult, p_lighting=p_lighting)
     augment.TrainAugment(size if size is not None else 1, **aug.augment_kwargs())  # validates, here
     return [aug]

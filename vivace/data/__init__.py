@@ -3,23 +3,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..augment import VALID_VIEWS, TrainAugment, ValidResize, fastai_valid_crop
+from ..augment import TrainAugment
+from ..flags import Range, knob
 from ..normalize import Normalize, compute_stats, imagenet_stats
+from ..views import ValidResize, ValidView, resolve_valid_view
 from .cache import MAX_ASPECT, ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
 from .pipeline import Pipeline
-from .resident import DATA_ON_DEVICE, DeviceCache, choose_data_on_device
+from .resident import DATA_ON_DEVICE, DataOnDevice, DeviceCache, choose_data_on_device
 from .sources import Source, make_source
-from .view import EvalView
+from .eval_view import EvalView
 
 STATS_SAMPLE = 1024  # training images used to compute normalization statistics
+Stats = Literal["imagenet", "computed"]
 
 
 @dataclass
@@ -63,41 +66,65 @@ class DataLoaders:
             gen.set_state(state["augment_rng"])
 
 
-def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128,
-                     valid_size: int | None = None, valid_crop: float = 1.0, presize: int = 160,
-                     bs: int = 64, valid_bs: int = 128, augment: dict[str, Any] | None = None,
-                     normalize: bool = True, stats: str | tuple = "imagenet", seed: int = 42,
+@dataclass
+class DataSpec:
+    """The Recipe's data: `make_dataloaders`' keyword arguments of the same names."""
+
+    data: str = knob("", 'dataset name (imagenette, imagewoof-160, ...) or folder; "" = embedded')
+    valid_name: str = knob("", 'validation folder beside train/ in --data; "" = val or valid')
+    size_px: int = knob(128, "final training and validation crop size, px", aliases=("size",), range=Range(1))
+    presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)", aliases=("presize",),
+                           range=Range(1))
+    max_aspect: float = knob(MAX_ASPECT, "longer side / shorter side the cache keeps whole; 1 = centre squares",
+                             range=Range(1.0, 100.0))
+    valid_size_px: int = knob(0, "validation (and export) crop side, px; 0 = size_px (FixRes: test a bit larger)",
+                              aliases=("valid_size",), range=Range(0))
+    valid_crop: float = knob(1.0, "central fraction of each side validation shows; 0 = fastai's (0.842 at 128 px)",
+                             range=Range(0.0, 1.0))
+    valid_view: ValidView = knob("auto", "squash (whole image: fastai's RandomResizedCrop) or square "
+                                         "(centre: Resize); auto: train_crop's")
+    batch_size: int = knob(64, "training batch size (global, over all processes)", aliases=("bs",), range=Range(1))
+    valid_batch_size: int = knob(0, "evaluation batch size; 0 = 128 on a CPU, twice the training batch (at least "
+                                    "128) on CUDA", aliases=("valid_bs",), range=Range(0))
+    normalize: bool = knob(True, "normalize inputs by channel statistics")
+    stats: Stats = knob("imagenet", "imagenet, or computed (from a sample of the training set)")
+    data_on_device: DataOnDevice = knob("auto", "keep the cache in device memory: auto (a CUDA device it "
+                                                "fits on), on, off")
+
+
+def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 128, presize_px: int = 160,
+                     max_aspect: float = MAX_ASPECT, valid_size_px: int = 0, valid_crop: float = 1.0,
+                     valid_view: ValidView = "auto", batch_size: int = 64, valid_batch_size: int = 0,
+                     normalize: bool = True, stats: Stats | tuple = "imagenet", data_on_device: DataOnDevice = "auto",
+                     valid_name: str = "", augment: dict[str, Any] | None = None, seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
-                     workers: int | None = None, cache_dir: Path | None = None,
-                     progress: bool = True, valid_name: str = "",
-                     max_aspect: float = MAX_ASPECT, valid_view: str = "auto",
-                     data_on_device: str = "auto") -> DataLoaders:
-    """Build the cache (once) and the two loaders.
+                     workers: int = 0, cache_dir: Path | None = None, progress: bool = True) -> DataLoaders:
+    """Build the cache (once) and the two loaders; the keywords up to `valid_name` are `DataSpec`'s.
 
     Args:
-        data: a dataset name, a folder, or a Source; None = the embedded Imagenette subset.
-        valid_size: the validation crop side; None = size (larger tests the training crops'
+        data: a dataset name, a folder, or a Source; None or "" = the embedded Imagenette subset.
+        valid_size_px: the validation crop side; 0 = size_px (larger tests the training crops'
             apparent object size, FixRes).
-        valid_crop: the central fraction of each side that validation shows (`ValidResize`);
-            1 = all of it, 0 = fastai's (`fastai_valid_crop`, 0.842 at 128 px; 1 for the square view).
-        valid_view: 'squash' (the whole image squashed, fastai's RandomResizedCrop), 'square' (its
-            central square, fastai's Resize) or 'auto' (square when augment's crop is 'square').
-        augment: keyword arguments for TrainAugment (min_scale, max_rotate, ...).
+        valid_crop, valid_view: how validation shows an image (`vivace.views.resolve_valid_view`:
+            auto = the training crop's view, valid_crop 0 = fastai's fraction for it).
+        valid_batch_size: 0 = `eval_batch_size(batch_size, device)`.
+        augment: keyword arguments for TrainAugment (`AugmentSpec`'s fields, ratio, ...).
         stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
-        progress: print the split used and the cache's progress bar (rank 0 of a distributed run).
-        valid_name: the validation folder beside train/; "" = val/ or valid/ (see `make_source`).
-        max_aspect: the longest side / shortest side the cache keeps whole (1 = centre squares).
         data_on_device: 'auto' (on a CUDA device when the cache fits), 'on' or 'off': batches are
             gathered from a copy of the cache in device memory instead of prefetched from the host
             (`vivace.data.resident`); the batches are the same.
+        rank, world_size: this process's shard under torchrun; `batch_size` is per process here.
+        workers: processes for building the cache; 0 = all cores.
+        progress: print the split used and the cache's progress bar (rank 0 of a distributed run).
     """
-    if valid_view not in VALID_VIEWS:
-        raise ValueError(f"valid_view={valid_view!r} is not one of: {', '.join(VALID_VIEWS)}")
-    source = data if isinstance(data, Source) else make_source(resolve_data(data), valid_name=valid_name)
+    augment = augment or {}
+    view, crop = resolve_valid_view(valid_view, valid_crop, valid_size_px or size_px,
+                                    augment.get("train_crop", "random_resized"))
+    source = data if isinstance(data, Source) else make_source(resolve_data(data or None), valid_name=valid_name)
     if progress and source.split_note:
         print(source.split_note, flush=True)
     device = torch.device(device) if device is not None else _default_device()
-    cache = build_cache(source.train_files + source.valid_files, presize, cache_dir, workers, progress,
+    cache = build_cache(source.train_files + source.valid_files, presize_px, cache_dir, workers or None, progress,
                         max_aspect)
     n_train = len(source.train_files)
     train_idx, train_y = _usable(cache, np.arange(n_train), source.train_labels)
@@ -107,19 +134,21 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size: int = 128
     if progress and line:
         print(line, flush=True)
     batches_from = DeviceCache(cache, device) if resident else cache
-    train = BatchLoader(batches_from, train_idx, train_y, bs, shuffle=True, drop_last=True, seed=seed,
+    train = BatchLoader(batches_from, train_idx, train_y, batch_size, shuffle=True, drop_last=True, seed=seed,
                         device=device, rank=rank, world_size=world_size)
-    valid = BatchLoader(batches_from, valid_idx, valid_y, valid_bs, shuffle=False, drop_last=False,
-                        device=device, rank=rank, world_size=world_size)
-    train.set_batch_size(min(bs, max(len(train_idx) // world_size, 1)))  # tiny data: >= one batch
-    norm = _make_normalize(normalize, stats, cache, train_idx, size, device)
-    train.transform = Pipeline(TrainAugment(size, seed=seed, **(augment or {})), norm)
-    valid_size = valid_size or size
-    # auto: as in fastai, the training crop decides the view (Resize validates on the centre square).
-    square = valid_view == "square" or (valid_view == "auto" and (augment or {}).get("crop") == "square")
-    valid_crop = valid_crop or (1.0 if square else fastai_valid_crop(valid_size))  # 0: fastai's view
-    valid.transform = Pipeline(ValidResize(valid_size, valid_crop, square), norm)
+    valid = BatchLoader(batches_from, valid_idx, valid_y, valid_batch_size or eval_batch_size(batch_size, device),
+                        shuffle=False, drop_last=False, device=device, rank=rank, world_size=world_size)
+    train.set_batch_size(min(batch_size, max(len(train_idx) // world_size, 1)))  # tiny data: >= one batch
+    norm = _make_normalize(normalize, stats, cache, train_idx, size_px, device)
+    train.transform = Pipeline(TrainAugment(size_px, seed=seed, **augment), norm)
+    valid.transform = Pipeline(ValidResize(valid_size_px or size_px, crop, view == "square"), norm)
     return DataLoaders(train, valid, source.vocab, norm, source, cache)
+
+
+def eval_batch_size(batch_size: int, device: torch.device | str) -> int:
+    """`valid_batch_size=0`: 128 on a CPU (where larger batches gained nothing); on CUDA twice the
+    training batch, at least 128 (no gradients or saved activations: far less memory per image)."""
+    return max(128, 2 * batch_size) if torch.device(device).type == "cuda" else 128
 
 
 def _default_device() -> torch.device:
@@ -159,5 +188,5 @@ def sample_stats(cache: ImageCache, indices: np.ndarray, size: int, device: torc
     return compute_stats(batches)
 
 
-__all__ = ["DataLoaders", "Pipeline", "EvalView", "make_dataloaders", "make_source", "Source", "build_cache",
+__all__ = ["DataSpec", "DataLoaders", "eval_batch_size", "Pipeline", "EvalView", "make_dataloaders", "make_source", "Source", "build_cache",
            "ImageCache", "BatchLoader", "DeviceCache", "DATA_ON_DEVICE", "data_home", "embedded_path", "resolve_data", "sample_stats"]

@@ -31,15 +31,14 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm import tqdm
 
-from ..files import atomic_write
-from ..outputs import ensure_writable_folder
+from ..files import atomic_write, ensure_writable_folder
 from ..pictures import Pictures, stored_view
 
 FORMAT_VERSION = 2  # bump when the decoding or the file layout changes: old caches then miss
 # Longest side / shortest side kept whole. 3 keeps all but 0.1 % of Imagenette whole (12 of
 # 13,394 images are wider; 99 % are under 2.2) and fastai's crops reach the ends of a 3:1
 # panorama; the canvas costs at most 3x a centre-square cache, and no more than the widest
-# image needs (squares cost 1x). 1 = the centre square (what vivace cached before 12-05).
+# image needs (squares cost 1x). 1 = the centre square (what vivace cached before 2026-12-05).
 MAX_ASPECT = 3.0
 PIXELS_NAME = "pixels.u8"
 INDEX_NAME = "index.json"

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from ..outputs import ensure_writable_folder
+from ..files import ensure_writable_folder
 from .names import IMAGENETTE_NAMES, IMAGEWOOF_NAMES
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..augment import TrainAugment, ValidResize, to_unit
+from ..augment import TrainAugment, to_unit
+from ..views import ValidResize
 from ..normalize import Normalize
 from ..pictures import Pictures
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..augment import ValidResize
+from ..views import ValidResize
 from ..normalize import Normalize
 from .pipeline import Pipeline
 
@@ -50,6 +50,6 @@ class EvalView:
         """The view of a checked bundle's info; fields older bundles lack take their old meaning."""
         norm = info["normalize"]
         return cls(info["size"], info.get("crop", 1.0),  # before valid_crop: the whole square
-                   info.get("square", False),  # before 12-05: squashed
-                   info["presize"], info.get("max_aspect", 1.0),  # before 12-05: centre squares
+                   info.get("square", False),  # before 2026-12-05: squashed
+                   info["presize"], info.get("max_aspect", 1.0),  # before 2026-12-05: centre squares
                    Normalize(norm["mean"], norm["std"]) if norm is not None else None)

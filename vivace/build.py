@@ -1,0 +1,56 @@
+"""Recipe -> objects: its data (cache, loaders, augmentation) and its Learner (model, loss,
+optimizer, techniques, metrics, run records). Each spec goes to the function that uses it,
+field names unchanged (`Recipe.kwargs`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .augment import AugmentSpec
+from .callbacks import Callback
+from .checkpoint import CheckpointSaver
+from .data import DataLoaders, DataSpec, make_dataloaders
+from .distributed import World
+from .learner import Learner, StepSpec
+from .losses import LossSpec, make_loss
+from .metrics import accuracy, calibration_error, nll, top5_accuracy
+from .models import ModelSpec, create_model
+from .optim import OptimizerSpec
+from .recipe import Recipe
+from .records import RunLogger
+from .techniques import TechniqueSpec, technique_callbacks
+
+METRICS = [accuracy, top5_accuracy, nll, calibration_error]  # each epoch's table and log.csv
+
+
+def build_dataloaders(recipe: Recipe, world: World = World(), workers: int = 0, progress: bool = True) -> DataLoaders:
+    """The recipe's data: cache, loaders, augmentation and normalization (this rank's shard).
+
+    Under torchrun rank 0 builds the presize cache while the others wait, then they reuse it.
+    `recipe.batch_size` is the global batch: each of the N processes takes batch_size // N.
+    `workers`: processes decoding the cache (0 = all cores). `progress`: rank 0 prints the split
+    and the cache's progress.
+    """
+    data = {**recipe.kwargs(DataSpec), "batch_size": max(recipe.batch_size // world.world_size, 1)}
+    if not world.is_main:
+        distributed.barrier()
+    dls = make_dataloaders(**data, augment=recipe.kwargs(AugmentSpec), seed=recipe.seed, device=world.device,
+                           rank=world.rank, world_size=world.world_size, workers=workers,
+                           progress=progress and world.is_main)
+    if world.is_main:
+        distributed.barrier()
+    return dls
+
+
+def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, checkpoint_every_min: float = 0.0,
+                  extra_cbs: list[Callback] | None = None) -> Learner:
+    """Model, loss, metrics and callbacks for the recipe, its checkpoints and records in `out`
+    (plus any `extra_cbs` of the caller)."""
+    torch.manual_seed(recipe.seed)  # same seed -> same initial weights
+    model = create_model(**recipe.kwargs(ModelSpec), n_out=len(dls.vocab))
+    cbs = technique_callbacks(**recipe.kwargs(TechniqueSpec), size_px=recipe.size_px, seed=recipe.seed)
+    cbs += [CheckpointSaver(out, "accuracy", checkpoint_every_min), RunLogger(out), *(extra_cbs or [])]
+    return Learner(dls, model, make_loss(**recipe.kwargs(LossSpec)), metrics=METRICS, cbs=cbs,
+                   **recipe.kwargs(OptimizerSpec), **recipe.kwargs(StepSpec))

@@ -1,0 +1,129 @@
+"""Run folders: checked before any heavy work, started (config.json, recipe.txt), replaced on
+--overwrite, and reopened (`load_run`) for evaluate, export and report."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from .build import build_dataloaders, build_learner
+from .checkpoint import load_checkpoint
+from .data import resolve_data
+from .data.datasets import DATASETS
+from .data.sources import make_source
+from .files import ensure_writable_folder
+from .learner import Learner
+from .recipe import Recipe, load_recipe
+from .records import write_json
+from .runtime import configure_process
+
+# The files that make a folder a run: replacing them loses the run, keeping some mixes two runs.
+RUN_RECORDS = ("config.json", "recipe.txt", "log.csv", "summary.json", "last.safetensors", "best.safetensors")
+
+
+def default_out() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def existing_records(out: Path, runs: int) -> list[Path]:
+    """The run records already in `out` (and in its run0, run1, ... for several runs)."""
+    folders = [out] + [out / f"run{i}" for i in range(runs) if runs > 1]
+    return [folder / name for folder in folders for name in RUN_RECORDS if (folder / name).is_file()]
+
+
+def check_before_start(recipe: Recipe, out: Path, runs: int = 1, resume: bool = False,
+                       overwrite: bool = False) -> None:
+    """Fail before any heavy work: the data must exist, `out` be writable (it is created) with no run to lose."""
+    if recipe.data not in DATASETS:  # a folder: it exists and has a usable split (listing only, no decoding)
+        with warnings.catch_warnings():  # what was skipped is said once, when the data is built
+            warnings.simplefilter("ignore")
+            make_source(resolve_data(recipe.data or None), valid_name=recipe.valid_name)
+    ensure_writable_folder(out, f"--out {out}")
+    found = existing_records(out, runs)
+    if found and not (resume or overwrite):
+        names = ", ".join(str(p.relative_to(out)) for p in found)
+        raise ValueError(f"--out {out} already holds a run ({names}): pass --resume to continue it, "
+                         f"--overwrite to replace it, or choose another --out")
+
+
+def delete_records(out: Path, runs: int) -> None:
+    """--overwrite: remove the old run's records before the new run writes any."""
+    # Deleted, not left to be overwritten: an old last.safetensors would be resumed under the new
+    # recipe, and an old summary.json would describe a run that no longer exists.
+    for path in existing_records(out, runs):
+        path.unlink()
+
+
+def start_run_folder(out: Path, recipe: Recipe, description: str) -> None:
+    """Create `out` with the recipe as it runs: config.json (to reload) and recipe.txt (to read).
+
+    Written first, so a run killed while its data downloads or caches can be resumed.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", recipe.to_dict())
+    (out / "recipe.txt").write_text(description, encoding="utf-8")
+
+
+def nothing_to_resume(out: Path) -> str:
+    if (out / "config.json").is_file():  # stopped before its first checkpoint, e.g. while caching
+        return f"nothing to resume in {out} (no last.safetensors yet): training its recipe (config.json) from the start"
+    # e.g. the first start of an elastic torchrun job that always says --resume
+    return f"nothing to resume in {out} (no last.safetensors): starting a new run"
+
+
+def kept_checkpoint(out: Path) -> str:
+    """Where a failed run's last good weights are, for its error message."""
+    last = out / "last.safetensors"  # never written after a failure
+    return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
+
+
+WeightsChoice = Literal["final", "best"]
+# Which checkpoint file holds each choice (CheckpointSaver): `last` is rewritten after every epoch,
+# so at the end of the fit it holds the final weights; `best` the epoch with the best accuracy.
+WEIGHT_FILES: dict[str, str] = {"final": "last.safetensors", "best": "best.safetensors"}
+
+
+@dataclass(frozen=True)
+class SavedWeights:
+    """Which weights a rebuilt run holds: final or best, their file, and where training was."""
+
+    kind: str
+    file: str
+    epoch: int  # epochs finished when the weights were saved
+    batch: int = 0  # > 0: saved inside the next epoch (the run stopped mid-epoch)
+
+    def __str__(self) -> str:
+        within = f" + {self.batch} batches" if self.batch else ""
+        return f"{self.kind} ({self.file}, epoch {self.epoch}{within})"
+
+
+def load_run(run_dir: Path, weights: WeightsChoice = "final", **overrides: Any) -> Learner:
+    """A Learner rebuilt from a run directory's config.json with its final (or best) weights."""
+    return load_run_weights(run_dir, weights, **overrides)[0]
+
+
+def load_run_weights(run_dir: Path, weights: WeightsChoice = "final",
+                     **overrides: Any) -> tuple[Learner, SavedWeights]:
+    """`load_run`, plus which weights were loaded (for output that says what it scored).
+
+    final = the model at the end of training (with EMA, the average), as `train` reports it;
+    best = the epoch with the best validation accuracy, chosen on the validation set (so its
+    validation score is optimistic). `overrides`: recipe fields to change (the validation view).
+    """
+    if weights not in WEIGHT_FILES:
+        raise ValueError(f"weights={weights!r} is not one of: {', '.join(WEIGHT_FILES)}")
+    run_dir = Path(run_dir)
+    config = run_dir / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the --out of a `vivace train` run")
+    recipe = replace(load_recipe(config), **overrides)
+    recipe.validate()
+    configure_process(threads=0, reuse_memory=True)  # train's defaults (2x for evaluation: runtime.py)
+    # Quiet: the run's split was said when it trained (`learn.dls.source.split_note` has it).
+    learn = build_learner(recipe, build_dataloaders(recipe, progress=False), run_dir)
+    state = load_checkpoint(run_dir / WEIGHT_FILES[weights], learn.device)
+    learn.model.load_state_dict(state.get("eval_model", state["model"]))  # EMA runs: the average
+    position = state["position"]
+    return learn, SavedWeights(weights, WEIGHT_FILES[weights], int(position["epoch"]), int(position["batch"]))
