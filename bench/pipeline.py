@@ -91,7 +91,22 @@ def make_augments(size: int) -> dict[str, Callable[[Tensor], Tensor]]:
     full = TrainAugment(size, min_scale=RRC_SCALE[0], seed=0)
     # The loaders' own transform (make_dataloaders): augment, then Normalize.
     return {"RRC + flip, as (c)": Pipeline(crop_flip, normalize),
-            "aug_transforms: RRC, flip, rotate, zoom, warp, lighting": Pipeline(full, normalize)}
+            "aug_transforms: RRC, flip, rotate, zoom, warp, lighting": Pipeline(full, normalize),
+            "RRC + flip as one grid_sample (the CUDA path)": grid_sample_crop_flip(size, normalize)}
+
+
+def grid_sample_crop_flip(size: int, normalize: Callable[[Tensor], Tensor]) -> Callable:
+    """The same crops and flips as one bilinear `grid_sample` over the batch, as TrainAugment does
+    on CUDA: timed here beside the CPU path's per-image uint8 resize (`crop_resize`)."""
+    from vivace.augment import crop_matrices, flip_signs, random_resized_crop_params, resample_pictures
+    from vivace.pictures import as_pictures
+    generator = torch.Generator().manual_seed(0)
+
+    def transform(x) -> Tensor:
+        p = as_pictures(x)
+        boxes = random_resized_crop_params(p.sizes, RRC_SCALE, RRC_RATIO, generator)
+        return normalize(resample_pictures(p, crop_matrices(boxes, flip_signs(len(p), 0.5, generator)), size))
+    return transform
 
 
 def timed_batches(batches: Callable[[], Iterable], n_batches: int, device: torch.device) -> float:

@@ -39,6 +39,7 @@ def test_the_runner_lists_every_benchmark_module_with_its_description():
         assert f"  {name}" in out.stdout and first_line in out.stdout, name
 
 
+@pytest.mark.slow
 def test_a_data_benchmark_without_data_exits_with_one_line_saying_how_to_give_it():
     env = {k: v for k, v in common.bench_env().items() if k != common.DATA_ENV}
     out = run_bench("throughput", env=env)
@@ -56,6 +57,7 @@ def test_an_unknown_benchmark_is_named_in_the_error():
     assert "no-such-benchmark" in out.stderr and "throughput" in out.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_measures_on_the_cpu_without_recording():
     before = RESULTS.read_bytes()
     out = run_bench("gpu", "--arch", "xresnet18", "--bs", "8", "16", "--size", "32", "--batches", "20",
@@ -69,6 +71,7 @@ def test_gpu_check_measures_on_the_cpu_without_recording():
     assert RESULTS.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_throughput_compares_precisions_without_recording_and_reads_data_from_the_environment():
     before = RESULTS.read_bytes()
     embedded = REPO / "vivace" / "data" / "embedded"

@@ -59,6 +59,7 @@ def run_training(tmp_path, folder, out, kill_at=None, resume=False, every=0.0):
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [0.0, 1e-9])
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_folder, every):
     full = run_training(tmp_path, tiny_folder, tmp_path / "full")

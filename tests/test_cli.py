@@ -12,6 +12,7 @@ TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "
         "--bs", "4", "--valid-bs", "8", "--workers", "1"]
 
 
+@pytest.mark.slow
 def test_help_texts():
     for argv in (["--help"], ["train", "--help"], ["download", "--help"]):
         out = subprocess.run([sys.executable, "-m", "vivace", *argv], capture_output=True, text=True)
@@ -60,6 +61,7 @@ def test_resume_with_nothing_to_resume_starts_a_new_run(tmp_path, tiny_folder, c
     assert (out / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_runs_report_mean_and_std(tmp_path, tiny_folder, capsys):
     out = tmp_path / "multi"
     assert main(["train", "--data", str(tiny_folder), "--out", str(out), "--runs", "2", *TINY[:-4], "--epochs", "1",
@@ -110,6 +112,7 @@ def test_bad_config_json_is_one_line_naming_the_file(tmp_path, text, message, co
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, command", [(0, CONFIG_READERS[0]), (1, CONFIG_READERS[1])])
 def test_bad_config_json_from_the_shell_has_no_traceback(tmp_path, case, command):
     text, message = BAD_CONFIGS[case]

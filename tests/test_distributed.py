@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from vivace.runs import load_run
 
+pytestmark = pytest.mark.slow  # torchrun: processes that each import torch and train
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 

@@ -28,6 +28,7 @@ def experiment(tiny_folder, tmp_path_factory):
     return rc, out, stdout.getvalue()
 
 
+@pytest.mark.slow
 def test_table_csv_and_plot(experiment):
     rc, out, printed = experiment
     assert rc == 0
@@ -45,6 +46,7 @@ def test_table_csv_and_plot(experiment):
     assert not (out / "tta").exists()  # TTA trains nothing
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_with_every_tta(experiment, capsys):
     _, out, _ = experiment
     assert main(["evaluate", str(out / "normalize" / "run0"), "--tta", "all", "--size", "24"]) == 0
@@ -57,6 +59,7 @@ def test_evaluate_a_run_with_every_tta(experiment, capsys):
     assert main(["evaluate", str(out / "normalize" / "run0"), "--size", "99"]) == 2  # above the presize
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("view", [None, "square"])
 def test_evaluate_on_another_central_crop(experiment, capsys, view):
     _, out, _ = experiment

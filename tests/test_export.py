@@ -238,6 +238,7 @@ def test_forged_nan_weights_are_refused(bundle, tmp_path):
         load(bad)
 
 
+@pytest.mark.slow
 def test_forged_bundle_through_the_cli_is_one_line(bundle, tmp_path, tiny_folder):
     import subprocess
     import sys

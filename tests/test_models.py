@@ -103,7 +103,8 @@ def test_stem_is_three_convs_32_32_64_then_maxpool():
     assert isinstance(model[3], nn.MaxPool2d) and model[3].stride == 2
 
 
-@pytest.mark.parametrize("act, cls", [("relu", nn.ReLU), ("mish", Mish), ("silu", nn.SiLU)])
+@pytest.mark.parametrize("act, cls", [("relu", nn.ReLU), pytest.param("mish", Mish, marks=pytest.mark.slow),
+                                      ("silu", nn.SiLU)])  # mish: its fused kernel compiles with the C++ compiler
 def test_activation_choice(act, cls):
     model = xresnet18(act=act)
     kinds = {type(m) for m in model.modules()} & {nn.ReLU, Mish, nn.SiLU}
@@ -196,7 +197,8 @@ def test_conv_init_is_kaiming_normal_fan_in():
     assert abs(w.mean().item()) < 0.002
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(self_attention=True, blur_pool=True, act="mish")])
+@pytest.mark.parametrize("kwargs", [dict(), pytest.param(dict(self_attention=True, blur_pool=True, act="mish"),
+                                                  marks=pytest.mark.slow)])  # mish: a compiled kernel
 def test_channels_last_matches_contiguous(kwargs):
     torch.manual_seed(0)
     model = xresnet18(n_out=10, **kwargs).eval()

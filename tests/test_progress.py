@@ -156,6 +156,7 @@ def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300
         os.close(leader)
 
 
+@pytest.mark.slow
 def test_train_in_a_terminal_shows_a_live_bar(tmp_path):
     folder = make_image_folder(tmp_path / "data")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}

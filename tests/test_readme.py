@@ -63,6 +63,7 @@ def test_every_readme_command_is_run_or_listed():
     assert not unused, f"NOT_RUN names commands the README no longer has: {unused}"
 
 
+@pytest.mark.slow
 def test_readme_commands_run_as_written(tmp_path):
     (tmp_path / "vivace").symlink_to(REPO / "vivace")
     env = {**os.environ, "PYTHONPATH": str(REPO), "VIVACE_HOME": str(tmp_path / "home")}

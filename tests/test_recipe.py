@@ -124,6 +124,7 @@ def test_evaluation_batch_defaults_per_device():
     assert eval_batch_size(32, CUDA) == 128 and eval_batch_size(256, CUDA) == 512
 
 
+@pytest.mark.slow
 def test_train_records_the_batch_it_ran(tiny_folder, tmp_path):
     """config.json holds the resolved recipe (cuda_bs 0 on a CPU), so a resume repeats the same batch."""
     out = tmp_path / "run"

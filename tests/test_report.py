@@ -188,6 +188,7 @@ def test_cli_export_then_predict(run_dir, tiny_folder, tmp_path, capsys):
     assert result["path"] == str(image) and set(result["probs"]) == {"blue", "green", "red"}
 
 
+@pytest.mark.slow
 def test_report_renders_in_a_real_browser(run_dir, tmp_path):
     report = (run_dir / REPORT_NAME).resolve()
     shot = tmp_path / "shot.png"

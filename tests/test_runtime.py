@@ -45,6 +45,7 @@ def test_configure_process_turns_on_cudnn_benchmark_only_with_cuda(monkeypatch):
     assert torch.backends.cudnn.benchmark is True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_reuse_freed_memory_stops_refaulting_large_blocks():
     def faults(mode: str) -> tuple[str, int]:

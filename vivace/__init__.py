@@ -1,6 +1,5 @@
 """vivace: train state-of-the-art image classifiers from scratch, fast."""
 from .augment import TrainAugment
-from .views import ValidResize
 from .normalize import Normalize, compute_stats, imagenet_stats
 from .callbacks import Callback
 from .guards import EarlyStopping, StopAfter
@@ -13,9 +12,10 @@ from .losses import CrossEntropy, LabelSmoothingCrossEntropy
 from .metrics import accuracy, calibration_error, error_rate, nll, top_k_accuracy
 from .mixing import cutmix, mixup
 from .models import MODELS, create_model, xresnet18, xresnet34, xresnet50, xresnet101, xresnet152
-from .recipe import PRESETS, Recipe, make_recipe
+from .recipe import PRESETS, Recipe, TrainOptions, make_recipe
 from .schedule import SizeSchedule, flat_cos, one_cycle
 from .train import train
+from .views import ValidResize
 
 __version__ = "0.1.0"
 
@@ -30,7 +30,7 @@ __all__ = [
     "accuracy", "calibration_error", "error_rate", "nll", "top_k_accuracy",
     "CutMix", "Mixup", "MixupOrCutMix", "cutmix", "mixup",
     "MODELS", "create_model", "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152",
-    "PRESETS", "Recipe", "make_recipe",
+    "PRESETS", "Recipe", "TrainOptions", "make_recipe",
     "SizeSchedule", "flat_cos", "one_cycle",
     "train",
 ]

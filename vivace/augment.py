@@ -127,8 +127,9 @@ def crop_resize(p: Pictures, boxes: Tensor, signs: Tensor, size: int) -> Tensor:
     """Cut each box out of its image, resize it (antialiased bilinear) to (B, 3, size, size), mirror where signs < 0.
 
     Boxes are (cx, cy, w, h) in each image's own frame, as seen. On CPU a uint8 batch takes
-    PyTorch's SIMD uint8 resize kernel: ~3x faster than one grid_sample over the batch, and
-    antialiased where the crop shrinks. Output keeps the pixels' dtype.
+    PyTorch's SIMD uint8 resize kernel: 1.7-2.3x the batches per second of one grid_sample over
+    the batch, loader and Normalize included (docs/BENCHMARKS.md), and antialiased where the
+    crop shrinks. Output keeps the pixels' dtype.
     """
     x = p.pixels
     on_cpu = x.device.type == "cpu"  # elsewhere resize floats: CUDA has no antialiased uint8 kernel
@@ -154,7 +155,7 @@ def single_threaded() -> Iterator[None]:
 
     PyTorch splits even one small image's resize over its thread pool; per image the hand-off
     costs more than it saves: the crop loop measured 3x slower on 2 threads than on 1
-    (10.3 vs 3.5 ms per 64 images of 160 -> 128 px).
+    (docs/BENCHMARKS.md).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

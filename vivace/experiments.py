@@ -13,7 +13,7 @@ The rows of fastai book chapter 7 ("Training a State-of-the-Art Model"):
 
 Mixup and label smoothing build on "+ normalize", not on progressive resizing, as the book's
 sections do (each trains `xresnet50` with `fit_one_cycle(5, 3e-3)` on the normalized data).
-The defaults suit the embedded dataset on 2 CPU cores (1 min 41 s in all, measured): xresnet18 at
+The defaults suit the embedded dataset on 2 CPU cores (a couple of minutes in all): xresnet18 at
 half width, 64 px crops from a 96 px cache, 8 epochs, batch size 32.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,15 +20,15 @@ from torch import Tensor, nn
 from . import distributed, runtime
 from . import schedule as sched
 from .callbacks import Callback, Recorder
-from .guards import NaNGuard
-from .progress import ProgressBar
-from .techniques import WeightAverage
 from .flags import Range, knob
+from .guards import NaNGuard
 from .losses import CrossEntropy
 from .metrics import accuracy
 from .optim import OptName, make_optimizer, set_hyper
 from .pictures import Pictures
+from .progress import ProgressBar
 from .runtime import AmpMode, CompileMode
+from .techniques import WeightAverage
 
 
 @dataclass
@@ -43,6 +43,7 @@ class StepSpec:
     sync_bn: bool = knob(False, "SyncBatchNorm across processes under torchrun")
     valid_every: int = knob(1, "validate after every N-th epoch and always the last; 0 = the last only",
                             range=Range(0))
+
 
 Metric = Callable[[Tensor, Tensor], Tensor]
 
@@ -167,7 +168,8 @@ class Learner:
         """Flat LR for pct_start of training, then cosine annealing (fastai's Ranger recipe)."""
         self._fit(n_epoch, sched.flat_cos(lr, pct_start, div_final), None)
 
-    def fit_schedule(self, epochs: int, lr: float, schedule: str = "one_cycle", pct_start: float = 0.25) -> None:
+    def fit_schedule(self, epochs: int, lr: float, schedule: sched.ScheduleName = "one_cycle",
+                     pct_start: float = 0.25) -> None:
         """The Recipe's schedule (`ScheduleSpec`): `fit_one_cycle` or `fit_flat_cos`."""
         if schedule == "flat_cos":
             self.fit_flat_cos(epochs, lr, pct_start=pct_start)

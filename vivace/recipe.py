@@ -266,7 +266,8 @@ def resolve(recipe: Recipe, device: torch.device) -> Recipe:
 def describe(asked: Recipe, resolved: Recipe, device: torch.device, preset: str = "", world_size: int = 1) -> str:
     """The resolved recipe as text, spec by spec (`name = value`, TOML-like), each resolved value
     beside what was asked: `vivace train --print-recipe` and each run's recipe.txt."""
-    lines = [f"# vivace recipe: preset {preset or '(none)'}; on {device.type}, {world_size} process(es)",
+    processes = "1 process" if world_size == 1 else f"{world_size} processes"
+    lines = [f"# vivace recipe: preset {preset or '(none)'}; on {device.type}, {processes}",
              "# '# asked' marks a value resolved for this device or from an auto / 0"]
     for spec in SPECS:
         lines.append(f"\n[{spec.__name__.removesuffix('Spec').lower()}]")

@@ -28,10 +28,9 @@ def reuse_freed_memory() -> bool:
     Each CPU training step frees and reallocates the same activation buffers, tens of MB each.
     glibc serves blocks that large with fresh mmap()s and unmaps them on free, so every step
     page-faults and zeroes them again (xresnet18: ~13 % of the process's CPU time in the kernel).
-    With mmap and trimming off the heap keeps them: 3-4x fewer page faults, training measured
-    1.14-1.21x faster for xresnet18 and 1.04x for xresnet50, and evaluation (forward passes at
-    batch 128) 1.72x and 2.27x (bench/allocator.py, --step eval). The cost: the
-    process holds on to its peak memory until it exits.
+    With mmap and trimming off the heap keeps them: training 1.04-1.2x and evaluation 1.7-2.3x
+    faster (`python -m bench allocator`, docs/BENCHMARKS.md). The cost: the process holds on to
+    its peak memory until it exits.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -74,10 +73,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
 # torch.compile's modes. reduce-overhead replays each input size's step as a CUDA graph (a
 # progressive-resizing run captures one per size): the launch-free step of issue #22, unmeasured
 # until a GPU is lent; default mode gave nothing on CPU or on an H200 (docs/BENCHMARKS.md).
-AmpMode = Literal["auto", "bf16", "fp16", "off"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 COMPILE_MODES = get_args(CompileMode)
 

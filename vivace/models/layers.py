@@ -24,8 +24,8 @@ def mish_by_sigmoid(x: Tensor) -> Tensor:
 def fused_mish() -> Callable[[Tensor], Tensor] | None:
     """`mish_by_sigmoid` compiled into one C++ loop (forward and backward), or None without a compiler.
 
-    PyTorch's own CPU kernel for F.mish is slow: 79-85 ms forward + backward on a 64x256x32x32
-    tensor against 18-21 ms for ReLU; this takes 29-32 ms (2-core Xeon, fp32 and bf16). Compiled
+    PyTorch's own CPU kernel for F.mish is slow: forward + backward took ~2.7x this one's time
+    (docs/BENCHMARKS.md). Compiled
     lazily, once per process (a few seconds; dynamic shapes, so progressive resizing does not
     recompile); Inductor builds it with the system's C++ compiler, so without one F.mish stays.
     """
