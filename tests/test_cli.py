@@ -41,8 +41,11 @@ def test_train_writes_run_dir(tmp_path, tiny_folder, capsys):
                  "last.safetensors", "best.safetensors"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
-    assert 0 <= summary["accuracy"] <= 1
-    assert len((out / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    log = (out / "log.csv").read_text().splitlines()
+    assert len(log) == 3  # header + 2 epochs
+    last = dict(zip(log[0].split(","), log[-1].split(",")))
+    assert summary["accuracy"] == pytest.approx(float(last["accuracy"]), abs=1e-6)  # the final epoch's
+    assert f"final accuracy: {summary['accuracy']:.4f}" in printed
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
 
 
