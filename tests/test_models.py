@@ -308,6 +308,7 @@ def test_mish_by_sigmoid_is_mish_everywhere():
     torch.testing.assert_close(mish_by_sigmoid(x), F.mish(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow  # compiles the fused kernel (seconds; minutes on a cold compiler cache)
 def test_mish_module_matches_f_mish_forward_and_backward():
     torch.manual_seed(0)
     x = (torch.randn(2, 8, 5, 7) * 4).contiguous(memory_format=torch.channels_last).requires_grad_()

@@ -25,7 +25,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 
@@ -42,7 +42,6 @@ from .techniques import TechniqueSpec
 from .views import resolve_valid_view
 
 LrScaling = Literal["auto", "linear", "sqrt", "off"]
-Spec = TypeVar("Spec")
 
 
 @dataclass
