@@ -83,6 +83,11 @@ class Recipe(ScalingSpec, TechniqueSpec, LossSpec, ScheduleSpec, StepSpec, Optim
         if self.valid_size_px > self.presize_px:
             raise ValueError(f"valid_size_px={self.valid_size_px} must be in [0, presize_px={self.presize_px}] "
                              "(0 = size_px)")
+        if self.labels and self.valid_name:
+            raise ValueError(f"valid_name={self.valid_name!r} names a validation folder, but labels={self.labels!r} "
+                             "reads the split from the table: give the table a valid_col, or drop one")
+        if not self.labels and (self.fn_col or self.label_col or self.valid_col):
+            raise ValueError("fn_col, label_col and valid_col choose columns of a label table: pass it with --csv")
         if "/" in self.valid_name or self.valid_name in (".", ".."):
             raise ValueError(f"valid_name={self.valid_name!r} must be a folder name (like val or test), not a path")
 

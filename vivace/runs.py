@@ -10,9 +10,8 @@ from typing import Any, Literal
 
 from .build import build_dataloaders, build_learner
 from .checkpoint import load_checkpoint
-from .data import resolve_data
+from .data import data_source
 from .data.datasets import DATASETS
-from .data.sources import make_source
 from .files import ensure_writable_folder
 from .learner import Learner
 from .recipe import Recipe, load_recipe
@@ -39,7 +38,8 @@ def check_before_start(recipe: Recipe, out: Path, runs: int = 1, resume: bool = 
     if recipe.data not in DATASETS:  # a folder: it exists and has a usable split (listing only, no decoding)
         with warnings.catch_warnings():  # what was skipped is said once, when the data is built
             warnings.simplefilter("ignore")
-            make_source(resolve_data(recipe.data or None), valid_name=recipe.valid_name)
+            data_source(recipe.data, recipe.valid_name, recipe.labels, recipe.fn_col, recipe.label_col,
+                        recipe.valid_col)
     ensure_writable_folder(out, f"--out {out}")
     found = existing_records(out, runs)
     if found and not (resume or overwrite):

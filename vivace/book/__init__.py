@@ -16,6 +16,7 @@ from .data import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, Ra
 from .inference import load_learner
 from .interpret import ClassificationInterpretation
 from .learner import CrossEntropyLossFlat, Learner, MixUp, SuggestedLRs
+from .tables import ColReader, ColSplitter, ImageDataLoaders
 from .transforms import Normalize, Resize, aug_transforms
 from .vision import PILImage, plt, show_image, tensor
 
@@ -23,6 +24,7 @@ __all__ = [
     # data
     "Path", "URLs", "untar_data", "get_image_files", "get_image_files_sorted", "parent_label",
     "RandomSplitter", "GrandparentSplitter", "DataBlock", "ImageBlock", "CategoryBlock",
+    "ColReader", "ColSplitter", "ImageDataLoaders",
     "Resize", "aug_transforms", "Normalize", "imagenet_stats",
     # models
     "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152",

@@ -17,7 +17,7 @@ from vivace.data import Source, make_dataloaders
 from vivace.data.datasets import DATASETS, ensure_dataset
 from vivace.data.sources import find_images, label_from_parent
 
-from .transforms import no_augmentation, presize_from, split_batch_tfms, stats_from
+from .transforms import AugTransforms, no_augmentation, presize_from, split_batch_tfms, stats_from
 
 DEFAULT_SEED = 42  # fastai's default split draws a new one each call (seed=None); vivace's is fixed
 
@@ -116,7 +116,9 @@ class DataBlock:
 
     Args:
         blocks: (ImageBlock, CategoryBlock), as classes or instances: the one kind vivace trains.
-        get_items: source -> items (image paths); None: the source is the list of items.
+        get_items: source -> items (image paths); None: the source is the list of items (a
+            DataFrame's rows, for a DataFrame).
+        get_x: item -> its image path (`ColReader` for a table's rows); None: the item is the path.
         get_y: item -> its class.
         splitter: items -> (train indices, valid indices); default RandomSplitter(0.2, seed=42).
         item_tfms: Resize(n): the side of the centre square each image is cached as (presizing).
@@ -126,21 +128,20 @@ class DataBlock:
     def __init__(self, blocks: Sequence[Any] = (ImageBlock, CategoryBlock),
                  get_items: Callable[[Any], Sequence[Any]] | None = None,
                  get_y: Callable[[Any], Any] | None = None, splitter: Splitter | None = None,
-                 item_tfms: Any = None, batch_tfms: Any = None):
+                 item_tfms: Any = None, batch_tfms: Any = None, get_x: Callable[[Any], Any] | None = None):
         self.blocks = _check_blocks(blocks)
         if get_y is None:
             raise ValueError("DataBlock needs get_y (e.g. get_y=parent_label) to label each image")
-        self.get_items, self.get_y = get_items, get_y
+        self.get_items, self.get_x, self.get_y = get_items, get_x, get_y
         self.splitter = splitter if splitter is not None else RandomSplitter(0.2, DEFAULT_SEED)
-        self.aug, self.normalize = split_batch_tfms(batch_tfms)
-        self.presize = presize_from(item_tfms) or (self.aug.size if self.aug is not None else None)
-        if self.presize is None:
-            raise ValueError("DataBlock needs item_tfms=Resize(n) (or an aug_transforms size): vivace "
-                             "caches every image as one square size")
+        self.presize, self.aug, self.normalize = transforms_of(item_tfms, batch_tfms)
 
     def source(self, source: Any) -> Source:
         """The items, split and labelled: vivace's `Source`."""
-        items = list(self.get_items(source) if self.get_items is not None else source)
+        if self.get_items is not None:
+            items = list(self.get_items(source))
+        else:  # a DataFrame's items are its rows, as in fastai
+            items = [row for _, row in source.iterrows()] if hasattr(source, "iterrows") else list(source)
         if not items:
             raise ValueError(f"no items found in {source!r}: check the path and get_items")
         train_idx, valid_idx = self.splitter(items)
@@ -153,10 +154,11 @@ class DataBlock:
         vocab = _vocab(self.blocks[1].vocab, train_y, valid_y)
         index = {v: i for i, v in enumerate(vocab)}
         root = Path(source) if isinstance(source, (str, Path)) else Path(".")
+        path_of = self.get_x if self.get_x is not None else (lambda item: item)
         return Source(root=root, vocab=[str(v) for v in vocab],
-                      train_files=[Path(items[i]) for i in train_idx],
+                      train_files=[Path(path_of(items[i])) for i in train_idx],
                       train_labels=[index[y] for y in train_y],
-                      valid_files=[Path(items[i]) for i in valid_idx],
+                      valid_files=[Path(path_of(items[i])) for i in valid_idx],
                       valid_labels=[index[y] for y in valid_y])
 
     def summary(self, source: Any) -> None:
@@ -166,12 +168,28 @@ class DataBlock:
     def dataloaders(self, source: Any, bs: int = 64, val_bs: int | None = None,
                     device: str | torch.device | None = None) -> DataLoaders:
         """vivace DataLoaders: presize cache, batches on the device, augmentation, normalization."""
-        aug = self.aug if self.aug is not None else no_augmentation()
-        dls = make_dataloaders(self.source(source), size_px=aug.size or self.presize, presize_px=self.presize,
-                               batch_size=bs, valid_batch_size=val_bs or bs, augment=aug.augment_kwargs(),
-                               normalize=self.normalize is not None, stats=stats_from(self.normalize),
-                               seed=DEFAULT_SEED, device=device, max_aspect=1.0)  # Resize: squares
-        return DataLoaders.of(dls)
+        return loaders_for(self.source(source), self.presize, self.aug, self.normalize, bs, val_bs, device)
+
+
+def transforms_of(item_tfms: Any, batch_tfms: Any) -> tuple[int, AugTransforms | None, Any]:
+    """(presize, aug_transforms settings, Normalize) from the book's item_tfms and batch_tfms."""
+    aug, norm = split_batch_tfms(batch_tfms)
+    presize = presize_from(item_tfms) or (aug.size if aug is not None else None)
+    if presize is None:
+        raise ValueError("the data needs item_tfms=Resize(n) (or an aug_transforms size): vivace "
+                         "caches every image as one square size")
+    return presize, aug, norm
+
+
+def loaders_for(source: Source, presize: int, aug: AugTransforms | None, norm: Any, bs: int = 64,
+                val_bs: int | None = None, device: str | torch.device | None = None) -> DataLoaders:
+    """The book's DataLoaders over a Source: Resize's squares cached, then aug_transforms and Normalize."""
+    aug = aug if aug is not None else no_augmentation()
+    dls = make_dataloaders(source, size_px=aug.size or presize, presize_px=presize,
+                           batch_size=bs, valid_batch_size=val_bs or bs, augment=aug.augment_kwargs(),
+                           normalize=norm is not None, stats=stats_from(norm),
+                           seed=DEFAULT_SEED, device=device, max_aspect=1.0)  # Resize: squares
+    return DataLoaders.of(dls)
 
 
 class DataLoaders(data.DataLoaders):

@@ -19,6 +19,7 @@ from .loader import BatchLoader
 from .pipeline import Pipeline
 from .resident import DATA_ON_DEVICE, DataOnDevice, DeviceCache, choose_data_on_device
 from .sources import Source, make_source
+from .table import table_source
 from .eval_view import EvalView
 
 STATS_SAMPLE = 1024  # training images used to compute normalization statistics
@@ -72,6 +73,11 @@ class DataSpec:
 
     data: str = knob("", 'dataset name (imagenette, imagewoof-160, ...) or folder; "" = embedded')
     valid_name: str = knob("", 'validation folder beside train/ in --data; "" = val or valid')
+    labels: str = knob("", 'label table (CSV): a row per image, paths relative to --data; "" = label by folder',
+                       aliases=("csv",))
+    fn_col: str = knob("", 'the table\'s image-path column, by name or index; "" = the first')
+    label_col: str = knob("", 'the table\'s label column, by name or index; "" = the second')
+    valid_col: str = knob("", 'the table\'s True/False column marking validation rows; "" = a random 20 % split')
     size_px: int = knob(128, "final training and validation crop size, px", aliases=("size",), range=Range(1))
     presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)", aliases=("presize",),
                            range=Range(1))
@@ -96,13 +102,16 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
                      max_aspect: float = MAX_ASPECT, valid_size_px: int = 0, valid_crop: float = 1.0,
                      valid_view: ValidView = "auto", batch_size: int = 64, valid_batch_size: int = 0,
                      normalize: bool = True, stats: Stats | tuple = "imagenet", data_on_device: DataOnDevice = "auto",
-                     valid_name: str = "", augment: dict[str, Any] | None = None, seed: int = 42,
+                     valid_name: str = "", labels: str | Path | Any = "", fn_col: str = "", label_col: str = "",
+                     valid_col: str = "", augment: dict[str, Any] | None = None, seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int = 0, cache_dir: Path | None = None, progress: bool = True) -> DataLoaders:
     """Build the cache (once) and the two loaders; the keywords up to `valid_name` are `DataSpec`'s.
 
     Args:
         data: a dataset name, a folder, or a Source; None or "" = the embedded Imagenette subset.
+        labels, fn_col, label_col, valid_col: a label table (a CSV path, under `data` or not, or a
+            pandas DataFrame) and its columns, instead of labels by folder (`vivace.data.table`).
         valid_size_px: the validation crop side; 0 = size_px (larger tests the training crops'
             apparent object size, FixRes).
         valid_crop, valid_view: how validation shows an image (`vivace.views.resolve_valid_view`:
@@ -120,7 +129,7 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
     augment = augment or {}
     view, crop = resolve_valid_view(valid_view, valid_crop, valid_size_px or size_px,
                                     augment.get("train_crop", "random_resized"))
-    source = data if isinstance(data, Source) else make_source(resolve_data(data or None), valid_name=valid_name)
+    source = data if isinstance(data, Source) else data_source(data, valid_name, labels, fn_col, label_col, valid_col)
     if progress and source.split_note:
         print(source.split_note, flush=True)
     device = torch.device(device) if device is not None else _default_device()
@@ -143,6 +152,15 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
     train.transform = Pipeline(TrainAugment(size_px, seed=seed, **augment), norm)
     valid.transform = Pipeline(ValidResize(valid_size_px or size_px, crop, view == "square"), norm)
     return DataLoaders(train, valid, source.vocab, norm, source, cache)
+
+
+def data_source(data: str | Path | None, valid_name: str = "", labels: str | Path | Any = "", fn_col: str = "",
+                label_col: str = "", valid_col: str = "") -> Source:
+    """The images, labels and split of `data`: from its folders, or from a label table."""
+    root = resolve_data(data or None)
+    if isinstance(labels, (str, Path)) and str(labels) == "":
+        return make_source(root, valid_name=valid_name)
+    return table_source(root, labels, fn_col, label_col, valid_col)
 
 
 def eval_batch_size(batch_size: int, device: torch.device | str) -> int:
@@ -188,5 +206,5 @@ def sample_stats(cache: ImageCache, indices: np.ndarray, size: int, device: torc
     return compute_stats(batches)
 
 
-__all__ = ["DataSpec", "DataLoaders", "eval_batch_size", "Pipeline", "EvalView", "make_dataloaders", "make_source", "Source", "build_cache",
+__all__ = ["DataSpec", "DataLoaders", "data_source", "eval_batch_size", "Pipeline", "EvalView", "make_dataloaders", "make_source", "Source", "build_cache",
            "ImageCache", "BatchLoader", "DeviceCache", "DATA_ON_DEVICE", "data_home", "embedded_path", "resolve_data", "sample_stats"]
