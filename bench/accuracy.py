@@ -8,7 +8,8 @@ per run: accuracy, training seconds (training + per-epoch evaluation, after the 
 and minutes; then the mean. `--record` writes `<key>_accuracy_mean` and `<key>_runs`, where the
 key names the data and the preset: `imagenette160_128_5ep` for `imagenette-128-5ep` on the
 imagenette2-160 files, `imagenette_128_5ep` on the 224 px squares (the key every figure before
-2026-12-05 has). For the speedrun it also writes `<data>speedrun_minutes_to_85` (the mean minutes, if
+2026-12-05 has), `noisy5_128_5ep` for a run trained on noisy_imagenette.csv's `noisy_labels_5`
+(`vivace train ... --csv noisy_imagenette.csv --label-col noisy_labels_5 --valid-col is_valid`). For the speedrun it also writes `<data>speedrun_minutes_to_85` (the mean minutes, if
 every run reached 85 %) and, when it trained them, the machine's fp32 matmul peak measured just after.
 
     python -m bench accuracy --preset imagenette-speedrun --data imagenette2-160 --runs 2 \
@@ -22,6 +23,7 @@ reference timed in the same session.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from dataclasses import replace
@@ -51,7 +53,7 @@ def trained_runs(preset: str, runs: int, data: str, out: Path) -> list[Path]:
 
 
 # Recipe fields that may differ from the preset's own values without changing what was trained.
-FREE_FIELDS = ("data", "seed", "data_on_device")
+FREE_FIELDS = ("data", "seed", "data_on_device", "labels", "fn_col", "label_col", "valid_col")
 
 
 def check_is_preset(run_dir: Path, config: dict, preset: str, overrides: dict | None = None) -> None:
@@ -77,6 +79,7 @@ def read_run(run_dir: Path, overrides: dict | None = None) -> dict:
     preset = summary.get("preset") or config["preset"]  # runs before 2026-12-06 kept it in config.json
     check_is_preset(run_dir, config, preset, overrides)
     return {"dir": str(run_dir), "preset": preset, "data": config.get("data", ""), "seed": summary["seed"],
+            "label_col": config.get("label_col", ""),
             "accuracy": summary["accuracy"], "train_seconds": summary["train_seconds"],
             "valid_size": config.get("valid_size_px") or config["size_px"], "amp": config.get("amp", "auto")}
 
@@ -96,16 +99,17 @@ DATA_PREFIXES = {"imagenette2-160": "imagenette160", "imagenette-160": "imagenet
                  "imagewoof2-160": "imagewoof160", "imagewoof-160": "imagewoof160"}
 
 
-def figure_key(preset: str, data: str) -> str:
+def figure_key(preset: str, data: str, label_col: str = "") -> str:
     """The benchmarks.json key of `preset` trained on `data`: imagenette-128-5ep on imagenette2-160 ->
-    imagenette160_128_5ep."""
-    prefix = DATA_PREFIXES.get(Path(data.rstrip("/")).name, "imagenette")
+    imagenette160_128_5ep; with noisy_imagenette.csv's column noisy_labels_5 -> noisy5_128_5ep."""
+    noisy = re.fullmatch(r"noisy_labels_(\d+)", label_col)
+    prefix = f"noisy{noisy[1]}" if noisy else DATA_PREFIXES.get(Path(data.rstrip("/")).name, "imagenette")
     return preset.replace("-", "_").replace("imagenette", prefix, 1)
 
 
 def summarize(runs: list[dict]) -> dict:
     """Mean accuracy, and for the speedrun the minutes of the runs that reached the target."""
-    presets = {(r["preset"], figure_key(r["preset"], r["data"])) for r in runs}
+    presets = {(r["preset"], figure_key(r["preset"], r["data"], r.get("label_col", ""))) for r in runs}
     if len(presets) != 1:
         raise SystemExit(f"runs of different presets or data can't be averaged: {sorted(presets)}")
     preset, key = presets.pop()

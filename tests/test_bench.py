@@ -151,3 +151,13 @@ def test_gpu_peers_say_when_their_library_is_missing(monkeypatch, capsys):
         "peer_fastai": "fastai is not installed here: not measured",
         "peer_timm": "timm is not installed here: not measured"}
     assert "peer_timm: timm is not installed here" in capsys.readouterr().out
+
+
+def test_noisy_label_runs_get_their_own_key(tmp_path):
+    from bench.accuracy import figure_key, read_run, summarize
+    assert figure_key("imagenette-128-5ep", "/d/imagenette2-160", "noisy_labels_50") == "noisy50_128_5ep"
+    assert figure_key("imagenette-128-5ep", "/d/imagenette2-160", "") == "imagenette160_128_5ep"
+    run = _finished_run(tmp_path / "n5", 0.86, 3900.0, labels="noisy_imagenette.csv", label_col="noisy_labels_5",
+                        valid_col="is_valid")
+    assert summarize([read_run(run)]) == {"noisy5_speedrun_accuracy_mean": 0.86, "noisy5_speedrun_runs": [0.86],
+                                          "noisy5_speedrun_minutes_to_85": 65.0}  # _finished_run: the speedrun
