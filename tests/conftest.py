@@ -108,3 +108,26 @@ def wordnet_folder(tiny_folder, tmp_path_factory) -> Path:
         for colour, wnid in WORDNET_IDS.items():
             (root / split / colour).rename(root / split / wnid)
     return root
+
+
+def make_multi_label_folder(root: Path, n_train: int = 12, n_valid: int = 6, seed: int = 0) -> Path:
+    """images/*.png whose left and right halves each carry a class colour, and labels.csv naming
+    both (one label when the halves agree): a small honest multi-label set. Columns: name,
+    labels (space-separated), is_valid."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_train + n_valid):
+        left, right = rng.integers(0, len(CLASSES), 2)
+        pixels = rng.integers(0, 90, (32, 40, 3))
+        pixels[:, :20, left] += 150
+        pixels[:, 20:, right] += 150
+        Image.fromarray(pixels.astype(np.uint8)).save(root / "images" / f"{i}.png")
+        rows.append(f"images/{i}.png,{' '.join(sorted({CLASSES[left], CLASSES[right]}))},{i >= n_train}")
+    (root / "labels.csv").write_text("name,labels,is_valid\n" + "\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def multi_label_folder(tmp_path_factory) -> Path:
+    return make_multi_label_folder(tmp_path_factory.mktemp("multi"), n_train=60, n_valid=24)

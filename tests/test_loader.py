@@ -173,7 +173,7 @@ def test_transform_exception_stops_thread():
 
 def test_bad_arguments():
     cache = _cache()
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(ValueError, match="for the same N"):
         BatchLoader(cache, np.arange(3), np.arange(4), 2, shuffle=False, drop_last=False)
     with pytest.raises(ValueError, match="indices must lie"):
         BatchLoader(cache, np.array([0, N]), np.zeros(2), 2, shuffle=False, drop_last=False)

@@ -187,6 +187,7 @@ def _consumers():
     from vivace.data import DataSpec, make_dataloaders
     from vivace.learner import Learner, StepSpec
     from vivace.losses import LossSpec, make_loss
+    from vivace.metrics import MetricSpec, make_metrics
     from vivace.models import MODELS, ModelSpec, XResNet, create_model
     from vivace.optim import OptimizerSpec, make_optimizer
     from vivace.recipe import ScalingSpec, device_batch
@@ -195,7 +196,8 @@ def _consumers():
     return {DataSpec: [make_dataloaders], AugmentSpec: [TrainAugment],
             ModelSpec: [create_model, XResNet, *MODELS.values()],  # arch: create_model's; the rest: every model's
             OptimizerSpec: [Learner, make_optimizer], StepSpec: [Learner], ScheduleSpec: [Learner.fit_schedule],
-            LossSpec: [make_loss], TechniqueSpec: [technique_callbacks], ScalingSpec: [device_batch]}
+            LossSpec: [make_loss], MetricSpec: [make_metrics], TechniqueSpec: [technique_callbacks],
+            ScalingSpec: [device_batch]}
 
 
 def test_every_spec_field_is_a_parameter_of_the_same_name_where_it_is_used():

@@ -15,15 +15,12 @@ from .data import DataLoaders, DataSpec, make_dataloaders
 from .distributed import World
 from .learner import Learner, StepSpec
 from .losses import LossSpec, make_loss
-from .metrics import accuracy, calibration_error, nll, top5_accuracy
+from .metrics import MetricSpec, make_metrics
 from .models import ModelSpec, create_model
 from .optim import OptimizerSpec
 from .recipe import Recipe
 from .records import RunLogger
 from .techniques import TechniqueSpec, technique_callbacks
-
-METRICS = [accuracy, top5_accuracy, nll, calibration_error]  # each epoch's table and log.csv
-
 
 def build_dataloaders(recipe: Recipe, world: World = World(), workers: int = 0, progress: bool = True) -> DataLoaders:
     """The recipe's data: cache, loaders, augmentation and normalization (this rank's shard).
@@ -50,7 +47,10 @@ def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, checkpoint_every_
     (plus any `extra_cbs` of the caller)."""
     torch.manual_seed(recipe.seed)  # same seed -> same initial weights
     model = create_model(**recipe.kwargs(ModelSpec), n_out=len(dls.vocab))
+    metrics = make_metrics(**recipe.kwargs(MetricSpec), multi_label=dls.multi_label)
     cbs = technique_callbacks(**recipe.kwargs(TechniqueSpec), size_px=recipe.size_px, seed=recipe.seed)
-    cbs += [CheckpointSaver(out, "accuracy", checkpoint_every_min), RunLogger(out), *(extra_cbs or [])]
-    return Learner(dls, model, make_loss(**recipe.kwargs(LossSpec)), metrics=METRICS, cbs=cbs,
-                   **recipe.kwargs(OptimizerSpec), **recipe.kwargs(StepSpec))
+    # The best checkpoint follows the table's first metric: accuracy, or accuracy_multi.
+    cbs += [CheckpointSaver(out, metrics[0].__name__, checkpoint_every_min), RunLogger(out), *(extra_cbs or [])]
+    loss = make_loss(**recipe.kwargs(LossSpec), multi_label=dls.multi_label)
+    return Learner(dls, model, loss, metrics=metrics, cbs=cbs, **recipe.kwargs(OptimizerSpec),
+                   **recipe.kwargs(StepSpec))

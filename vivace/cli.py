@@ -85,7 +85,8 @@ def _print_result(result: dict[str, Any]) -> None:
         for key, v in result.items():
             print(f"{key}: {v['mean']:.4f} ± {v['std']:.4f}")
     else:
-        print(f"final accuracy: {result['accuracy']:.4f}  (valid_loss {result['valid_loss']:.4f})")
+        metric = "accuracy" if "accuracy" in result else "accuracy_multi"  # several labels per image
+        print(f"final {metric}: {result[metric]:.4f}  (valid_loss {result['valid_loss']:.4f})")
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -99,6 +100,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .tta import TTA_KINDS, evaluate, format_evaluation
     overrides = {k: v for k, v in (("valid_crop", args.crop), ("valid_view", args.view)) if v is not None}
     learn, weights = load_run_weights(Path(args.run), args.weights, **overrides)
+    if learn.dls.multi_label:
+        raise ValueError(f"{args.run} trained with several labels per image: `vivace evaluate` scores single-label "
+                         "runs only so far; its report.html has the per-class and per-threshold scores")
     print(f"weights: {weights}\n{learn.dls.source.split_note}", flush=True)
     plan = [("none", None)]  # plain, at the size the run was trained at
     if args.size_px is not None:

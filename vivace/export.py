@@ -47,6 +47,9 @@ def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: in
 def export_learner(learn: Any, path: str | Path, tta: str = "none", weights: str = "final",
                    epoch: int | None = None) -> Path:
     """Write `learn`'s model and preprocessing to one bundle file at `path` (atomically)."""
+    if learn.dls.multi_label:
+        raise ValueError("this model predicts several labels per image: bundles hold single-label models only so "
+                         "far (the run folder keeps its weights; its report.html has the scores)")
     info_json = json.dumps(bundle_info(learn, tta, weights, epoch), sort_keys=True)
     # Contiguous CPU copies: channels_last weights have permuted strides, and safetensors
     # refuses tensors that share memory.

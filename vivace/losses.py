@@ -16,9 +16,31 @@ class LossSpec:
     label_smoothing: float = knob(0.0, "epsilon of label smoothing", range=Range(0.0, 1.0, high_open=True))
 
 
-def make_loss(label_smoothing: float = 0.0) -> nn.Module:
-    """Cross-entropy, with label smoothing when `label_smoothing` > 0."""
+def make_loss(label_smoothing: float = 0.0, multi_label: bool = False) -> nn.Module:
+    """Cross-entropy, with label smoothing when `label_smoothing` > 0; for several labels per image
+    binary cross-entropy on each class (`MultiLabelBCE`), smoothed the same way."""
+    if multi_label:
+        return MultiLabelBCE(label_smoothing)
     return LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing else CrossEntropy()
+
+
+class MultiLabelBCE(nn.Module):
+    """Binary cross-entropy with logits against multi-hot (or mixed) targets (B, C).
+
+    Label smoothing in its multi-label form: each class's target moves eps/2 towards 0.5, so a
+    1 becomes 1 - eps/2 and a 0 becomes eps/2 (fastai's BCE has none; timm's BinaryCrossEntropy
+    smooths this way).
+    """
+
+    def __init__(self, eps: float = 0.0):
+        super().__init__()
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"MultiLabelBCE: eps={eps} must be in [0, 1)")
+        self.eps = eps
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        target = target.float() * (1 - self.eps) + self.eps / 2
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:

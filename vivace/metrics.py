@@ -1,9 +1,14 @@
 """Metrics over whole-epoch predictions: logits (N, C) and labels (N,) or soft targets (N, C)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .flags import Range, knob
 
 
 def _labels(target: Tensor) -> Tensor:
@@ -61,6 +66,51 @@ def reliability_bins(logits: Tensor, target: Tensor, n_bins: int = 15) -> tuple[
     mean_conf = torch.bincount(bins, weights=conf, minlength=n_bins) / safe
     acc = torch.bincount(bins, weights=correct, minlength=n_bins) / safe
     return mean_conf, acc, count
+
+
+def accuracy_multi(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tensor:
+    """fastai's accuracy_multi: the fraction of (image, class) pairs where sigmoid > thresh matches the target."""
+    return ((preds.float().sigmoid() > thresh) == (target > 0.5)).float().mean()
+
+
+def f1_macro(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tensor:
+    """Macro F-score at `thresh`: the mean over classes of 2 TP / (2 TP + FP + FN) (0 where a class is absent and never predicted)."""
+    predicted, actual = preds.float().sigmoid() > thresh, target > 0.5
+    tp = (predicted & actual).sum(0).float()
+    wrong = (predicted ^ actual).sum(0).float()
+    return (2 * tp / (2 * tp + wrong).clamp(min=1)).mean()
+
+
+def per_class_scores(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tensor:
+    """Several labels per image: (C, 4) precision, recall, F-score and support per class at `thresh`."""
+    predicted, actual = preds.float().sigmoid() > thresh, target > 0.5
+    tp = (predicted & actual).sum(0).float()
+    precision = tp / predicted.sum(0).clamp(min=1)
+    recall = tp / actual.sum(0).clamp(min=1)
+    f1 = 2 * tp / (predicted.sum(0) + actual.sum(0)).clamp(min=1)
+    return torch.stack([precision, recall, f1, actual.sum(0).float()], dim=1)
+
+
+@dataclass
+class MetricSpec:
+    """The Recipe's evaluation settings: `make_metrics`' keyword arguments."""
+
+    thresh: float = knob(0.5, "several labels per image: the probability above which a label counts as predicted",
+                         range=Range(0.0, 1.0, True, True))
+
+
+def make_metrics(thresh: float = 0.5, multi_label: bool = False) -> list[Callable[[Tensor, Tensor], Tensor]]:
+    """The metrics of each epoch's table: accuracy, top-5, NLL and calibration; for several labels per
+    image accuracy_multi and the macro F-score at `thresh`."""
+    if not multi_label:
+        return [accuracy, top5_accuracy, nll, calibration_error]
+    return [_named("accuracy_multi", lambda p, t: accuracy_multi(p, t, thresh)),
+            _named("f1_macro", lambda p, t: f1_macro(p, t, thresh))]
+
+
+def _named(name: str, metric: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    metric.__name__ = name  # the Learner names a metric's column by its function's name
+    return metric
 
 
 METRICS = {

@@ -9,7 +9,8 @@ function that uses them, under the same names, so a field reaches its use unrena
     OptimizerSpec -> Learner(..., **...) -> make_optimizer                       vivace/optim.py
     StepSpec      -> Learner(..., **...)                                         vivace/learner.py
     ScheduleSpec  -> learn.fit_schedule(**...)                                   vivace/schedule.py
-    LossSpec      -> make_loss(**...)                                            vivace/losses.py
+    LossSpec      -> make_loss(**..., multi_label=)                              vivace/losses.py
+    MetricSpec    -> make_metrics(**..., multi_label=)                           vivace/metrics.py
     TechniqueSpec -> technique_callbacks(**..., size_px=, seed=)                 vivace/techniques.py
     ScalingSpec   -> device_batch(device, batch_size, lr, optimizer, **...)      here
 
@@ -34,6 +35,7 @@ from .data import DataSpec, eval_batch_size
 from .flags import Range, check_fields, knob
 from .learner import StepSpec
 from .losses import LossSpec
+from .metrics import MetricSpec
 from .models import MODELS, ModelSpec
 from .optim import OptimizerSpec
 from .runtime import autocast_dtype
@@ -57,13 +59,13 @@ class ScalingSpec:
 
 # The specs in data-flow order. A dataclass takes the fields of its *last* base first, so
 # Recipe lists its bases in reverse to keep --help and config.json in this order.
-SPECS = (DataSpec, AugmentSpec, ModelSpec, OptimizerSpec, StepSpec, ScheduleSpec, LossSpec, TechniqueSpec,
-         ScalingSpec)
+SPECS = (DataSpec, AugmentSpec, ModelSpec, OptimizerSpec, StepSpec, ScheduleSpec, LossSpec, MetricSpec,
+         TechniqueSpec, ScalingSpec)
 
 
 @dataclass
-class Recipe(ScalingSpec, TechniqueSpec, LossSpec, ScheduleSpec, StepSpec, OptimizerSpec, ModelSpec, AugmentSpec,
-             DataSpec):
+class Recipe(ScalingSpec, TechniqueSpec, MetricSpec, LossSpec, ScheduleSpec, StepSpec, OptimizerSpec, ModelSpec,
+             AugmentSpec, DataSpec):
     """Everything that decides what a run trains; `vivace train --help` lists each field."""
 
     seed: int = knob(42, "random seed: initial weights, shuffling, augmentation, mixing")
@@ -86,8 +88,8 @@ class Recipe(ScalingSpec, TechniqueSpec, LossSpec, ScheduleSpec, StepSpec, Optim
         if self.labels and self.valid_name:
             raise ValueError(f"valid_name={self.valid_name!r} names a validation folder, but labels={self.labels!r} "
                              "reads the split from the table: give the table a valid_col, or drop one")
-        if not self.labels and (self.fn_col or self.label_col or self.valid_col):
-            raise ValueError("fn_col, label_col and valid_col choose columns of a label table: pass it with --csv")
+        if not self.labels and (self.fn_col or self.label_col or self.valid_col or self.label_delim):
+            raise ValueError("fn_col, label_col, valid_col and label_delim read a label table: pass it with --csv")
         if "/" in self.valid_name or self.valid_name in (".", ".."):
             raise ValueError(f"valid_name={self.valid_name!r} must be a folder name (like val or test), not a path")
 

@@ -29,7 +29,7 @@ from . import runtime
 from .data.names import display_names
 from .files import atomic_write
 from .interpret import Interpretation
-from .metrics import calibration_error, reliability_bins
+from .metrics import accuracy_multi, calibration_error, f1_macro, per_class_scores, reliability_bins
 from .recipe import Recipe, new_names
 
 REPORT_NAME = "report.html"
@@ -75,17 +75,14 @@ def write_report(run_dir: str | Path, learn: Any) -> Path:
     config = new_names(json.loads((run_dir / "config.json").read_text()))  # old runs: the fields' new names
     summary = _read_json(run_dir / "summary.json")
     rows = read_log(run_dir / "log.csv")
-    interp = Interpretation.from_learner(learn)
-    names = display_names(interp.vocab)
     name = _esc(run_dir.resolve().name)
     body = [f"<h1>vivace run: {name}</h1>",
             f"<p class='muted'>{_esc(run_dir.resolve())}, written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
             headline(config, summary, rows, machine_name(torch.device(learn.device))),
             epochs_section(rows), curves_section(rows, run_dir),
             "<h2>Validation: where the model goes wrong</h2>",
-            per_class_section(interp.confusion_matrix(), names, interp.vocab),
-            confusion_section(interp.confusion_matrix(), names),
-            top_losses_section(interp, names), reliability_section(interp.logits, interp.targets),
+            *(multi_label_sections(learn, config.get("thresh", 0.5)) if learn.dls.multi_label
+              else single_label_sections(learn)),
             config_section(config, _read_text(run_dir / "recipe.txt")), _details("summary.json", summary)]
     page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>vivace report: {name}</title><style>{STYLE}</style></head>\n"
@@ -94,6 +91,32 @@ def write_report(run_dir: str | Path, learn: Any) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def single_label_sections(learn: Any) -> list[str]:
+    """Per-class accuracy, the confusion matrix, the top losses and the reliability diagram."""
+    interp = Interpretation.from_learner(learn)
+    names = display_names(interp.vocab)
+    return [per_class_section(interp.confusion_matrix(), names, interp.vocab),
+            confusion_section(interp.confusion_matrix(), names),
+            top_losses_section(interp, names), reliability_section(interp.logits, interp.targets)]
+
+
+SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # thresholds the multi-label table tries
+
+
+def multi_label_sections(learn: Any, thresh: float) -> list[str]:
+    """Several labels per image: precision, recall and F-score per class at `thresh`, and how
+    accuracy_multi and the macro F-score move with the threshold."""
+    preds, targets = learn.get_preds()
+    names = display_names(learn.dls.vocab)
+    scores = per_class_scores(preds, targets, thresh)
+    rows = [[n, *(sig4(float(v)) for v in s[:3]), str(int(s[3]))] for n, s in zip(names, scores)]
+    sweep = [[f"{t:g}", sig4(float(accuracy_multi(preds, targets, t))), sig4(float(f1_macro(preds, targets, t)))]
+             for t in SWEEP]
+    return [f"<h3>Per class at threshold {thresh:g}</h3>"
+            + table(["class", "precision", "recall", "F-score", "images with it"], rows),
+            "<h3>Scores by threshold</h3>" + table(["threshold", "accuracy_multi", "macro F-score"], sweep)]
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -171,7 +194,7 @@ def headline(config: dict[str, Any], summary: dict[str, Any], rows: list[dict[st
     model = config.get("arch", "?") + (f" (width ×{config['widen']:g})" if config.get("widen", 1) != 1 else "")
     fits = int(rows[-1]["fit"]) if rows else 1
     epochs = str(len(rows) or config.get("epochs", "?")) + (f" in {fits} fits" if fits > 1 else "")
-    accuracy = summary.get("accuracy")
+    accuracy = summary.get("accuracy", summary.get("accuracy_multi"))  # several labels: accuracy_multi
     seconds = summary.get("train_seconds")
     facts = {"data": data_name(config.get("data", "")), "model": model,
              # summary.json names the preset (config.json did before 2026-12-06)

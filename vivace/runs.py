@@ -39,7 +39,7 @@ def check_before_start(recipe: Recipe, out: Path, runs: int = 1, resume: bool = 
         with warnings.catch_warnings():  # what was skipped is said once, when the data is built
             warnings.simplefilter("ignore")
             data_source(recipe.data, recipe.valid_name, recipe.labels, recipe.fn_col, recipe.label_col,
-                        recipe.valid_col)
+                        recipe.valid_col, recipe.label_delim)
     ensure_writable_folder(out, f"--out {out}")
     found = existing_records(out, runs)
     if found and not (resume or overwrite):

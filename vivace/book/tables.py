@@ -101,6 +101,7 @@ class ImageDataLoaders:
 def _table_loaders(root: Path, table: Any, fn_col: int | str, label_col: int | str, valid_col: int | str | None,
                    valid_pct: float, seed: int | None, tfms: tuple[Any, Any], batches: tuple) -> DataLoaders:
     presize, aug, norm = transforms_of(*tfms)
-    source = table_source(root, table, str(fn_col), str(label_col), "" if valid_col is None else str(valid_col),
-                          valid_pct, DEFAULT_SEED if seed is None else seed)
+    source = table_source(root, table, fn_col=str(fn_col), label_col=str(label_col),
+                          valid_col="" if valid_col is None else str(valid_col), valid_pct=valid_pct,
+                          seed=DEFAULT_SEED if seed is None else seed)
     return loaders_for(source, presize, aug, norm, *batches)

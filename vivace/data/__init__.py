@@ -46,6 +46,11 @@ class DataLoaders:
         return len(self.vocab)
 
     @property
+    def multi_label(self) -> bool:
+        """Several labels per image: targets are multi-hot (B, C), the model's outputs sigmoids."""
+        return self.source.multi_label
+
+    @property
     def eval_view(self) -> EvalView:
         """How validation shows an image to the model: the one value TTA, export and predict use."""
         resize = self.valid.transform.resize
@@ -78,6 +83,8 @@ class DataSpec:
     fn_col: str = knob("", 'the table\'s image-path column, by name or index; "" = the first')
     label_col: str = knob("", 'the table\'s label column, by name or index; "" = the second')
     valid_col: str = knob("", 'the table\'s True/False column marking validation rows; "" = a random 20 % split')
+    label_delim: str = knob("", 'several labels per image: the delimiter in the table\'s label cells (" " or ";"); '
+                                '"" = one label each')
     size_px: int = knob(128, "final training and validation crop size, px", aliases=("size",), range=Range(1))
     presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)", aliases=("presize",),
                            range=Range(1))
@@ -103,7 +110,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
                      valid_view: ValidView = "auto", batch_size: int = 64, valid_batch_size: int = 0,
                      normalize: bool = True, stats: Stats | tuple = "imagenet", data_on_device: DataOnDevice = "auto",
                      valid_name: str = "", labels: str | Path | Any = "", fn_col: str = "", label_col: str = "",
-                     valid_col: str = "", augment: dict[str, Any] | None = None, seed: int = 42,
+                     valid_col: str = "", label_delim: str = "", augment: dict[str, Any] | None = None,
+                     seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int = 0, cache_dir: Path | None = None, progress: bool = True) -> DataLoaders:
     """Build the cache (once) and the two loaders; the keywords up to `valid_name` are `DataSpec`'s.
@@ -111,7 +119,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
     Args:
         data: a dataset name, a folder, or a Source; None or "" = the embedded Imagenette subset.
         labels, fn_col, label_col, valid_col: a label table (a CSV path, under `data` or not, or a
-            pandas DataFrame) and its columns, instead of labels by folder (`vivace.data.table`).
+            pandas DataFrame) and its columns, instead of labels by folder (`vivace.data.table`);
+            with `label_delim`, several labels per image (multi-hot targets).
         valid_size_px: the validation crop side; 0 = size_px (larger tests the training crops'
             apparent object size, FixRes).
         valid_crop, valid_view: how validation shows an image (`vivace.views.resolve_valid_view`:
@@ -129,15 +138,16 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
     augment = augment or {}
     view, crop = resolve_valid_view(valid_view, valid_crop, valid_size_px or size_px,
                                     augment.get("train_crop", "random_resized"))
-    source = data if isinstance(data, Source) else data_source(data, valid_name, labels, fn_col, label_col, valid_col)
+    source = data if isinstance(data, Source) else data_source(data, valid_name, labels, fn_col, label_col, valid_col,
+                                                               label_delim)
     if progress and source.split_note:
         print(source.split_note, flush=True)
     device = torch.device(device) if device is not None else _default_device()
     cache = build_cache(source.train_files + source.valid_files, presize_px, cache_dir, workers or None, progress,
                         max_aspect)
     n_train = len(source.train_files)
-    train_idx, train_y = _usable(cache, np.arange(n_train), source.train_labels)
-    valid_idx, valid_y = _usable(cache, np.arange(n_train, len(cache)), source.valid_labels)
+    train_idx, train_y = _usable(cache, np.arange(n_train), source.label_array(source.train_labels))
+    valid_idx, valid_y = _usable(cache, np.arange(n_train, len(cache)), source.label_array(source.valid_labels))
     _check_usable(train_idx, valid_idx, source)
     resident, line = choose_data_on_device(data_on_device, cache, device)
     if progress and line:
@@ -155,12 +165,12 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
 
 
 def data_source(data: str | Path | None, valid_name: str = "", labels: str | Path | Any = "", fn_col: str = "",
-                label_col: str = "", valid_col: str = "") -> Source:
+                label_col: str = "", valid_col: str = "", label_delim: str = "") -> Source:
     """The images, labels and split of `data`: from its folders, or from a label table."""
     root = resolve_data(data or None)
     if isinstance(labels, (str, Path)) and str(labels) == "":
         return make_source(root, valid_name=valid_name)
-    return table_source(root, labels, fn_col, label_col, valid_col)
+    return table_source(root, labels, fn_col, label_col, valid_col, label_delim)
 
 
 def eval_batch_size(batch_size: int, device: torch.device | str) -> int:
@@ -173,10 +183,10 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _usable(cache: ImageCache, positions: np.ndarray, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _usable(cache: ImageCache, positions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop images the cache could not decode (they were reported when it was built)."""
     keep = cache.ok[positions]
-    return positions[keep], np.asarray(labels, dtype=np.int64)[keep]
+    return positions[keep], labels[keep]
 
 
 def _check_usable(train_idx: np.ndarray, valid_idx: np.ndarray, source: Source) -> None:

@@ -57,7 +57,8 @@ _DONE = object()  # end-of-epoch marker on the queue
 
 
 class BatchLoader:
-    """Yields `(x, y)`: x uint8 `Pictures` (or `transform(x)`, a (B, 3, S, S) tensor), y int64 (B,)."""
+    """Yields `(x, y)`: x uint8 `Pictures` (or `transform(x)`, a (B, 3, S, S) tensor), y int64 (B,)
+    class indices, or float (B, C) multi-hot targets when `labels` is (N, C) (several labels per image)."""
 
     def __init__(self, cache: ImageCache | DeviceCache, indices: np.ndarray, labels: np.ndarray,
                  batch_size: int, *, shuffle: bool, drop_last: bool, seed: int = 0,
@@ -66,9 +67,10 @@ class BatchLoader:
                  world_size: int = 1, prefetch: int = 2) -> None:
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)  # positions into the cache
-        self.labels = np.asarray(labels, dtype=np.int64)
-        if self.indices.ndim != 1 or self.indices.shape != self.labels.shape:
-            raise ValueError(f"indices and labels must be 1-D and the same length, got shapes "
+        labels = np.asarray(labels)
+        self.labels = labels.astype(np.float32 if labels.ndim == 2 else np.int64, copy=False)
+        if self.indices.ndim != 1 or self.labels.ndim not in (1, 2) or len(self.indices) != len(self.labels):
+            raise ValueError(f"indices must be 1-D and labels (N,) or (N, C) for the same N, got shapes "
                              f"{self.indices.shape} and {self.labels.shape}")
         if len(self.indices) and not 0 <= self.indices.min() <= self.indices.max() < len(cache):
             raise ValueError(f"indices must lie in 0..{len(cache) - 1} (the cache has {len(cache)} "

@@ -9,6 +9,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 # Compared against the lower-cased suffix, so `.JPEG` (ImageNet's spelling) matches too.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 N_NAMED_SKIPPED = 3  # skipped folders named in the warning
@@ -101,6 +103,7 @@ class Source:
     """Image files and integer labels per split; `vocab[label]` is the class name.
 
     `split_note` says in one line how the split was made and how many images each part holds.
+    With `multi_label` each image's label is a tuple of class indices (several, one or none).
     """
 
     root: Path
@@ -110,6 +113,7 @@ class Source:
     valid_files: list[Path]
     valid_labels: list[int]
     split_note: str = ""
+    multi_label: bool = False
 
     def summary(self) -> str:
         """A table of image counts per class and split."""
@@ -120,11 +124,23 @@ class Source:
             f"{'class':<{width}}  {'train':>7}  {'valid':>7}",
         ]
         for index, name in enumerate(self.vocab):
-            n_train = self.train_labels.count(index)
-            n_valid = self.valid_labels.count(index)
+            n_train, n_valid = self.count(self.train_labels, index), self.count(self.valid_labels, index)
             lines.append(f"{name:<{width}}  {n_train:>7}  {n_valid:>7}")
         lines.append(f"{'total':<{width}}  {len(self.train_files):>7}  {len(self.valid_files):>7}")
         return "\n".join(lines)
+
+    def count(self, labels: list, index: int) -> int:
+        """How many of `labels` name class `index`."""
+        return sum(index in label for label in labels) if self.multi_label else labels.count(index)
+
+    def label_array(self, labels: list) -> np.ndarray:
+        """int64 (N,) class indices, or for several labels per image float32 (N, C) multi-hot rows."""
+        if not self.multi_label:
+            return np.asarray(labels, dtype=np.int64)
+        hot = np.zeros((len(labels), len(self.vocab)), dtype=np.float32)
+        for row, label in enumerate(labels):
+            hot[row, list(label)] = 1.0
+        return hot
 
 
 def make_source(

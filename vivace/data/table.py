@@ -67,8 +67,11 @@ def column(header: Sequence[str], choice: str, default: int, what: str, where: s
 
 
 def table_source(root: Path, table: str | Path | Any, fn_col: str = "", label_col: str = "", valid_col: str = "",
-                 valid_pct: float = 0.2, seed: int = 42) -> Source:
-    """A Source from a label table under the data folder `root`; ValueError naming the first bad row."""
+                 label_delim: str = "", valid_pct: float = 0.2, seed: int = 42) -> Source:
+    """A Source from a label table under the data folder `root`; ValueError naming the first bad row.
+
+    With `label_delim` each label cell holds several labels (fastai's MultiCategoryBlock), or none.
+    """
     root = Path(root).expanduser()
     if hasattr(table, "itertuples"):
         where, (header, rows) = "the DataFrame", frame_rows(table)
@@ -77,7 +80,7 @@ def table_source(root: Path, table: str | Path | Any, fn_col: str = "", label_co
         where, (header, rows) = str(path), read_csv(path)
     fn, label = column(header, fn_col, 0, "file names", where), column(header, label_col, 1, "labels", where)
     split = column(header, valid_col, -1, "the split", where)
-    files, names, is_valid, lines = _checked_rows(root, rows, header, (fn, label, split), where)
+    files, names, is_valid, lines = _checked_rows(root, rows, header, (fn, label, split), where, label_delim)
     if split is None:
         train_files, valid_files = _random_split(sorted(files), valid_pct, seed)
     else:
@@ -85,15 +88,45 @@ def table_source(root: Path, table: str | Path | Any, fn_col: str = "", label_co
         valid_files = sorted(f for f, v in zip(files, is_valid) if v)
     label_of = dict(zip(files, names))
     train_names, valid_names = [label_of[f] for f in train_files], [label_of[f] for f in valid_files]
+    if label_delim:
+        return _multi_label_source(root, (train_files, train_names), (valid_files, valid_names), lines, where,
+                                   _note(where, header[label], split_how(header, split, valid_pct, seed),
+                                         len(train_files), len(valid_files)))
     _check_validation_classes(train_names, valid_names, valid_files, lines, where)
     vocab = _check_classes(root, train_names, valid_names)
     index = {name: i for i, name in enumerate(vocab)}
-    split_how = (f"column {header[split]}" if split is not None
-                 else f"random split, {round(valid_pct * 100, 1):g} % validation, seed {seed}")
-    note = (f"labels: {where}, column {header[label]}; split: {split_how} ({len(train_files):,} train and "
-            f"{len(valid_files):,} validation images, {len(vocab)} classes)")
+    note = _note(where, header[label], split_how(header, split, valid_pct, seed), len(train_files),
+                 len(valid_files))
     return Source(root, vocab, train_files, [index[n] for n in train_names], valid_files,
-                  [index[n] for n in valid_names], note)
+                  [index[n] for n in valid_names], f"{note}, {len(vocab)} classes)")
+
+
+def split_how(header: list[str], split: int | None, valid_pct: float, seed: int) -> str:
+    return (f"column {header[split]}" if split is not None
+            else f"random split, {round(valid_pct * 100, 1):g} % validation, seed {seed}")
+
+
+def _note(where: str, label: str, split: str, n_train: int, n_valid: int) -> str:
+    """The split line, open at the end for the class count."""
+    return f"labels: {where}, column {label}; split: {split} ({n_train:,} train and {n_valid:,} validation images"
+
+
+def _multi_label_source(root: Path, train: tuple[list[Path], list[list[str]]], valid: tuple[list[Path], list[list[str]]],
+                        lines: dict[Path, int], where: str, note: str) -> Source:
+    """Several labels per image: the vocab is every label in training, each image's a tuple of indices."""
+    vocab = sorted({name for names in train[1] for name in names})
+    if len(vocab) < 2:
+        raise ValueError(f"{where}: the training rows name {len(vocab)} class(es); a classifier needs at least two")
+    index = {name: i for i, name in enumerate(vocab)}
+    for path, names in zip(*valid):
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise ValueError(f"{where} line {lines[path]}: class {unknown[0]!r} ({path.name}) is only in validation; "
+                             "give it training rows, or drop it from the table")
+    labels = [[tuple(index[n] for n in names) for names in part[1]] for part in (train, valid)]
+    n_labels = sum(map(len, labels[0])) / max(len(labels[0]), 1)
+    return Source(root, vocab, train[0], labels[0], valid[0], labels[1],
+                  f"{note}, {len(vocab)} classes, {n_labels:.2f} labels per training image)", multi_label=True)
 
 
 def _table_path(root: Path, table: Path) -> Path:
@@ -107,8 +140,9 @@ def _table_path(root: Path, table: Path) -> Path:
 
 
 def _checked_rows(root: Path, rows: list[list[str]], header: list[str], columns: tuple[int, int, int | None],
-                  where: str) -> tuple[list[Path], list[str], list[bool], dict[Path, int]]:
-    """Each row's image path, label and split, checked; ValueError naming the first bad row's line."""
+                  where: str, label_delim: str = "") -> tuple[list[Path], list, list[bool], dict[Path, int]]:
+    """Each row's image path, label (with `label_delim`: its labels) and split, checked; ValueError
+    naming the first bad row's line."""
     fn, label, split = columns
     files, names, is_valid, seen = [], [], [], {}
     real_root = root.resolve()
@@ -122,10 +156,13 @@ def _checked_rows(root: Path, rows: list[list[str]], header: list[str], columns:
             raise ValueError(f"{at}: {row[fn]} is listed again (first on line {seen[path]}); give each image once")
         seen[path] = line
         name = row[label].strip()
-        if not name:
+        if label_delim:  # several labels, or none (an image of no class is a fair multi-label row)
+            names.append(sorted({n.strip() for n in name.split(label_delim) if n.strip()}))
+        elif not name:
             raise ValueError(f"{at}: the label ({header[label]}) of {row[fn]} is empty")
+        else:
+            names.append(name)
         files.append(path)
-        names.append(name)
         is_valid.append(_boolean(row[split], header[split], at) if split is not None else False)
     return files, names, is_valid, seen
 
