@@ -66,10 +66,11 @@ def test_mixing_blends_multi_hot_targets(mix):
 
 
 @pytest.mark.slow
-def test_multi_label_trains_reports_and_refuses_what_it_cannot_do_yet(multi_label_folder, tmp_path, capsys):
+def test_multi_label_trains_evaluates_exports_predicts_and_reports(multi_label_folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(multi_label_folder), "--csv", "labels.csv", "--label-delim", " ",
-                 "--valid-col", "is_valid", "--epochs", "8", "--mixup-alpha", "0.2", "--out", str(out), *TINY]) == 0
+                 "--valid-col", "is_valid", "--epochs", "8", "--mixup-alpha", "0.2", "--thresh", "0.4",
+                 "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "epoch       train_loss  valid_loss  accuracy_multi  f1_macro" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -77,8 +78,27 @@ def test_multi_label_trains_reports_and_refuses_what_it_cannot_do_yet(multi_labe
     # measured); chance, "no label anywhere", scores about 0.4 accuracy_multi and 0 F-score.
     assert summary["accuracy_multi"] > 0.8 and summary["f1_macro"] > 0.8
     report = (out / "report.html").read_text()
-    assert "Per class at threshold 0.5" in report and "Scores by threshold" in report
+    assert "Per class at threshold 0.4" in report and "Scores by threshold" in report
     assert (out / "best.safetensors").is_file()  # the best checkpoint follows accuracy_multi
-    for command in (["export", str(out)], ["evaluate", str(out)]):
-        assert main(command) == 2
-        assert "several labels per image" in capsys.readouterr().err
+
+    assert main(["evaluate", str(out), "--tta", "flip"]) == 0
+    evaluated = capsys.readouterr().out
+    assert "accuracy_multi  f1_macro" in evaluated and "at threshold 0.4:" in evaluated
+    none_row = next(line for line in evaluated.splitlines() if line.startswith("none"))
+    assert float(none_row.split()[2]) == pytest.approx(summary["accuracy_multi"], abs=1e-4)
+
+    assert main(["export", str(out)]) == 0
+    bundle = out / "export.vivace"
+    capsys.readouterr()
+    two_labels = next(line.split(",")[0] for line in (multi_label_folder / "labels.csv").read_text().splitlines()
+                      if line.endswith("True") and " " in line.split(",")[1])
+    assert main(["predict", str(bundle), str(multi_label_folder / two_labels), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert len(predicted["probs"]) == 3 and all(p > 0.4 for c, p in predicted["probs"].items()
+                                                 if c in predicted["labels"])
+    from vivace.export import load
+    predictor = load(bundle)
+    assert (predictor.multi_label, predictor.thresh) == (True, 0.4)
+    assert main(["predict", str(bundle), str(multi_label_folder / "images"), "--csv", str(tmp_path / "p.csv")]) == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 85 and rows[0].startswith("path,label,prob,error")

@@ -42,7 +42,7 @@ class RawLoader:
 def stub_learner(fn, x, size, train_aug=None):
     view = EvalView(size, 1.0, False, presize=x.shape[-1], max_aspect=1.0, normalize=None)
     dls = SimpleNamespace(valid=RawLoader(x, torch.zeros(len(x), dtype=torch.long), size), eval_view=view,
-                          train=SimpleNamespace(transform=SimpleNamespace(resize=train_aug)))
+                          multi_label=False, train=SimpleNamespace(transform=SimpleNamespace(resize=train_aug)))
     return SimpleNamespace(model=Fn(fn), autocast=contextlib.nullcontext, dls=dls)
 
 

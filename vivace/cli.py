@@ -97,12 +97,11 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runs import load_run_weights
-    from .tta import TTA_KINDS, evaluate, format_evaluation
+    from .data.names import display_names
+    from .tta import TTA_KINDS, evaluate, format_evaluation, format_thresholds, tta_probs
     overrides = {k: v for k, v in (("valid_crop", args.crop), ("valid_view", args.view)) if v is not None}
     learn, weights = load_run_weights(Path(args.run), args.weights, **overrides)
-    if learn.dls.multi_label:
-        raise ValueError(f"{args.run} trained with several labels per image: `vivace evaluate` scores single-label "
-                         "runs only so far; its report.html has the per-class and per-threshold scores")
+    thresh = load_recipe(Path(args.run) / "config.json").thresh  # several labels per image: the run's
     print(f"weights: {weights}\n{learn.dls.source.split_note}", flush=True)
     plan = [("none", None)]  # plain, at the size the run was trained at
     if args.size_px is not None:
@@ -110,7 +109,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     kinds = TTA_KINDS[1:] if args.tta == "all" else [args.tta] if args.tta != "none" else []
     plan += [(kind, args.size_px) for kind in kinds]
     evaluate(learn, "none")  # untimed warm-up (allocations, kernel choice): every timed row starts warm
-    print(format_evaluation([evaluate(learn, kind, size=size) for kind, size in plan]))
+    print(format_evaluation([evaluate(learn, kind, size=size, thresh=thresh) for kind, size in plan]))
+    if learn.dls.multi_label:  # which classes it finds, and how the scores move with the threshold
+        probs, targets = tta_probs(learn, "none")
+        print(f"\n{format_thresholds(probs, targets, display_names(learn.dls.vocab), thresh)}")
     return 0
 
 
@@ -180,7 +182,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "export.vivace"
     check_new_file(out, "-o", args.overwrite)  # a bundle someone may already be serving is not replaced silently
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the bundle's path, for scripts
-    print(export_learner(learn, out, tta=args.tta, weights=weights.kind, epoch=weights.epoch))
+    thresh = load_recipe(Path(args.run) / "config.json").thresh
+    print(export_learner(learn, out, tta=args.tta, weights=weights.kind, epoch=weights.epoch, thresh=thresh))
     return 0
 
 
@@ -216,16 +219,23 @@ def _tta_choice(flag: bool | None) -> str | None:
 
 def _format_prediction(pred, topk: int) -> str:
     from .data.names import display_name
+    if pred.labels is not None:  # several labels per image: every one above the threshold
+        found = ", ".join(display_name(label) for label in pred.labels) or "(no label above the threshold)"
+        shown = max(topk, len(pred.labels))
+        return "\n".join([f"{pred.path}: {found}"] + [f"  {display_name(label):<24} {prob:.4f}"
+                                                       for label, prob in pred.top(shown)])
     lines = [f"{pred.path}: {pred.name}"]
     lines += [f"  {display_name(label):<24} {prob:.4f}" for label, prob in pred.top(topk)]
     return "\n".join(lines)
 
 
 def _folder_summary(preds: list, csv_path: Path) -> str:
+    from .data.names import display_name
     ok = [p for p in preds if p.ok]
     counts: dict[str, int] = {}
     for p in ok:
-        counts[p.name] = counts.get(p.name, 0) + 1
+        for label in (p.labels if p.labels is not None else [p.label]):  # several labels: each counts
+            counts[display_name(label)] = counts.get(display_name(label), 0) + 1
     top = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     return (f"{len(ok)} of {len(preds)} images in folders predicted ({len(preds) - len(ok)} failed); "
             f"predicted classes: {top or '-'}\nwrote {csv_path}")

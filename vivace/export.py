@@ -29,11 +29,13 @@ FORMAT = "vivace-export"
 VERSION = 1  # bump when the layout or the meaning of a field changes
 
 
-def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: int | None = None) -> dict[str, Any]:
+def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: int | None = None,
+                thresh: float = 0.5) -> dict[str, Any]:
     """What a Predictor needs besides the weights, read from a Learner and its DataLoaders.
 
     `weights` and `epoch` record which of the run's weights these are (final or best) and after
-    how many epochs they were saved; a live Learner holds its final weights.
+    how many epochs they were saved; a live Learner holds its final weights. A model of several
+    labels per image records that, and `thresh`, the probability above which a label counts.
     """
     if tta not in TTA_MODES:
         raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
@@ -41,16 +43,14 @@ def bundle_info(learn: Any, tta: str = "none", weights: str = "final", epoch: in
     if not isinstance(learn.model, XResNet) or config is None:
         raise ValueError(f"can only export vivace XResNet models, got {type(learn.model).__name__}")
     return {"arch": "xresnet", "config": config, "vocab": [str(v) for v in learn.dls.vocab],
-            **learn.dls.eval_view.bundle_fields(), "tta": tta, "weights": weights, "epoch": epoch}
+            **learn.dls.eval_view.bundle_fields(), "tta": tta, "weights": weights, "epoch": epoch,
+            "multi_label": learn.dls.multi_label, "thresh": thresh}
 
 
 def export_learner(learn: Any, path: str | Path, tta: str = "none", weights: str = "final",
-                   epoch: int | None = None) -> Path:
+                   epoch: int | None = None, thresh: float = 0.5) -> Path:
     """Write `learn`'s model and preprocessing to one bundle file at `path` (atomically)."""
-    if learn.dls.multi_label:
-        raise ValueError("this model predicts several labels per image: bundles hold single-label models only so "
-                         "far (the run folder keeps its weights; its report.html has the scores)")
-    info_json = json.dumps(bundle_info(learn, tta, weights, epoch), sort_keys=True)
+    info_json = json.dumps(bundle_info(learn, tta, weights, epoch, thresh), sort_keys=True)
     # Contiguous CPU copies: channels_last weights have permuted strides, and safetensors
     # refuses tensors that share memory.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in learn.model.state_dict().items()}
@@ -131,6 +131,11 @@ def check_info(path: Path, info: Any, tensors: dict[str, Tensor]) -> None:
     epoch = info.get("epoch")
     if epoch is not None and not (isinstance(epoch, int) and epoch >= 0):
         raise bad("epoch", "null or an integer >= 0", epoch)
+    if not isinstance(info.get("multi_label", False), bool):  # bundles before several labels: one each
+        raise bad("multi_label", "true or false", info.get("multi_label"))
+    thresh = info.get("thresh", 0.5)
+    if not _finite_number(thresh) or not 0 < thresh < 1:
+        raise bad("thresh", "a number in (0, 1)", thresh)
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{path}: bundle weight {name!r} holds NaN or infinite values; "
@@ -189,4 +194,5 @@ def load(path: str | Path, device: str | torch.device | None = None, amp: str = 
     in training, see `vivace.runtime.autocast_dtype`)."""
     info, tensors = read_bundle(path)  # checked: every field below is present and usable
     return Predictor(build_model(info, tensors), info["vocab"], EvalView.from_bundle(info), tta=info["tta"],
-                     device=device, amp=amp)
+                     device=device, amp=amp, multi_label=info.get("multi_label", False),
+                     thresh=info.get("thresh", 0.5))

@@ -12,16 +12,16 @@ from typing import Iterable, Literal, Sequence, Union, get_args
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .runtime import autocast, autocast_dtype
 from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
-from .pictures import Pictures
+from .data.eval_view import EvalView
 from .data.names import display_name
 from .data.sources import find_images
-from .data.eval_view import EvalView
+from .metrics import probabilities
+from .pictures import Pictures
+from .runtime import autocast, autocast_dtype
 
 BundleTTA = Literal["none", "flip"]  # what a bundle (and `predict`) may apply: flip is the cheapest TTA
 TTA_MODES: tuple[str, ...] = get_args(BundleTTA)
@@ -30,7 +30,11 @@ Item = Union[str, Path, Image.Image]
 
 @dataclass
 class Prediction:
-    """One image's result: `label`, its `index`, and `probs` (C,); or `error` if it failed."""
+    """One image's result: `label`, its `index`, and `probs` (C,); or `error` if it failed.
+
+    For a model of several labels per image, `labels` are the classes whose probability (a
+    sigmoid each) passes the threshold, most probable first, and `label` is the most probable.
+    """
 
     label: str
     index: int
@@ -38,6 +42,7 @@ class Prediction:
     path: str | None = None
     error: str | None = None
     classes: list[str] = field(default_factory=list, repr=False)
+    labels: list[str] | None = None  # several labels per image: those above the threshold
 
     @property
     def ok(self) -> bool:
@@ -54,10 +59,13 @@ class Prediction:
         return display_name(self.label)
 
     def as_dict(self) -> dict:
-        """JSON-ready: path, label (the class id), its name, and the class -> probability map (most probable first)."""
+        """JSON-ready: path, label (the class id), its name, and the class -> probability map (most
+        probable first); for several labels per image also `labels`, those above the threshold."""
         if not self.ok:
             return {"path": self.path, "error": self.error}
-        return {"path": self.path, "label": self.label, "name": self.name, "probs": dict(self.top(len(self.probs)))}
+        several = {"labels": self.labels} if self.labels is not None else {}
+        return {"path": self.path, "label": self.label, "name": self.name, **several,
+                "probs": dict(self.top(len(self.probs)))}
 
 
 def failed(path: str | None, error: str) -> Prediction:
@@ -91,10 +99,13 @@ class Predictor:
         device: None = CUDA if available, else CPU.
         amp: mixed precision as in training ('auto': bf16 on CUDA and AMX CPUs); see
             `vivace.runtime.autocast_dtype`. With the Learner's setting, predictions equal its get_preds.
+        multi_label, thresh: several labels per image: a sigmoid per class, and the probability
+            above which a class is one of the image's labels.
     """
 
     def __init__(self, model: nn.Module, vocab: Sequence[str], view: EvalView, tta: str = "none",
-                 device: str | torch.device | None = None, amp: str = "auto"):
+                 device: str | torch.device | None = None, amp: str = "auto", multi_label: bool = False,
+                 thresh: float = 0.5):
         if tta not in TTA_MODES:
             raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA_MODES)}")
         if device is None:
@@ -104,6 +115,7 @@ class Predictor:
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.vocab, self.view, self.tta = list(vocab), view, tta
         self.amp_dtype = autocast_dtype(self.device, amp)
+        self.multi_label, self.thresh = multi_label, thresh
 
     @property
     def size(self) -> int:
@@ -147,10 +159,16 @@ class Predictor:
             probs = iter(self.probs(Pictures.pack(pixels), tta).cpu())
             for i, item in enumerate(items):
                 if results[i] is None:
-                    p = next(probs)
-                    index = int(p.argmax())
-                    results[i] = Prediction(self.vocab[index], index, p, _name(item), classes=self.vocab)
+                    results[i] = self._prediction(next(probs), _name(item))
         return results
+
+    def _prediction(self, p: Tensor, path: str | None) -> Prediction:
+        index = int(p.argmax())
+        labels = None
+        if self.multi_label:
+            order = p.argsort(descending=True).tolist()
+            labels = [self.vocab[i] for i in order if p[i] > self.thresh]
+        return Prediction(self.vocab[index], index, p, path, classes=self.vocab, labels=labels)
 
     def decode(self, item: Item) -> np.ndarray:
         """An image as the cache stores it: uint8 (h, w, 3) RGB, shorter side `presize`."""
@@ -162,12 +180,13 @@ class Predictor:
 
     @torch.no_grad()
     def probs(self, pictures: Pictures, tta: str = "none") -> Tensor:
-        """uint8 Pictures (decoded as the cache does) -> class probabilities (B, C) on the device."""
+        """uint8 Pictures (decoded as the cache does) -> class probabilities (B, C) on the device
+        (softmax; a sigmoid per class for several labels per image)."""
         x = self.view.transform()(pictures.to(self.device))  # the validation transform exactly
         with autocast(self.device, self.amp_dtype):
-            p = F.softmax(self.model(x).float(), dim=-1)
+            p = probabilities(self.model(x), self.multi_label)
             if tta == "flip":  # the cheapest TTA: average with the mirror image (training flips too)
-                p = (p + F.softmax(self.model(x.flip(-1)).float(), dim=-1)) / 2
+                p = (p + probabilities(self.model(x.flip(-1)), self.multi_label)) / 2
         return p
 
     def __repr__(self) -> str:
@@ -182,7 +201,8 @@ def _name(item: Item) -> str | None:
 
 
 def write_predictions_csv(preds: Sequence[Prediction], path: str | Path, vocab: Sequence[str]) -> Path:
-    """One row per image: path, label, prob, error, then the probability of every class."""
+    """One row per image: path, label (several labels: those above the threshold, space-separated),
+    prob (the most probable class's), error, then the probability of every class."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -190,7 +210,8 @@ def write_predictions_csv(preds: Sequence[Prediction], path: str | Path, vocab: 
         writer.writerow(["path", "label", "prob", "error", *vocab])
         for p in preds:
             if p.ok:
-                writer.writerow([p.path, p.label, f"{float(p.probs[p.index]):.6f}", "",
+                label = p.label if p.labels is None else " ".join(p.labels)  # several: those above the threshold
+                writer.writerow([p.path, label, f"{float(p.probs[p.index]):.6f}", "",
                                  *(f"{v:.6f}" for v in p.probs.tolist())])
             else:
                 writer.writerow([p.path, "", "", p.error, *([""] * len(vocab))])

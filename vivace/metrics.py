@@ -68,6 +68,11 @@ def reliability_bins(logits: Tensor, target: Tensor, n_bins: int = 15) -> tuple[
     return mean_conf, acc, count
 
 
+def probabilities(logits: Tensor, multi_label: bool = False) -> Tensor:
+    """Softmax over the classes; for several labels per image, a sigmoid per class."""
+    return logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
+
+
 def accuracy_multi(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tensor:
     """fastai's accuracy_multi: the fraction of (image, class) pairs where sigmoid > thresh matches the target."""
     return ((preds.float().sigmoid() > thresh) == (target > 0.5)).float().mean()

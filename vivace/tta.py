@@ -20,12 +20,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .views import five_crop
 from .data import Pipeline
-from .metrics import accuracy, calibration_error, nll
+from .metrics import (accuracy, accuracy_multi, calibration_error, f1_macro, nll, per_class_scores,
+                      probabilities)
 from .pictures import Pictures
+from .views import five_crop
 
 Views = Callable[[Pictures], Iterable[Tensor]]  # a cached batch -> model inputs, one per view
 TTAKind = Literal["none", "augment", "flip", "five-crop"]
@@ -50,12 +52,13 @@ def combine_tta(aug_probs: Tensor, plain_probs: Tensor, beta: float | None = 0.2
 
 @torch.no_grad()
 def view_probs(learn, dl, views: Views) -> tuple[Tensor, Tensor]:
-    """Softmax probabilities (V, N, C) of every view of each batch of `dl`, and labels (N,), on the CPU."""
+    """Probabilities (V, N, C) of every view of each batch of `dl` (softmax; sigmoids for several
+    labels per image), and labels (N,) or multi-hot targets (N, C), on the CPU."""
     learn.model.eval()
     probs, targets = [], []
     for x, y in dl.iter_raw():  # uint8 Pictures on the loader's device
         with learn.autocast():
-            batch = [learn.model(v).float().softmax(-1) for v in views(x)]  # V x (B, C)
+            batch = [probabilities(learn.model(v), learn.dls.multi_label) for v in views(x)]  # V x (B, C)
         probs.append(torch.stack(batch))
         targets.append(y)
     return torch.cat(probs, dim=1).cpu(), torch.cat(targets).cpu()  # the only host sync
@@ -159,28 +162,57 @@ def tta_probs(learn, kind: TTAKind, dl=None, size: int | None = None) -> tuple[T
     raise ValueError(f"tta={kind!r} is not one of: {', '.join(TTA_KINDS)}")
 
 
-def prob_metrics(probs: Tensor, targets: Tensor) -> dict[str, float]:
-    """Accuracy, NLL and expected calibration error of probabilities (N, C)."""
+def prob_metrics(probs: Tensor, targets: Tensor, multi_label: bool = False,
+                 thresh: float = 0.5) -> dict[str, float]:
+    """Accuracy, NLL and expected calibration error of probabilities (N, C); for several labels per
+    image accuracy_multi and the macro F-score at `thresh`, and the binary cross-entropy."""
+    if multi_label:
+        logits = torch.logit(probs, eps=1e-7)  # sigmoid(logit p) = p: the logit metrics accept it
+        bce = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), targets.float())
+        return {"accuracy_multi": float(accuracy_multi(logits, targets, thresh)),
+                "f1_macro": float(f1_macro(logits, targets, thresh)), "bce": float(bce)}
     logp = probs.clamp_min(1e-12).log()  # softmax(log p) = p: the logit metrics accept it
     return {"accuracy": float(accuracy(logp, targets)), "nll": float(nll(logp, targets)),
             "ece": float(calibration_error(logp, targets))}
 
 
-def evaluate(learn, kind: TTAKind, dl=None, size: int | None = None) -> dict[str, float | str]:
-    """One kind of TTA's metrics, time and validation images per second."""
+def evaluate(learn, kind: TTAKind, dl=None, size: int | None = None, thresh: float = 0.5) -> dict[str, float | str]:
+    """One kind of TTA's metrics, time and validation images per second (`thresh`: several labels per image)."""
     dl = _loader(learn, dl)
     size = eval_size(learn, dl, size)
     start = time.perf_counter()
     probs, targets = tta_probs(learn, kind, dl, size)  # ends on the CPU: the clock sees finished work
     seconds = time.perf_counter() - start
-    return {"tta": kind, "size": size, **prob_metrics(probs, targets), "seconds": seconds,
-            "images_per_s": len(targets) / seconds}
+    return {"tta": kind, "size": size, **prob_metrics(probs, targets, learn.dls.multi_label, thresh),
+            "seconds": seconds, "images_per_s": len(targets) / seconds}
+
+
+NOT_METRICS = ("tta", "size", "seconds", "images_per_s")
 
 
 def format_evaluation(rows: list[dict[str, float | str]]) -> str:
-    """Rows of `evaluate` as an aligned text table."""
-    lines = [f"{'tta':<10} {'size':>5} {'accuracy':>9} {'nll':>8} {'ece':>8} {'seconds':>8} {'images/s':>9}"]
+    """Rows of `evaluate` as an aligned text table, a column per metric."""
+    metrics = [k for k in rows[0] if k not in NOT_METRICS]
+    widths = [max(9, len(m)) for m in metrics]
+    lines = [f"{'tta':<10} {'size':>5} " + " ".join(f"{m:>{w}}" for m, w in zip(metrics, widths))
+             + f" {'seconds':>8} {'images/s':>9}"]
     for r in rows:
-        lines.append(f"{r['tta']:<10} {r['size']:>5} {r['accuracy']:>9.4f} {r['nll']:>8.4f} {r['ece']:>8.4f} "
-                     f"{r['seconds']:>8.2f} {r['images_per_s']:>9.1f}")
+        cells = " ".join(f"{r[m]:>{w}.4f}" for m, w in zip(metrics, widths))
+        lines.append(f"{r['tta']:<10} {r['size']:>5} {cells} {r['seconds']:>8.2f} {r['images_per_s']:>9.1f}")
+    return "\n".join(lines)
+
+
+def format_thresholds(probs: Tensor, targets: Tensor, vocab: list[str], thresh: float) -> str:
+    """Several labels per image: precision, recall and F-score per class at `thresh`, then
+    accuracy_multi and the macro F-score at thresholds 0.1-0.9, as text."""
+    logits = torch.logit(probs, eps=1e-7)
+    width = max(len("class"), *(len(v) for v in vocab))
+    lines = [f"at threshold {thresh:g}:", f"{'class':<{width}} {'precision':>9} {'recall':>9} {'F-score':>9} "
+             f"{'images':>7}"]
+    for name, (p, r, f, n) in zip(vocab, per_class_scores(logits, targets, thresh).tolist()):
+        lines.append(f"{name:<{width}} {p:>9.4f} {r:>9.4f} {f:>9.4f} {int(n):>7}")
+    lines += ["", f"{'threshold':>9} {'accuracy_multi':>14} {'macro F':>9}"]
+    for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        lines.append(f"{t:>9g} {float(accuracy_multi(logits, targets, t)):>14.4f} "
+                     f"{float(f1_macro(logits, targets, t)):>9.4f}")
     return "\n".join(lines)

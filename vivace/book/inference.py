@@ -33,7 +33,7 @@ def learner_predictor(learn: Any) -> Predictor:
     the default); training puts it back in train mode.
     """
     return Predictor(learn.eval_model, learn.dls.vocab, learn.dls.eval_view, device=learn.device,
-                     amp=_AMP_NAMES[learn.amp_dtype])
+                     amp=_AMP_NAMES[learn.amp_dtype], multi_label=learn.dls.multi_label)
 
 
 def predict_item(predictor: Predictor, item: Item) -> tuple[str, Tensor, Tensor]:
