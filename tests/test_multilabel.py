@@ -102,3 +102,25 @@ def test_multi_label_trains_evaluates_exports_predicts_and_reports(multi_label_f
     assert main(["predict", str(bundle), str(multi_label_folder / "images"), "--csv", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert len(rows) == 85 and rows[0].startswith("path,label,prob,error")
+
+
+def test_one_label_per_image_can_train_as_multi_label(tiny_folder):
+    dls = make_dataloaders(tiny_folder, **TINY_DATA, multi_label=True)
+    _, y = dls.one_batch()
+    assert dls.multi_label and y.shape == (4, 3) and (y.sum(1) == 1).all()
+    assert main(["train", "--data", str(tiny_folder), "--multi-label", "--print-recipe"]) == 0
+
+
+def test_the_books_multi_label_names(multi_label_folder):
+    pandas = pytest.importorskip("pandas")
+    from vivace.book import ColReader, ColSplitter, DataBlock, ImageBlock, ImageDataLoaders, MultiCategoryBlock, Resize
+    frame = pandas.read_csv(multi_label_folder / "labels.csv")
+    block = DataBlock(blocks=(ImageBlock, MultiCategoryBlock), get_x=ColReader("name", pref=multi_label_folder),
+                      get_y=ColReader("labels", label_delim=" "), splitter=ColSplitter(), item_tfms=Resize(16))
+    by_block = block.source(frame)
+    by_csv = ImageDataLoaders.from_csv(multi_label_folder, "labels.csv", valid_col="is_valid", label_delim=" ",
+                                       item_tfms=Resize(16), bs=4)
+    assert by_block.multi_label and by_csv.multi_label and by_block.vocab == by_csv.vocab == sorted(CLASSES)
+    assert dict(zip(by_block.train_files, by_block.train_labels)) == dict(zip(by_csv.source.train_files,
+                                                                              by_csv.source.train_labels))
+    assert by_csv.one_batch()[1].shape == (4, 3)

@@ -11,8 +11,8 @@ from vivace.metrics import accuracy, error_rate
 from vivace.techniques import CutMix, Mixup
 from vivace.models import xresnet18, xresnet34, xresnet50, xresnet101, xresnet152
 
-from .data import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, RandomSplitter, URLs,
-                   get_image_files, get_image_files_sorted, parent_label, untar_data)
+from .data import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, MultiCategoryBlock, RandomSplitter,
+                   URLs, get_image_files, get_image_files_sorted, parent_label, untar_data)
 from .inference import load_learner
 from .interpret import ClassificationInterpretation
 from .learner import CrossEntropyLossFlat, Learner, MixUp, SuggestedLRs
@@ -24,7 +24,7 @@ __all__ = [
     # data
     "Path", "URLs", "untar_data", "get_image_files", "get_image_files_sorted", "parent_label",
     "RandomSplitter", "GrandparentSplitter", "DataBlock", "ImageBlock", "CategoryBlock",
-    "ColReader", "ColSplitter", "ImageDataLoaders",
+    "MultiCategoryBlock", "ColReader", "ColSplitter", "ImageDataLoaders",
     "Resize", "aug_transforms", "Normalize", "imagenet_stats",
     # models
     "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152",

@@ -108,6 +108,10 @@ class CategoryBlock:
         self.vocab = list(vocab) if vocab is not None else None
 
 
+class MultiCategoryBlock(CategoryBlock):
+    """fastai's MultiCategoryBlock: several classes per image (get_y returns a list), trained with sigmoids."""
+
+
 Splitter = Callable[[Sequence[Any]], tuple[Sequence[int], Sequence[int]]]
 
 
@@ -151,15 +155,20 @@ class DataBlock:
                              "and 'val': GrandparentSplitter(valid_name='val'))")
         train_y = [self.get_y(items[i]) for i in train_idx]
         valid_y = [self.get_y(items[i]) for i in valid_idx]
-        vocab = _vocab(self.blocks[1].vocab, train_y, valid_y)
+        multi = isinstance(self.blocks[1], MultiCategoryBlock)
+        if multi:  # each label a list: the vocab is over their union
+            vocab = _vocab(self.blocks[1].vocab, sorted({v for y in train_y for v in y}), [v for y in valid_y for v in y])
+        else:
+            vocab = _vocab(self.blocks[1].vocab, train_y, valid_y)
         index = {v: i for i, v in enumerate(vocab)}
+        encode = (lambda y: tuple(sorted(index[v] for v in y))) if multi else (lambda y: index[y])
         root = Path(source) if isinstance(source, (str, Path)) else Path(".")
         path_of = self.get_x if self.get_x is not None else (lambda item: item)
         return Source(root=root, vocab=[str(v) for v in vocab],
                       train_files=[Path(path_of(items[i])) for i in train_idx],
-                      train_labels=[index[y] for y in train_y],
+                      train_labels=[encode(y) for y in train_y],
                       valid_files=[Path(path_of(items[i])) for i in valid_idx],
-                      valid_labels=[index[y] for y in valid_y])
+                      valid_labels=[encode(y) for y in valid_y], multi_label=multi)
 
     def summary(self, source: Any) -> None:
         """Print the number of images per class and split."""
@@ -205,11 +214,12 @@ class DataLoaders(data.DataLoaders):
 
 
 def _check_blocks(blocks: Sequence[Any]) -> tuple[ImageBlock, CategoryBlock]:
-    """Instantiate block classes (fastai accepts both) and check they are (ImageBlock, CategoryBlock)."""
+    """Instantiate block classes (fastai accepts both) and check they are (ImageBlock, CategoryBlock or
+    MultiCategoryBlock)."""
     made = tuple(b() if isinstance(b, type) else b for b in blocks)
     if len(made) != 2 or not isinstance(made[0], ImageBlock) or not isinstance(made[1], CategoryBlock):
-        raise ValueError(f"blocks={blocks!r}: vivace trains single-label image classifiers, "
-                         "blocks=(ImageBlock, CategoryBlock)")
+        raise ValueError(f"blocks={blocks!r}: vivace trains image classifiers, blocks=(ImageBlock, "
+                         "CategoryBlock) or (ImageBlock, MultiCategoryBlock)")
     return made
 
 

@@ -32,14 +32,16 @@ def cell(row: Any, col: int | str) -> Any:
 
 
 class ColReader:
-    """fastai's ColReader: `f"{pref}{row[cols]}{suff}"`; a Path `pref` is joined as a folder."""
+    """fastai's ColReader: `f"{pref}{row[cols]}{suff}"`; a Path `pref` is joined as a folder; with
+    `label_delim`, the cell split into a list of labels (for a MultiCategoryBlock)."""
 
-    def __init__(self, cols: int | str, pref: str | Path = "", suff: str = ""):
-        self.cols, self.suff = cols, suff
+    def __init__(self, cols: int | str, pref: str | Path = "", suff: str = "", label_delim: str | None = None):
+        self.cols, self.suff, self.label_delim = cols, suff, label_delim
         self.pref = f"{pref}{os.path.sep}" if isinstance(pref, Path) else pref
 
-    def __call__(self, row: Any) -> str:
-        return f"{self.pref}{cell(row, self.cols)}{self.suff}"
+    def __call__(self, row: Any) -> str | list[str]:
+        value = f"{self.pref}{cell(row, self.cols)}{self.suff}"
+        return [v for v in value.split(self.label_delim) if v] if self.label_delim else value
 
 
 @dataclass(frozen=True)
@@ -79,29 +81,33 @@ class ImageDataLoaders:
     @staticmethod
     def from_df(df: Any, path: str | Path = ".", valid_pct: float = 0.2, seed: int | None = None,
                 fn_col: int | str = 0, folder: str | None = None, label_col: int | str = 1,
-                valid_col: int | str | None = None, item_tfms: Any = None, batch_tfms: Any = None, bs: int = 64,
-                val_bs: int | None = None, device: str | torch.device | None = None) -> DataLoaders:
-        """A DataFrame's rows: file names (under `path`/`folder`) in `fn_col`, labels in `label_col`."""
+                valid_col: int | str | None = None, label_delim: str | None = None, item_tfms: Any = None,
+                batch_tfms: Any = None, bs: int = 64, val_bs: int | None = None,
+                device: str | torch.device | None = None) -> DataLoaders:
+        """A DataFrame's rows: file names (under `path`/`folder`) in `fn_col`, labels in `label_col`
+        (several per image, split at `label_delim`)."""
         root = Path(path) / folder if folder else Path(path)
-        return _table_loaders(root, df, fn_col, label_col, valid_col, valid_pct, seed,
+        return _table_loaders(root, df, (fn_col, label_col, valid_col, label_delim), valid_pct, seed,
                               (item_tfms, batch_tfms), (bs, val_bs, device))
 
     @staticmethod
     def from_csv(path: str | Path, csv_fname: str | Path = "labels.csv", valid_col: int | str | None = None,
                  valid_pct: float = 0.2, seed: int | None = None, fn_col: int | str = 0,
-                 folder: str | None = None, label_col: int | str = 1, item_tfms: Any = None,
-                 batch_tfms: Any = None, bs: int = 64, val_bs: int | None = None,
+                 folder: str | None = None, label_col: int | str = 1, label_delim: str | None = None,
+                 item_tfms: Any = None, batch_tfms: Any = None, bs: int = 64, val_bs: int | None = None,
                  device: str | torch.device | None = None) -> DataLoaders:
         """`from_df` for the CSV file `path/csv_fname` (read without pandas)."""
         root = Path(path) / folder if folder else Path(path)
-        return _table_loaders(root, Path(path) / csv_fname, fn_col, label_col, valid_col, valid_pct, seed,
-                              (item_tfms, batch_tfms), (bs, val_bs, device))
+        return _table_loaders(root, Path(path) / csv_fname, (fn_col, label_col, valid_col, label_delim), valid_pct,
+                              seed, (item_tfms, batch_tfms), (bs, val_bs, device))
 
 
-def _table_loaders(root: Path, table: Any, fn_col: int | str, label_col: int | str, valid_col: int | str | None,
-                   valid_pct: float, seed: int | None, tfms: tuple[Any, Any], batches: tuple) -> DataLoaders:
+def _table_loaders(root: Path, table: Any, columns: tuple, valid_pct: float, seed: int | None,
+                   tfms: tuple[Any, Any], batches: tuple) -> DataLoaders:
+    """The table's checked Source (`vivace.data.table`), through the book's transforms."""
+    fn_col, label_col, valid_col, label_delim = columns
     presize, aug, norm = transforms_of(*tfms)
     source = table_source(root, table, fn_col=str(fn_col), label_col=str(label_col),
-                          valid_col="" if valid_col is None else str(valid_col), valid_pct=valid_pct,
-                          seed=DEFAULT_SEED if seed is None else seed)
+                          valid_col="" if valid_col is None else str(valid_col), label_delim=label_delim or "",
+                          valid_pct=valid_pct, seed=DEFAULT_SEED if seed is None else seed)
     return loaders_for(source, presize, aug, norm, *batches)

@@ -85,6 +85,8 @@ class DataSpec:
     valid_col: str = knob("", 'the table\'s True/False column marking validation rows; "" = a random 20 % split')
     label_delim: str = knob("", 'several labels per image: the delimiter in the table\'s label cells (" " or ";"); '
                                 '"" = one label each')
+    multi_label: bool = knob(False, "sigmoid outputs and binary cross-entropy, each image's labels a set (one "
+                                    "from a folder or an undelimited table); --label-delim implies it")
     size_px: int = knob(128, "final training and validation crop size, px", aliases=("size",), range=Range(1))
     presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)", aliases=("presize",),
                            range=Range(1))
@@ -110,8 +112,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
                      valid_view: ValidView = "auto", batch_size: int = 64, valid_batch_size: int = 0,
                      normalize: bool = True, stats: Stats | tuple = "imagenet", data_on_device: DataOnDevice = "auto",
                      valid_name: str = "", labels: str | Path | Any = "", fn_col: str = "", label_col: str = "",
-                     valid_col: str = "", label_delim: str = "", augment: dict[str, Any] | None = None,
-                     seed: int = 42,
+                     valid_col: str = "", label_delim: str = "", multi_label: bool = False,
+                     augment: dict[str, Any] | None = None, seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int = 0, cache_dir: Path | None = None, progress: bool = True) -> DataLoaders:
     """Build the cache (once) and the two loaders; the keywords up to `valid_name` are `DataSpec`'s.
@@ -121,6 +123,7 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
         labels, fn_col, label_col, valid_col: a label table (a CSV path, under `data` or not, or a
             pandas DataFrame) and its columns, instead of labels by folder (`vivace.data.table`);
             with `label_delim`, several labels per image (multi-hot targets).
+        multi_label: multi-hot targets even with one label per image (trained with sigmoids and BCE).
         valid_size_px: the validation crop side; 0 = size_px (larger tests the training crops'
             apparent object size, FixRes).
         valid_crop, valid_view: how validation shows an image (`vivace.views.resolve_valid_view`:
@@ -140,6 +143,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
                                     augment.get("train_crop", "random_resized"))
     source = data if isinstance(data, Source) else data_source(data, valid_name, labels, fn_col, label_col, valid_col,
                                                                label_delim)
+    if multi_label and not source.multi_label:
+        source = source.as_multi_label()
     if progress and source.split_note:
         print(source.split_note, flush=True)
     device = torch.device(device) if device is not None else _default_device()

@@ -6,7 +6,7 @@ import os
 import random
 import warnings
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +128,11 @@ class Source:
             lines.append(f"{name:<{width}}  {n_train:>7}  {n_valid:>7}")
         lines.append(f"{'total':<{width}}  {len(self.train_files):>7}  {len(self.valid_files):>7}")
         return "\n".join(lines)
+
+    def as_multi_label(self) -> Source:
+        """The same images with each label a set of one (trained with sigmoids: `--multi-label`)."""
+        return replace(self, train_labels=[(i,) for i in self.train_labels],
+                       valid_labels=[(i,) for i in self.valid_labels], multi_label=True)
 
     def count(self, labels: list, index: int) -> int:
         """How many of `labels` name class `index`."""
