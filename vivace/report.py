@@ -38,7 +38,7 @@ N_MOST_CONFUSED = 10
 N_BINS = 15           # reliability bins over confidence [0, 1]
 FEW_ITEMS = 10        # a reliability bin with fewer items is drawn faded and hatched: its accuracy is noise
 CURVE_PANELS = (("loss", ("train_loss", "valid_loss", "nll")),
-                ("accuracy", ("accuracy", "top5_accuracy")),
+                ("accuracy", ("accuracy", "top5_accuracy", "accuracy_multi", "f1_macro")),
                 ("calibration error (ECE)", ("calibration_error",)))
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; background: #fff; }
@@ -142,6 +142,8 @@ def config_value(value: Any) -> str:
         return repr(value)
     if value == "":
         return "(empty)"
+    if isinstance(value, str) and not value.strip():  # a label delimiter of one space, say: show it
+        return json.dumps(value)
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
@@ -194,12 +196,13 @@ def headline(config: dict[str, Any], summary: dict[str, Any], rows: list[dict[st
     model = config.get("arch", "?") + (f" (width ×{config['widen']:g})" if config.get("widen", 1) != 1 else "")
     fits = int(rows[-1]["fit"]) if rows else 1
     epochs = str(len(rows) or config.get("epochs", "?")) + (f" in {fits} fits" if fits > 1 else "")
-    accuracy = summary.get("accuracy", summary.get("accuracy_multi"))  # several labels: accuracy_multi
+    metric = "accuracy" if "accuracy_multi" not in summary else "accuracy_multi"  # several labels per image
+    accuracy = summary.get(metric)
     seconds = summary.get("train_seconds")
     facts = {"data": data_name(config.get("data", "")), "model": model,
              # summary.json names the preset (config.json did before 2026-12-06)
              "preset": summary.get("preset") or config.get("preset") or "none", "epochs": epochs,
-             "final accuracy": f"{accuracy:.2%}" if isinstance(accuracy, float) else "not measured",
+             f"final {metric}": f"{accuracy:.2%}" if isinstance(accuracy, float) else "not measured",
              "wall time": mmss(seconds) if isinstance(seconds, (int, float)) else "unknown",
              "machine": machine, "weights scored": f"{summary.get('weights', 'final')} weights"}
     cells = "".join(f"<div><b>{_esc(k)}</b><span>{_esc(v)}</span></div>" for k, v in facts.items())
