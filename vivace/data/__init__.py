@@ -116,7 +116,7 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
                      augment: dict[str, Any] | None = None, seed: int = 42,
                      device: torch.device | str | None = None, rank: int = 0, world_size: int = 1,
                      workers: int = 0, cache_dir: Path | None = None, progress: bool = True) -> DataLoaders:
-    """Build the cache (once) and the two loaders; the keywords up to `valid_name` are `DataSpec`'s.
+    """Build the cache (once) and the two loaders; the keywords up to `multi_label` are `DataSpec`'s.
 
     Args:
         data: a dataset name, a folder, or a Source; None or "" = the embedded Imagenette subset.
