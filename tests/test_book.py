@@ -264,7 +264,10 @@ def test_label_smoothing_cell(baseline_dls, capsys):
     preds, targets = learn.get_preds()
     smoothed = F.cross_entropy(preds, targets, label_smoothing=0.1).item()
     assert float(rows[1][2]) == pytest.approx(smoothed, abs=2e-6)
-    assert abs(smoothed - F.cross_entropy(preds, targets).item()) > 1e-3
+    # ... and the Learner's loss is the smoothed one: on a confident right answer plain CE is ~0.
+    confident, label = torch.tensor([[10.0] + [0.0] * (dls.c - 1)]), torch.tensor([0])
+    assert learn.loss_func(confident, label).item() == pytest.approx(
+        F.cross_entropy(confident, label, label_smoothing=0.1).item()) and learn.loss_func(confident, label) > 0.5
 
 
 # -- the rest of the API the chapter and its questionnaire touch ----------------------------

@@ -163,6 +163,7 @@ def test_checkpoints_get_the_umask_mode_as_bundles_do(tmp_path):
     assert (tmp_path / "ck.safetensors").stat().st_mode & 0o777 == 0o666 & ~UMASK
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_damaged_checkpoint_and_cleans_stale_temps(tmp_path, tiny_folder, capsys):
     from test_files import dead_pid, plant_temp
     from vivace.cli import main

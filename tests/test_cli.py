@@ -49,6 +49,7 @@ def test_train_writes_run_dir(tmp_path, tiny_folder, capsys):
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_resume_from_cli_continues(tmp_path, tiny_folder):
     out = tmp_path / "run"
     assert main(["train", "--data", str(tiny_folder), "--out", str(out), *TINY]) == 0

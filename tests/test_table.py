@@ -119,6 +119,7 @@ def test_a_table_under_the_data_folder_is_found_by_name(tiny_folder, tmp_path):
     assert table_source(root, "labels.csv", valid_col="is_valid").valid_files == data_source(root).valid_files
 
 
+@pytest.mark.slow
 def test_train_with_csv_flags_records_the_table_and_resumes(tiny_folder, tmp_path, capsys):
     import json
     table = write_table(tmp_path / "labels.csv", folder_rows(tiny_folder))
