@@ -80,10 +80,7 @@ def accuracy_multi(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tensor
 
 def f1_macro(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tensor:
     """Macro F-score at `thresh`: the mean over classes of 2 TP / (2 TP + FP + FN) (0 where a class is absent and never predicted)."""
-    predicted, actual = preds.float().sigmoid() > thresh, target > 0.5
-    tp = (predicted & actual).sum(0).float()
-    wrong = (predicted ^ actual).sum(0).float()
-    return (2 * tp / (2 * tp + wrong).clamp(min=1)).mean()
+    return per_class_scores(preds, target, thresh)[:, 2].mean()
 
 
 def per_class_scores(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tensor:
@@ -94,6 +91,14 @@ def per_class_scores(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tens
     recall = tp / actual.sum(0).clamp(min=1)
     f1 = 2 * tp / (predicted.sum(0) + actual.sum(0)).clamp(min=1)
     return torch.stack([precision, recall, f1, actual.sum(0).float()], dim=1)
+
+
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # where evaluate and the report show the scores
+
+
+def threshold_sweep(preds: Tensor, target: Tensor) -> list[tuple[float, float, float]]:
+    """Several labels per image: (threshold, accuracy_multi, macro F-score) at each of THRESHOLDS."""
+    return [(t, float(accuracy_multi(preds, target, t)), float(f1_macro(preds, target, t))) for t in THRESHOLDS]
 
 
 @dataclass

@@ -29,7 +29,7 @@ from . import runtime
 from .data.names import display_names
 from .files import atomic_write
 from .interpret import Interpretation
-from .metrics import accuracy_multi, calibration_error, f1_macro, per_class_scores, reliability_bins
+from .metrics import calibration_error, per_class_scores, reliability_bins, threshold_sweep
 from .recipe import Recipe, new_names
 
 REPORT_NAME = "report.html"
@@ -102,9 +102,6 @@ def single_label_sections(learn: Any) -> list[str]:
             top_losses_section(interp, names), reliability_section(interp.logits, interp.targets)]
 
 
-SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # thresholds the multi-label table tries
-
-
 def multi_label_sections(learn: Any, thresh: float) -> list[str]:
     """Several labels per image: precision, recall and F-score per class at `thresh`, and how
     accuracy_multi and the macro F-score move with the threshold."""
@@ -112,8 +109,7 @@ def multi_label_sections(learn: Any, thresh: float) -> list[str]:
     names = display_names(learn.dls.vocab)
     scores = per_class_scores(preds, targets, thresh)
     rows = [[n, *(sig4(float(v)) for v in s[:3]), str(int(s[3]))] for n, s in zip(names, scores)]
-    sweep = [[f"{t:g}", sig4(float(accuracy_multi(preds, targets, t))), sig4(float(f1_macro(preds, targets, t)))]
-             for t in SWEEP]
+    sweep = [[f"{t:g}", sig4(acc), sig4(f1)] for t, acc, f1 in threshold_sweep(preds, targets)]
     return [f"<h3>Per class at threshold {thresh:g}</h3>"
             + table(["class", "precision", "recall", "F-score", "images with it"], rows),
             "<h3>Scores by threshold</h3>" + table(["threshold", "accuracy_multi", "macro F-score"], sweep)]

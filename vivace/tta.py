@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .data import Pipeline
 from .metrics import (accuracy, accuracy_multi, calibration_error, f1_macro, nll, per_class_scores,
-                      probabilities)
+                      probabilities, threshold_sweep)
 from .pictures import Pictures
 from .views import five_crop
 
@@ -212,7 +212,6 @@ def format_thresholds(probs: Tensor, targets: Tensor, vocab: list[str], thresh: 
     for name, (p, r, f, n) in zip(vocab, per_class_scores(logits, targets, thresh).tolist()):
         lines.append(f"{name:<{width}} {p:>9.4f} {r:>9.4f} {f:>9.4f} {int(n):>7}")
     lines += ["", f"{'threshold':>9} {'accuracy_multi':>14} {'macro F':>9}"]
-    for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-        lines.append(f"{t:>9g} {float(accuracy_multi(logits, targets, t)):>14.4f} "
-                     f"{float(f1_macro(logits, targets, t)):>9.4f}")
+    for t, acc, f1 in threshold_sweep(logits, targets):
+        lines.append(f"{t:>9g} {acc:>14.4f} {f1:>9.4f}")
     return "\n".join(lines)
