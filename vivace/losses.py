@@ -9,11 +9,14 @@ from torch import Tensor, nn
 from .flags import Range, knob
 
 
+SMOOTHING = Range(0.0, 1.0, high_open=True)  # label smoothing's epsilon: the field's range and the losses'
+
+
 @dataclass
 class LossSpec:
     """The Recipe's loss: `make_loss`'s arguments."""
 
-    label_smoothing: float = knob(0.0, "epsilon of label smoothing", range=Range(0.0, 1.0, high_open=True))
+    label_smoothing: float = knob(0.0, "epsilon of label smoothing", range=SMOOTHING)
 
 
 def make_loss(label_smoothing: float = 0.0, multi_label: bool = False) -> nn.Module:
@@ -34,8 +37,7 @@ class MultiLabelBCE(nn.Module):
 
     def __init__(self, eps: float = 0.0):
         super().__init__()
-        if not 0.0 <= eps < 1.0:
-            raise ValueError(f"MultiLabelBCE: eps={eps} must be in [0, 1)")
+        SMOOTHING.check("MultiLabelBCE eps", eps)
         self.eps = eps
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -65,8 +67,7 @@ class LabelSmoothingCrossEntropy(nn.Module):
 
     def __init__(self, eps: float = 0.1):
         super().__init__()
-        if not 0.0 <= eps < 1.0:
-            raise ValueError(f"LabelSmoothingCrossEntropy: eps={eps} must be in [0, 1)")
+        SMOOTHING.check("LabelSmoothingCrossEntropy eps", eps)
         self.eps = eps
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
