@@ -124,3 +124,10 @@ def test_the_books_multi_label_names(multi_label_folder):
     assert dict(zip(by_block.train_files, by_block.train_labels)) == dict(zip(by_csv.source.train_files,
                                                                               by_csv.source.train_labels))
     assert by_csv.one_batch()[1].shape == (4, 3)
+
+
+def test_the_books_learner_takes_bce_for_several_labels(multi_label_folder):
+    from vivace.book import ImageDataLoaders, Learner, Resize, xresnet18
+    dls = ImageDataLoaders.from_csv(multi_label_folder, "labels.csv", valid_col="is_valid", label_delim=" ",
+                                    item_tfms=Resize(16), bs=4)
+    assert isinstance(Learner(dls, xresnet18(n_out=dls.c, widen=0.25)).loss_func, MultiLabelBCE)

@@ -12,7 +12,7 @@ from vivace import learner
 from vivace.callbacks import Callback
 from vivace.techniques import Mixup
 from vivace.inference import Item
-from vivace.losses import CrossEntropy
+from vivace.losses import CrossEntropy, MultiLabelBCE
 from vivace.export import export_learner
 from vivace.lr_finder import LRFindResult, lr_find
 from vivace.runtime import reuse_freed_memory
@@ -36,7 +36,9 @@ class Learner(learner.Learner):
                  opt_func: str | Callable = "adamw", *,
                  cbs: Callback | type | Iterable[Callback | type] | None = None,
                  metrics: Callable | Sequence[Callable] | None = None, wd: float = FASTAI_WD, **kwargs: Any):
-        super().__init__(dls, model, loss_func=loss_func if loss_func is not None else CrossEntropyLossFlat(),
+        if loss_func is None:  # as fastai takes it from the target block: BCE for a MultiCategoryBlock
+            loss_func = MultiLabelBCE() if dls.multi_label else CrossEntropyLossFlat()
+        super().__init__(dls, model, loss_func=loss_func,
                          metrics=metrics, cbs=cbs, optimizer=opt_func, weight_decay=wd, **kwargs)
         reuse_freed_memory()  # the book's sessions get `vivace train`'s allocator setting (runtime.py)
 
