@@ -35,7 +35,9 @@ def test_every_preset_trains(name, tiny_folder, tmp_path):
     ("epochs", 0, "epochs=0 must be >= 1"),
     ("label_smoothing", 1.0, "label_smoothing=1.0 must be in [0, 1)"),
     ("mixup_alpha", -0.1, "mixup_alpha=-0.1 must be >= 0"),
-    ("stats", "mine", "stats='mine' is not one of"),
+    ("stats", "mine", "stats='mine' must be imagenet, computed, auto, or statistics written mean/std"),
+        ("stats", "1,2/0,1", "every std > 0"),
+        ("freeze_epochs", 6, "freeze_epochs=6 must be <= epochs=5"),
     ("valid_size_px", 200, "valid_size_px=200 must be in [0, presize_px=160]"),
     ("valid_crop", -0.1, "valid_crop=-0.1 must be in [0, 1]"),
     ("max_aspect", 0.5, "max_aspect=0.5 must be in [1, 100]"),
@@ -193,7 +195,8 @@ def _consumers():
     from vivace.recipe import ScalingSpec, device_batch
     from vivace.schedule import ScheduleSpec
     from vivace.techniques import TechniqueSpec, technique_callbacks
-    return {DataSpec: [make_dataloaders], AugmentSpec: [TrainAugment],
+    from vivace.transfer import InitSpec, start_from
+    return {DataSpec: [make_dataloaders], AugmentSpec: [TrainAugment], InitSpec: [start_from],
             ModelSpec: [create_model, XResNet, *MODELS.values()],  # arch: create_model's; the rest: every model's
             OptimizerSpec: [Learner, make_optimizer], StepSpec: [Learner], ScheduleSpec: [Learner.fit_schedule],
             LossSpec: [make_loss], MetricSpec: [make_metrics], TechniqueSpec: [technique_callbacks],

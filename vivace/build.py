@@ -16,7 +16,7 @@ from .distributed import World
 from .learner import Learner, StepSpec
 from .losses import LossSpec, make_loss
 from .metrics import MetricSpec, make_metrics
-from .models import ModelSpec, create_model
+from .models import ModelSpec, create_model, layer_groups
 from .optim import OptimizerSpec
 from .recipe import Recipe
 from .records import RunLogger
@@ -53,4 +53,4 @@ def build_learner(recipe: Recipe, dls: DataLoaders, out: Path, checkpoint_every_
     cbs += [CheckpointSaver(out, metrics[0].__name__, checkpoint_every_min), RunLogger(out), *(extra_cbs or [])]
     loss = make_loss(**recipe.kwargs(LossSpec), multi_label=dls.multi_label)
     return Learner(dls, model, loss, metrics=metrics, cbs=cbs, **recipe.kwargs(OptimizerSpec),
-                   **recipe.kwargs(StepSpec))
+                   **recipe.kwargs(StepSpec), splitter=layer_groups if recipe.fine_tunes else None)

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
@@ -22,6 +22,10 @@ from .learner import ResumePoint
 from .files import atomic_write, content_hash, remove_stale_temps
 
 FORMAT = "vivace-checkpoint-1"
+WeightsChoice = Literal["final", "best"]
+# Which checkpoint file holds each choice (CheckpointSaver): `last` is rewritten after every epoch,
+# so at the end of the fit it holds the final weights; `best` the epoch with the best accuracy.
+WEIGHT_FILES: dict[str, str] = {"final": "last.safetensors", "best": "best.safetensors"}
 
 
 def flatten_state(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -119,6 +123,9 @@ def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:
         "data": learn.dls.state_dict(),
         "callbacks": {f"{i}.{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(learn.cbs)},
         "epoch_loss": {"sum": learn.recorder.loss_sum.detach().cpu(), "batches": learn.recorder.n_seen},
+        # What a run started from this one (`--init RUN`) inherits besides the weights.
+        "vocab": [str(v) for v in learn.dls.vocab],
+        "normalize": learn.dls.normalize.as_dict() if learn.dls.normalize is not None else None,
     }
     if learn.eval_model is not learn.model:  # EMA: the weights that were evaluated, for export
         state["eval_model"] = learn.eval_model.state_dict()
@@ -128,11 +135,9 @@ def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:
 
 
 def restore_learner(learn, state: dict[str, Any]) -> None:
-    """Load a learner_state into `learn`; its next fit call continues from the saved position."""
+    """Load a learner_state into `learn`; its next fit call continues from the saved position (and
+    loads the optimizer state into the optimizer it builds: its groups depend on the fit)."""
     learn.model.load_state_dict(state["model"])
-    if learn.opt is None:
-        learn.opt = learn._make_opt()
-    learn.opt.load_state_dict(state["optimizer"])
     if state["scaler"]:
         learn.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -142,7 +147,7 @@ def restore_learner(learn, state: dict[str, Any]) -> None:
     for i, cb in enumerate(learn.cbs):
         cb.load_state_dict(state["callbacks"].get(f"{i}.{type(cb).__name__}", {}))
     pos = state["position"]
-    learn.resume = ResumePoint(pos["epoch"], pos["batch"])
+    learn.resume = ResumePoint(pos["epoch"], pos["batch"], optimizer=state["optimizer"])
     if pos["batch"] > 0:  # resuming mid-epoch: the epoch's train loss continues its running sum
         learn.resume.loss_sum = state["epoch_loss"]["sum"]
         learn.resume.batches = int(state["epoch_loss"]["batches"])

@@ -24,7 +24,7 @@ from .flags import Range, knob
 from .guards import NaNGuard
 from .losses import CrossEntropy
 from .metrics import accuracy
-from .optim import OptName, make_optimizer, set_hyper
+from .optim import OptName, even_mults, make_optimizer, set_hyper, set_lr_mults, spread_lr
 from .pictures import Pictures
 from .progress import ProgressBar
 from .runtime import AmpMode, CompileMode
@@ -46,6 +46,9 @@ class StepSpec:
 
 
 Metric = Callable[[Tensor, Tensor], Tensor]
+Splitter = Callable[[nn.Module], list[tuple[str, nn.Module]]]  # a model -> its named layer groups
+LearningRate = float | slice  # a slice spreads rates over the layer groups, as fastai's (`optim.spread_lr`)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 class TrainingFailed(RuntimeError):
@@ -60,6 +63,21 @@ class ResumePoint:
     batch: int = 0
     loss_sum: Tensor = field(default_factory=lambda: torch.zeros(()))  # over `batches` batches
     batches: int = 0
+    optimizer: dict | None = None  # a checkpoint's optimizer state, loaded once the fit has built its optimizer
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """fastai's fine_tune in one fit: the body frozen for the first `freeze_epochs` (the head and
+    BatchNorm train, the other groups at a tenth of the head's rate, as fastai's slice(lr)), then
+    the whole model with the head `lr_mult` times faster than the stem."""
+
+    freeze_epochs: int
+    lr_mult: float = 100.0
+
+    def lr_mults(self, frozen: bool, n_groups: int) -> list[float]:
+        """Each layer group's multiple of the head's rate in this phase."""
+        return spread_lr(slice(1.0), n_groups)[1] if frozen else even_mults(1 / self.lr_mult, n_groups)
 
 
 @dataclass
@@ -82,6 +100,7 @@ class FitState:
     last_metrics: dict[str, float] = field(default_factory=dict)  # NaN where this epoch skipped validation
     stop_requested: bool = False
     failure: str | None = None  # why the fit failed (it then raises TrainingFailed)
+    fine_tune: FineTune | None = None  # a fine-tune's phases: frozen, then unfrozen
 
 
 class Learner:
@@ -101,6 +120,9 @@ class Learner:
         compile, compile_mode: torch.compile the training model in this mode (`vivace.runtime.COMPILE_MODES`;
             'reduce-overhead' replays the training forward and backward as CUDA graphs, one per input size).
         valid_every: validate after every N-th epoch and always after the last (0: the last only).
+        splitter: the model's layer groups, input to output (`vivace.models.layer_groups`: an xresnet's
+            stem, body, head), which `freeze` and learning-rate slices act on; None: one group, as
+            fastai's Learner without a splitter (freezing then freezes nothing).
     """
 
     def __init__(self, dls, model: nn.Module, loss_func: nn.Module | Callable | None = None,
@@ -108,22 +130,21 @@ class Learner:
                  cbs: Callback | type | Iterable[Callback | type] | None = None,
                  optimizer: OptName | Callable = "sgd", weight_decay: float = 5e-5, momentum: float = 0.9,
                  channels_last: bool = True, amp: AmpMode = "auto", compile: bool = False,
-                 compile_mode: CompileMode = "default", sync_bn: bool = False, valid_every: int = 1):
+                 compile_mode: CompileMode = "default", sync_bn: bool = False, valid_every: int = 1,
+                 splitter: Splitter | None = None):
         self.dls, self.device = dls, dls.device
         self.model = model.to(self.device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if sync_bn and distributed.is_distributed():
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        # Training steps go through DDP (under torchrun) and torch.compile when asked;
-        # evaluation uses the plain model, whose weights are the same on every rank.
-        self.train_model = distributed.wrap_model(self.model)
+        self.compile, self.compile_mode = compile, compile_mode
+        self.train_model = self._training_model()
         self.eval_model = self.model  # the EMA callback evaluates its average instead
-        if compile:
-            self.train_model = torch.compile(self.train_model, mode=runtime.compile_mode(compile_mode))
         self.loss_func = loss_func if loss_func is not None else CrossEntropy()
         self.metrics = [] if metrics is None else list(metrics) if isinstance(metrics, Sequence) else [metrics]
         self.optimizer, self.weight_decay, self.momentum, self.opt = optimizer, weight_decay, momentum, None
+        self.splitter = splitter
         self.amp_dtype = runtime.autocast_dtype(self.device, amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.is_main = distributed.rank() == 0
@@ -154,46 +175,79 @@ class Learner:
         for cb in cbs if isinstance(cbs, Iterable) else [cbs]:
             self.cbs.append(cb() if isinstance(cb, type) else cb)
 
-    def fit(self, n_epoch: int, lr: float = 1e-3) -> None:
-        """Train `n_epoch` epochs at a constant learning rate."""
-        self._fit(n_epoch, sched.constant(lr), None)
+    def fit(self, n_epoch: int, lr: LearningRate = 1e-3) -> None:
+        """Train `n_epoch` epochs at a constant learning rate (a slice: spread over the layer groups)."""
+        top, mults = self._spread(lr)
+        self._fit(n_epoch, sched.constant(top), None, lr_mults=mults)
 
-    def fit_one_cycle(self, n_epoch: int, lr_max: float = 1e-3, div: float = 25.0, div_final: float = 1e5,
+    def fit_one_cycle(self, n_epoch: int, lr_max: LearningRate = 1e-3, div: float = 25.0, div_final: float = 1e5,
                       pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95)) -> None:
         """fastai's one-cycle: LR warms up then anneals while momentum does the opposite."""
-        self._fit(n_epoch, sched.one_cycle(lr_max, div, div_final, pct_start),
-                  sched.one_cycle_momentum(moms, pct_start))
+        top, mults = self._spread(lr_max)
+        self._fit(n_epoch, sched.one_cycle(top, div, div_final, pct_start), sched.one_cycle_momentum(moms, pct_start),
+                  lr_mults=mults)
 
-    def fit_flat_cos(self, n_epoch: int, lr: float = 1e-3, pct_start: float = 0.75, div_final: float = 1e5) -> None:
+    def fit_flat_cos(self, n_epoch: int, lr: LearningRate = 1e-3, pct_start: float = 0.75,
+                     div_final: float = 1e5) -> None:
         """Flat LR for pct_start of training, then cosine annealing (fastai's Ranger recipe)."""
-        self._fit(n_epoch, sched.flat_cos(lr, pct_start, div_final), None)
+        top, mults = self._spread(lr)
+        self._fit(n_epoch, sched.flat_cos(top, pct_start, div_final), None, lr_mults=mults)
 
     def fit_schedule(self, epochs: int, lr: float, schedule: sched.ScheduleName = "one_cycle",
-                     pct_start: float = 0.25) -> None:
-        """The Recipe's schedule (`ScheduleSpec`): `fit_one_cycle` or `fit_flat_cos`."""
-        if schedule == "flat_cos":
+                     pct_start: float = 0.25, freeze_epochs: int = 0, lr_mult: float = 100.0) -> None:
+        """The Recipe's schedule (`ScheduleSpec`): `fit_one_cycle`, `fit_flat_cos`, or `fine_tune`
+        (when `freeze_epochs` > 0 too), whose frozen epochs count in `epochs`."""
+        if schedule == "fine_tune" or freeze_epochs:
+            self.fine_tune(epochs - freeze_epochs, lr, freeze_epochs, lr_mult, pct_start)
+        elif schedule == "flat_cos":
             self.fit_flat_cos(epochs, lr, pct_start=pct_start)
         else:
             self.fit_one_cycle(epochs, lr, pct_start=pct_start)
 
-    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, pct_start: float = 0.3,
-                  div: float = 5.0) -> None:
-        """fastai's fine_tune: a short warm phase, then one-cycle at base_lr/2.
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100.0,
+                  pct_start: float = 0.3, div: float = 5.0) -> None:
+        """fastai's fine_tune, as one fit of `freeze_epochs + epochs` (one table, one run of checkpoints).
 
-        vivace models train from scratch and have no frozen pretrained body, so the warm phase
-        trains every parameter (as fastai does for a model with a single parameter group).
+        First `freeze_epochs` with the body frozen (`freeze`: the head and BatchNorm train), one-cycle
+        to base_lr with pct_start 0.99; then, the optimizer started afresh (fastai's `unfreeze`), the
+        whole model in one-cycle at base_lr/2 for the head, `lr_mult` times less for the stem and the
+        body between. A resumed fine-tune re-enters the phase of its epoch. Without a `splitter`
+        the model is one group, as in fastai: nothing is frozen and the rate is not spread.
         """
-        if freeze_epochs > 0:
-            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99)
-        self.fit_one_cycle(epochs, base_lr / 2, div=div, pct_start=pct_start)
+        total = freeze_epochs + epochs
+        at = freeze_epochs / total
+        lr = sched.phases(at, sched.one_cycle(base_lr, pct_start=0.99),
+                          sched.one_cycle(base_lr / 2, div, pct_start=pct_start))
+        moms = sched.phases(at, sched.one_cycle_momentum(pct_start=0.99), sched.one_cycle_momentum(pct_start=pct_start))
+        self.opt = None  # fastai's freeze() starts the optimizer afresh too
+        self._fit(total, lr, moms, fine_tune=FineTune(freeze_epochs, lr_mult))
+
+    def layer_groups(self) -> list[tuple[str, nn.Module]]:
+        """The model's named layer groups (`splitter`), input to output; one group without a splitter."""
+        return self.splitter(self.model) if self.splitter else [("model", self.model)]
+
+    def freeze(self) -> None:
+        """Train only the head (and every BatchNorm, as fastai's train_bn); the optimizer starts afresh."""
+        self._set_frozen(True)
+        self.opt = None
+
+    def unfreeze(self) -> None:
+        """Train every layer group again; the optimizer starts afresh (as fastai's)."""
+        self._set_frozen(False)
+        self.opt = None
 
     # -- the loop ------------------------------------------------------------------------
     def _fit(self, n_epochs: int, lr_schedule: sched.Schedule, mom_schedule: sched.Schedule | None,
-             validate: bool = True) -> None:
+             validate: bool = True, lr_mults: list[float] | None = None, fine_tune: FineTune | None = None) -> None:
         if self.opt is None:
             self.opt = self._make_opt()
         start, self.resume = self.resume or ResumePoint(), None
-        self.state = state = FitState(n_epochs, lr_schedule, mom_schedule, size=self.dls.train.size)
+        if start.optimizer is not None:  # a checkpoint's, restored into the optimizer of this fit
+            self.opt.load_state_dict(start.optimizer)
+        if lr_mults is not None:
+            set_lr_mults(self.opt, lr_mults)
+        self.state = state = FitState(n_epochs, lr_schedule, mom_schedule, size=self.dls.train.size,
+                                      fine_tune=fine_tune)
         self._emit("before_fit")
         for state.epoch in range(start.epoch, n_epochs):
             self._train_epoch(start if state.epoch == start.epoch else ResumePoint(state.epoch))
@@ -225,6 +279,8 @@ class Learner:
         state.training, state.start = True, start
         self.dls.train.set_epoch(state.epoch)
         state.n_batches = len(self.dls.train)
+        if state.fine_tune:
+            self._enter_phase(start)
         self._emit("before_epoch")
         # Batches come as cached (uint8 Pictures); the step augments them at its own size.
         for state.iter, (pictures, y) in enumerate(self.dls.train.iter_from(start.batch, raw=True), start.batch):
@@ -264,10 +320,43 @@ class Learner:
         state.lr = state.lr_schedule(state.progress)
         set_hyper(self.opt, state.lr, state.mom_schedule(state.progress) if state.mom_schedule else None)
 
+    def _enter_phase(self, start: ResumePoint) -> None:
+        """A fine-tune's phase at this epoch: the body frozen, or all of it at spread rates."""
+        plan, epoch = self.state.fine_tune, self.state.epoch
+        frozen = epoch < plan.freeze_epochs
+        self._set_frozen(frozen)
+        if epoch == plan.freeze_epochs > 0 and start.batch == 0:
+            self.opt = self._make_opt()  # fastai's unfreeze() starts the optimizer afresh
+        set_lr_mults(self.opt, plan.lr_mults(frozen, len(self.opt.param_groups) // 2))
+
+    def _set_frozen(self, frozen: bool) -> None:
+        """Freeze (or unfreeze) every layer group but the head, BatchNorm layers aside (fastai's
+        train_bn: their statistics and affine weights keep adapting to the new data)."""
+        *body, _ = self.layer_groups()
+        params = [p for _, part in body for m in part.modules() if not isinstance(m, BATCH_NORMS)
+                  for p in m.parameters(recurse=False)]
+        changed = any(p.requires_grad == frozen for p in params)
+        for p in params:
+            p.requires_grad_(not frozen)
+        if changed:  # DDP registers the parameters that need gradients when it wraps the model
+            self.train_model = self._training_model()
+
+    def _training_model(self) -> nn.Module:
+        """What training steps call: the model under DDP (torchrun) and torch.compile when asked.
+        Evaluation uses the plain model, whose weights are the same on every rank."""
+        model = distributed.wrap_model(self.model)
+        return torch.compile(model, mode=runtime.compile_mode(self.compile_mode)) if self.compile else model
+
+    def _spread(self, lr: LearningRate) -> tuple[float, list[float] | None]:
+        """The top rate, and each layer group's multiple of it where `lr` is a slice."""
+        top, mults = spread_lr(lr, len(self.layer_groups()))
+        return top, mults if isinstance(lr, slice) else None
+
     def _make_opt(self):
         if callable(self.optimizer):
             return self.optimizer(self.model, 1e-3)
-        return make_optimizer(self.model, self.optimizer, weight_decay=self.weight_decay, momentum=self.momentum)
+        return make_optimizer(self.model, self.optimizer, weight_decay=self.weight_decay, momentum=self.momentum,
+                              parts=[part for _, part in self.layer_groups()])
 
     def _in_order(self) -> list[Callback]:
         return sorted(self.cbs, key=lambda c: c.order)

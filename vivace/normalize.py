@@ -1,6 +1,7 @@
 """Normalize: per-channel statistics, given (ImageNet's) or computed over training images."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -77,6 +78,24 @@ class Normalize:
     def as_dict(self) -> dict[str, list[float]]:
         """Plain dict for export: {'mean': [...], 'std': [...]}."""
         return {"mean": list(self.mean), "std": list(self.std)}
+
+
+def format_stats(mean: Iterable[float], std: Iterable[float]) -> str:
+    """Statistics as a recipe's `stats` value: "m,m,m/s,s,s" (what `parse_stats` reads)."""
+    return "/".join(",".join(repr(float(v)) for v in values) for values in (mean, std))
+
+
+def parse_stats(text: str) -> tuple[list[float], list[float]]:
+    """The (mean, std) written as "m,m,m/s,s,s"; ValueError saying the form otherwise."""
+    try:
+        mean, std = ([float(v) for v in part.split(",")] for part in text.split("/"))
+        norm = Normalize(mean, std)  # checks equal lengths and std > 0
+    except ValueError as err:
+        raise ValueError(f"stats={text!r} must be imagenet, computed, auto, or statistics written "
+                         f"mean/std as 0.485,0.456,0.406/0.229,0.224,0.225 ({err})") from None
+    if not all(map(math.isfinite, norm.mean + norm.std)):
+        raise ValueError(f"stats={text!r}: every mean and std must be a finite number")
+    return norm.mean, norm.std
 
 
 def compute_stats(batches: Iterable[Tensor]) -> tuple[list[float], list[float]]:

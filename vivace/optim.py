@@ -1,8 +1,9 @@
-"""Optimizers with decoupled weight decay, never on BatchNorm weights or biases."""
+"""Optimizers with decoupled weight decay, never on BatchNorm weights or biases, and discriminative
+learning rates: each parameter group carries an `lr_mult`, its rate a multiple of the schedule's."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -12,12 +13,19 @@ from .flags import Range, knob
 OptName = Literal["sgd", "adamw", "ranger"]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: matrices and conv kernels decay; 1-D params (BN, biases) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, parts: Sequence[nn.Module] = ()) -> list[dict]:
+    """Two groups: matrices and conv kernels decay; 1-D params (BN, biases) do not. With `parts`
+    (the model's layer groups: stem, body, head), two such groups for each, for discriminative rates.
+
+    Frozen parameters stay in their group: they get no gradient, so the optimizer skips them, and
+    the groups are the same frozen or not (a checkpoint restores into either phase of a fine-tune).
+    """
+    groups = []
+    for part in parts or [model]:
+        params = list(part.parameters())
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay, "lr_mult": 1.0},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr_mult": 1.0}]
+    return groups
 
 
 class Lookahead:
@@ -73,14 +81,14 @@ class OptimizerSpec:
 
 
 def make_optimizer(model: nn.Module, optimizer: OptName = "sgd", lr: float = 1e-3, weight_decay: float = 5e-5,
-                   momentum: float = 0.9, foreach: bool | None = None,
-                   fused: bool | None = None) -> torch.optim.Optimizer:
-    """Build the `optimizer` named over `param_groups(model, weight_decay)`.
+                   momentum: float = 0.9, foreach: bool | None = None, fused: bool | None = None,
+                   parts: Sequence[nn.Module] = ()) -> torch.optim.Optimizer:
+    """Build the `optimizer` named over `param_groups(model, weight_decay, parts)`.
 
     `foreach` and `fused` pick torch's implementation (None: torch's choice, foreach on CUDA);
     fused (one kernel for all parameters) exists for sgd and adamw, not for Ranger's RAdam.
     """
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, parts)
     if optimizer == "sgd":
         # SGD's weight_decay is L2, which with plain SGD equals decoupled decay scaled by lr.
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, foreach=foreach, fused=fused)
@@ -96,12 +104,40 @@ def make_optimizer(model: nn.Module, optimizer: OptName = "sgd", lr: float = 1e-
 
 
 def set_hyper(opt: torch.optim.Optimizer, lr: float, momentum: float | None) -> None:
-    """Set the LR (and momentum, or Adam's beta1) of every group."""
+    """Set every group's LR (`lr` times the group's `lr_mult`) and momentum (or Adam's beta1)."""
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_mult", 1.0)
         if momentum is None:
             continue
         if "betas" in group:
             group["betas"] = (momentum, group["betas"][1])
         elif "momentum" in group:
             group["momentum"] = momentum
+
+
+def set_lr_mults(opt: torch.optim.Optimizer, mults: Sequence[float]) -> None:
+    """Give the groups of layer group i (two each: `param_groups`) the rate multiple mults[i]."""
+    if len(opt.param_groups) != 2 * len(mults):
+        raise ValueError(f"{len(mults)} learning rates for {len(opt.param_groups) // 2} layer groups")
+    for i, group in enumerate(opt.param_groups):
+        group["lr_mult"] = float(mults[i // 2])
+
+
+def even_mults(low: float, n: int) -> list[float]:
+    """n multiples spaced evenly on a log scale from `low` to 1 (fastai's `even_mults`, as a fraction of the top)."""
+    if n == 1:
+        return [1.0]
+    return [low ** (1 - i / (n - 1)) for i in range(n)]
+
+
+def spread_lr(lr: float | slice, n_groups: int) -> tuple[float, list[float]]:
+    """fastai's learning rates per layer group: the top rate and each group's multiple of it.
+
+    A number: every group at it. slice(hi): the last group at hi, the others at hi/10.
+    slice(lo, hi): from lo (the first group) to hi (the last), evenly on a log scale.
+    """
+    if not isinstance(lr, slice):
+        return float(lr), [1.0] * n_groups
+    if lr.start is None:
+        return float(lr.stop), [0.1] * (n_groups - 1) + [1.0]
+    return float(lr.stop), even_mults(lr.start / lr.stop, n_groups)

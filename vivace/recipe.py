@@ -6,6 +6,7 @@ function that uses them, under the same names, so a field reaches its use unrena
     DataSpec      -> make_dataloaders(**recipe.kwargs(DataSpec), augment=...)   vivace/data
     AugmentSpec   -> TrainAugment(size_px, **...)                                vivace/augment.py
     ModelSpec     -> create_model(**...)                                         vivace/models
+    InitSpec      -> start_from(model, **..., vocab=)                            vivace/transfer.py
     OptimizerSpec -> Learner(..., **...) -> make_optimizer                       vivace/optim.py
     StepSpec      -> Learner(..., **...)                                         vivace/learner.py
     ScheduleSpec  -> learn.fit_schedule(**...)                                   vivace/schedule.py
@@ -31,16 +32,18 @@ from typing import Any, Literal
 import torch
 
 from .augment import AugmentSpec
-from .data import DataSpec, eval_batch_size
+from .data import STATS_NAMES, DataSpec, eval_batch_size
 from .flags import Range, check_fields, knob
 from .learner import StepSpec
 from .losses import LossSpec
 from .metrics import MetricSpec
-from .models import MODELS, ModelSpec
-from .optim import OptimizerSpec
+from .models import MODELS, ModelSpec, create_model, layer_groups
+from .normalize import parse_stats
+from .optim import OptimizerSpec, even_mults, spread_lr
 from .runtime import autocast_dtype
 from .schedule import ScheduleSpec
 from .techniques import TechniqueSpec
+from .transfer import InitSpec, inherited_stats
 from .views import resolve_valid_view
 
 LrScaling = Literal["auto", "linear", "sqrt", "off"]
@@ -59,13 +62,13 @@ class ScalingSpec:
 
 # The specs in data-flow order. A dataclass takes the fields of its *last* base first, so
 # Recipe lists its bases in reverse to keep --help and config.json in this order.
-SPECS = (DataSpec, AugmentSpec, ModelSpec, OptimizerSpec, StepSpec, ScheduleSpec, LossSpec, MetricSpec,
+SPECS = (DataSpec, AugmentSpec, ModelSpec, InitSpec, OptimizerSpec, StepSpec, ScheduleSpec, LossSpec, MetricSpec,
          TechniqueSpec, ScalingSpec)
 
 
 @dataclass
-class Recipe(ScalingSpec, TechniqueSpec, MetricSpec, LossSpec, ScheduleSpec, StepSpec, OptimizerSpec, ModelSpec,
-             AugmentSpec, DataSpec):
+class Recipe(ScalingSpec, TechniqueSpec, MetricSpec, LossSpec, ScheduleSpec, StepSpec, OptimizerSpec, InitSpec,
+             ModelSpec, AugmentSpec, DataSpec):
     """Everything that decides what a run trains; `vivace train --help` lists each field."""
 
     seed: int = knob(42, "random seed: initial weights, shuffling, augmentation, mixing")
@@ -92,6 +95,11 @@ class Recipe(ScalingSpec, TechniqueSpec, MetricSpec, LossSpec, ScheduleSpec, Ste
             raise ValueError("fn_col, label_col, valid_col and label_delim read a label table: pass it with --csv")
         if "/" in self.valid_name or self.valid_name in (".", ".."):
             raise ValueError(f"valid_name={self.valid_name!r} must be a folder name (like val or test), not a path")
+        if self.stats not in STATS_NAMES:
+            parse_stats(self.stats)  # given as mean/std: ValueError saying the form if not
+        if self.freeze_epochs > self.epochs:
+            raise ValueError(f"freeze_epochs={self.freeze_epochs} must be <= epochs={self.epochs}: the frozen epochs "
+                             "are the first of the run's epochs")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,12 +269,20 @@ def scaled_lr(lr: float, batch_ratio: float, rule: str) -> float:
 
 
 def resolve(recipe: Recipe, device: torch.device) -> Recipe:
-    """The recipe as it runs: the device's batch and lr (`for_device`) and the validation view
-    as `make_dataloaders` resolves it (no `auto`, no 0 for the view, its crop or its size)."""
+    """The recipe as it runs: the device's batch and lr (`for_device`), the validation view as
+    `make_dataloaders` resolves it (no `auto`, no 0 for the view, its crop or its size), where it
+    starts (`init` as an absolute path; `stats=auto`: the --init model's statistics, else
+    imagenet), and `fine_tune` as the schedule of a run with frozen epochs."""
     recipe = for_device(recipe, device)
     valid_size_px = recipe.valid_size_px or recipe.size_px
     view, crop = resolve_valid_view(recipe.valid_view, recipe.valid_crop, valid_size_px, recipe.train_crop)
-    return replace(recipe, valid_view=view, valid_crop=crop, valid_size_px=valid_size_px)
+    init = str(Path(recipe.init).resolve()) if recipe.init else ""
+    stats = recipe.stats
+    if stats == "auto":
+        stats = inherited_stats(init, recipe.init_weights) if init else "imagenet"
+    schedule = "fine_tune" if recipe.freeze_epochs else recipe.schedule
+    return replace(recipe, valid_view=view, valid_crop=crop, valid_size_px=valid_size_px, init=init, stats=stats,
+                   schedule=schedule)
 
 
 def describe(asked: Recipe, resolved: Recipe, device: torch.device, preset: str = "", world_size: int = 1) -> str:
@@ -279,13 +295,34 @@ def describe(asked: Recipe, resolved: Recipe, device: torch.device, preset: str 
         lines.append(f"\n[{spec.__name__.removesuffix('Spec').lower()}]")
         lines += [_line(f.name, getattr(asked, f.name), getattr(resolved, f.name)) for f in dataclasses.fields(spec)]
     lines += ["", _line("seed", asked.seed, resolved.seed)]
-    notes = _device_notes(resolved, device, world_size)
+    notes = _device_notes(resolved, device, world_size) + fine_tune_rates(resolved)
     return "\n".join(lines + [""] + [f"# {note}" for note in notes]) + "\n"
 
 
 def _line(name: str, asked: Any, used: Any) -> str:
     text = f"{name} = {json.dumps(used)}"
     return text if asked == used else f"{text}  # asked: {json.dumps(asked)}"
+
+
+def fine_tune_rates(recipe: Recipe) -> list[str]:
+    """A fine-tune's parameter groups and the peak rate of each, frozen and after unfreezing."""
+    if not recipe.fine_tunes:
+        return []
+    with torch.device("meta"):  # the model's layout, without allocating its weights
+        groups = [name for name, _ in layer_groups(create_model(recipe.arch, n_out=1))]
+    frozen = spread_lr(slice(recipe.lr), len(groups))[1]
+    unfrozen = even_mults(1 / recipe.lr_mult, len(groups))
+    lines = [f"fine_tune: parameter groups {', '.join(groups)} (vivace.models.layer_groups)"]
+    if recipe.freeze_epochs:
+        lines.append(f"  {_epochs(1, recipe.freeze_epochs)}, frozen (only the head and BatchNorm train): peak lr "
+                     + ", ".join(f"{name} {recipe.lr * m:.3g}" for name, m in zip(groups, frozen)))
+    lines.append(f"  {_epochs(recipe.freeze_epochs + 1, recipe.epochs)}, unfrozen (optimizer started afresh): peak lr "
+                 + ", ".join(f"{name} {recipe.lr / 2 * m:.3g}" for name, m in zip(groups, unfrozen)))
+    return lines
+
+
+def _epochs(first: int, last: int) -> str:
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
 def _device_notes(recipe: Recipe, device: torch.device, world_size: int) -> list[str]:

@@ -6,10 +6,10 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .build import build_dataloaders, build_learner
-from .checkpoint import load_checkpoint
+from .checkpoint import WEIGHT_FILES, WeightsChoice, load_checkpoint
 from .data import data_source
 from .data.datasets import DATASETS
 from .files import ensure_writable_folder
@@ -17,6 +17,7 @@ from .learner import Learner
 from .recipe import Recipe, load_recipe
 from .records import write_json
 from .runtime import configure_process
+from .transfer import read_source
 
 # The files that make a folder a run: replacing them loses the run, keeping some mixes two runs.
 RUN_RECORDS = ("config.json", "recipe.txt", "log.csv", "summary.json", "last.safetensors", "best.safetensors")
@@ -40,6 +41,8 @@ def check_before_start(recipe: Recipe, out: Path, runs: int = 1, resume: bool = 
             warnings.simplefilter("ignore")
             data_source(recipe.data, recipe.valid_name, recipe.labels, recipe.fn_col, recipe.label_col,
                         recipe.valid_col, recipe.label_delim)
+    if recipe.init:  # readable, and of a kind vivace reads (its tensors are checked when loaded)
+        read_source(recipe.init, recipe.init_weights)
     ensure_writable_folder(out, f"--out {out}")
     found = existing_records(out, runs)
     if found and not (resume or overwrite):
@@ -79,10 +82,6 @@ def kept_checkpoint(out: Path) -> str:
     return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
 
 
-WeightsChoice = Literal["final", "best"]
-# Which checkpoint file holds each choice (CheckpointSaver): `last` is rewritten after every epoch,
-# so at the end of the fit it holds the final weights; `best` the epoch with the best accuracy.
-WEIGHT_FILES: dict[str, str] = {"final": "last.safetensors", "best": "best.safetensors"}
 
 
 @dataclass(frozen=True)

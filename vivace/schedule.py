@@ -8,7 +8,7 @@ from typing import Callable, Literal
 from .flags import Range, knob
 
 Schedule = Callable[[float], float]
-ScheduleName = Literal["one_cycle", "flat_cos"]
+ScheduleName = Literal["one_cycle", "flat_cos", "fine_tune"]
 
 
 @dataclass
@@ -17,9 +17,19 @@ class ScheduleSpec:
 
     epochs: int = knob(5, "training epochs", range=Range(1))
     lr: float = knob(3e-3, "peak learning rate for the global batch", range=Range(0.0, 10.0, low_open=True))
-    schedule: ScheduleName = knob("one_cycle", "one_cycle or flat_cos")
-    pct_start: float = knob(0.25, "fraction of training spent warming up (one_cycle) or flat (flat_cos)",
-                            range=Range(0.0, 1.0))
+    schedule: ScheduleName = knob("one_cycle", "one_cycle, flat_cos, or fine_tune (fastai's: --freeze-epochs with "
+                                               "the body frozen at lr, then one-cycle at lr/2 spread by --lr-mult)")
+    pct_start: float = knob(0.25, "fraction of training spent warming up (one_cycle, fine_tune after unfreezing) "
+                                  "or flat (flat_cos)", range=Range(0.0, 1.0))
+    freeze_epochs: int = knob(0, "fine-tune: the first N of --epochs train the head (and BatchNorm) only; "
+                                 "N > 0 implies --schedule fine_tune", range=Range(0))
+    lr_mult: float = knob(100.0, "fine-tune: the head's rate over the stem's after unfreezing (fastai's "
+                                 "slice(lr/100, lr)); the body's between, on a log scale", range=Range(1.0))
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether `Learner.fit_schedule` runs `fine_tune`: its model needs its layer groups."""
+        return self.schedule == "fine_tune" or self.freeze_epochs > 0
 
 
 def cos_anneal(start: float, end: float, p: float) -> float:
@@ -49,6 +59,13 @@ def one_cycle_momentum(moms: tuple[float, float, float] = (0.95, 0.85, 0.95), pc
 def flat_cos(lr: float, pct_start: float = 0.75, div_final: float = 1e5) -> Schedule:
     """Flat at `lr` for pct_start of training, then cosine down to lr/div_final."""
     return combined_cos(pct_start, lr, lr, lr / div_final)
+
+
+def phases(at: float, first: Schedule, second: Schedule) -> Schedule:
+    """`first` over progress [0, at), then `second`, each run over its own [0, 1]."""
+    def schedule(p: float) -> float:
+        return first(p / at) if p < at else second((p - at) / (1 - at) if at < 1 else 1.0)
+    return schedule
 
 
 def constant(value: float) -> Schedule:

@@ -15,6 +15,7 @@ from .distributed import World
 from .learner import TrainingFailed
 from .recipe import Recipe, TrainOptions, describe, resolve, scaling_rule
 from .schedule import ScheduleSpec
+from .transfer import InitSpec, start_from
 from .records import write_json
 from .runs import (check_before_start, default_out, delete_records, kept_checkpoint, load_run, nothing_to_resume,
                    start_run_folder)
@@ -58,6 +59,8 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
     if options.resume and checkpoint.is_file():
         restore_learner(learn, load_checkpoint(checkpoint, learn.device))
         learn.log(f"resuming {out} at epoch {learn.resume.epoch}, batch {learn.resume.batch}")
+    elif recipe.init:  # a resumed run has its weights from its checkpoint
+        learn.log(start_from(learn.model, **recipe.kwargs(InitSpec), vocab=dls.vocab))
     start = time.perf_counter()
     try:
         learn.fit_schedule(**recipe.kwargs(ScheduleSpec))

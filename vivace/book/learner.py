@@ -58,19 +58,6 @@ class Learner(learner.Learner):
         config = getattr(self.model, "config", None)
         return config["n_out"] if isinstance(config, dict) and "n_out" in config else len(self.dls.vocab)
 
-    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
-                  pct_start: float = 0.3, div: float = 5.0) -> None:
-        """fastai's fine_tune; its freeze() and unfreeze() clear the optimizer state: both phases start fresh.
-
-        `lr_mult` spreads learning rates over parameter groups; vivace models have one group
-        (as a from-scratch xresnet has in fastai), so it changes nothing.
-        """
-        if freeze_epochs > 0:
-            self.opt = None  # a fresh optimizer: fastai's freeze() clears its state
-            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99)
-        self.opt = None  # ... and so does unfreeze()
-        self.fit_one_cycle(epochs, base_lr / 2, div=div, pct_start=pct_start)
-
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> SuggestedLRs:
         """vivace's LR sweep; `.valley` is fastai's suggestion (and vivace's `suggestion`)."""
         found = lr_find(self, start_lr, end_lr, num_it)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..augment import TrainAugment
 from ..flags import Range, knob
-from ..normalize import Normalize, compute_stats, imagenet_stats
+from ..normalize import Normalize, compute_stats, imagenet_stats, parse_stats
 from ..views import ValidResize, ValidView, resolve_valid_view
 from .cache import MAX_ASPECT, ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
@@ -23,7 +23,7 @@ from .table import table_source
 from .eval_view import EvalView
 
 STATS_SAMPLE = 1024  # training images used to compute normalization statistics
-Stats = Literal["imagenet", "computed"]
+STATS_NAMES = ("auto", "imagenet", "computed")
 
 
 @dataclass
@@ -102,7 +102,8 @@ class DataSpec:
     valid_batch_size: int = knob(0, "evaluation batch size; 0 = 128 on a CPU, twice the training batch (at least "
                                     "128) on CUDA", aliases=("valid_bs",), range=Range(0))
     normalize: bool = knob(True, "normalize inputs by channel statistics")
-    stats: Stats = knob("imagenet", "imagenet, or computed (from a sample of the training set)")
+    stats: str = knob("auto", "imagenet; computed (from a sample of the training set); given as mean/std "
+                              "(0.5,0.5,0.5/0.25,0.25,0.25); auto: the --init model's, else imagenet")
     data_on_device: DataOnDevice = knob("auto", "keep the cache in device memory: auto (a CUDA device it "
                                                 "fits on), on, off")
 
@@ -110,7 +111,7 @@ class DataSpec:
 def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 128, presize_px: int = 160,
                      max_aspect: float = MAX_ASPECT, valid_size_px: int = 0, valid_crop: float = 1.0,
                      valid_view: ValidView = "auto", batch_size: int = 64, valid_batch_size: int = 0,
-                     normalize: bool = True, stats: Stats | tuple = "imagenet", data_on_device: DataOnDevice = "auto",
+                     normalize: bool = True, stats: str | tuple = "auto", data_on_device: DataOnDevice = "auto",
                      valid_name: str = "", labels: str | Path | Any = "", fn_col: str = "", label_col: str = "",
                      valid_col: str = "", label_delim: str = "", multi_label: bool = False,
                      augment: dict[str, Any] | None = None, seed: int = 42,
@@ -130,7 +131,8 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
             auto = the training crop's view, valid_crop 0 = fastai's fraction for it).
         valid_batch_size: 0 = `eval_batch_size(batch_size, device)`.
         augment: keyword arguments for TrainAugment (`AugmentSpec`'s fields, ratio, ...).
-        stats: 'imagenet', 'computed' (from a sample of the training set) or a (mean, std) pair.
+        stats: 'imagenet' (or 'auto': the Recipe resolves it to an --init model's), 'computed' (from a
+            sample of the training set), or given: a (mean, std) pair or "m,m,m/s,s,s".
         data_on_device: 'auto' (on a CUDA device when the cache fits), 'on' or 'off': batches are
             gathered from a copy of the cache in device memory instead of prefetched from the host
             (`vivace.data.resident`); the batches are the same.
@@ -204,11 +206,11 @@ def _make_normalize(normalize: bool, stats: str | tuple, cache: ImageCache, trai
                     size: int, device: torch.device) -> Normalize | None:
     if not normalize:
         return None
-    if stats == "imagenet":
+    if stats in ("auto", "imagenet"):
         return Normalize.from_stats(*imagenet_stats)
     if stats == "computed":
         return Normalize(*sample_stats(cache, train_idx, size, device))
-    mean, std = stats
+    mean, std = parse_stats(stats) if isinstance(stats, str) else stats
     return Normalize(mean, std)
 
 

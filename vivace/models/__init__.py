@@ -9,7 +9,7 @@ from torch import nn
 from vivace.flags import Range, knob
 from vivace.models.layers import (BlurPool2d, Conv2d, ConvLayer, MaxBlurPool2d, Mish, SimpleSelfAttention,
                                   SqueezeExcite, act_layer)
-from vivace.models.xresnet import (ResBlock, XResNet, count_macs, count_params, init_cnn,
+from vivace.models.xresnet import (ResBlock, XResNet, arch_label, count_macs, count_params, init_cnn,
                                    xresnet18, xresnet34, xresnet50, xresnet101, xresnet152, xse_resnext50)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -44,8 +44,14 @@ def create_model(arch: str, **kwargs: Any) -> nn.Module:
     return MODELS[arch](**kwargs)
 
 
+def layer_groups(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's parts, input to output, that train at their own rate (fine-tuning): an XResNet's
+    stem, body and head; one group for any other model."""
+    return model.layer_groups() if isinstance(model, XResNet) else [("model", model)]
+
+
 __all__ = [
-    "MODELS", "ModelSpec", "create_model", "XResNet", "ResBlock", "init_cnn", "count_macs", "count_params",
+    "MODELS", "ModelSpec", "create_model", "layer_groups", "arch_label", "XResNet", "ResBlock", "init_cnn", "count_macs", "count_params",
     "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152", "xse_resnext50",
     "Conv2d", "ConvLayer", "Mish", "SimpleSelfAttention", "SqueezeExcite", "BlurPool2d", "MaxBlurPool2d",
     "act_layer",

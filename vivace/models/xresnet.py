@@ -135,6 +135,11 @@ class XResNet(nn.Sequential):
             return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
         return super().__getitem__(idx)
 
+    def layer_groups(self) -> list[tuple[str, nn.Module]]:
+        """fastai's split of an xresnet for discriminative learning rates and freezing: the stem's
+        three convolutions, the body (max-pool and the four stages), the head (pool to linear)."""
+        return [("stem", self[:3]), ("body", self[3:-4]), ("head", self[-4:])]
+
     @staticmethod
     def _make_stage(expansion: int, ni: int, nf: int, n_blocks: int, stride: int, sa: bool,
                     **block: Any) -> nn.Sequential:
@@ -174,6 +179,14 @@ def xse_resnext50(**kwargs: Any) -> XResNet:
     """xse_resnext50: SE-ResNeXt-50 32x4d on the xresnet stem and shortcuts (fastai's leaderboard
     model of Jan 2020); kwargs go to `XResNet`."""
     return XResNet(4, [3, 4, 6, 3], **{"groups": 32, "base_width": 4, "reduction": 16, **kwargs})
+
+
+def arch_label(config: dict[str, Any]) -> str:
+    """A short name for an XResNet config (`model.config`): "xresnet50", "xse_resnext50"."""
+    layers, expansion = config.get("layers", []), config.get("expansion", 1)
+    depth = 2 + sum(layers) * (2 if expansion == 1 else 3)  # convs per block, plus stem and head
+    grouped = config.get("groups", 1) > 1 or config.get("reduction", 0) > 0
+    return f"{'xse_resnext' if grouped else 'xresnet'}{depth}"
 
 
 def count_params(model: nn.Module) -> int:
