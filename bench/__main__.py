@@ -23,6 +23,7 @@ BENCHMARKS = {
     "peer_fastai": "peer_fastai",
     "peer_timm": "peer_timm",
     "peer_fastai_accuracy": "peer_fastai_accuracy",
+    "transfer": "transfer",
 }
 
 

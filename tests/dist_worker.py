@@ -59,8 +59,10 @@ if __name__ == "__main__":
     if os.environ.get("STALL_RANK"):
         sys.exit(stall_or_train(data, base / "out0", os.environ["STALL_RANK"]))
     world = distributed.init_distributed()
+    # FINE_TUNE_FROM: start from that run's weights, one epoch frozen (the ranks re-wrap DDP on unfreezing).
+    init = dict(init=os.environ["FINE_TUNE_FROM"], freeze_epochs=1) if os.environ.get("FINE_TUNE_FROM") else {}
     recipe = make_recipe(data=data, arch="xresnet18", widen=0.25, size=16, presize=24, epochs=2, bs=8,
-                         valid_bs=5, lr=1e-2)
+                         valid_bs=5, lr=1e-2, **init)
     # One --out per rank here (the same path in real use) so the test can see who wrote what.
     cbs = [ShardSpy(dump)]
     if os.environ.get("DIE_RANK") == str(world.rank):

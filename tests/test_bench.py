@@ -161,3 +161,24 @@ def test_noisy_label_runs_get_their_own_key(tmp_path):
                         valid_col="is_valid")
     assert summarize([read_run(run)]) == {"noisy5_speedrun_accuracy_mean": 0.86, "noisy5_speedrun_runs": [0.86],
                                           "noisy5_speedrun_minutes_to_85": 65.0}  # _finished_run: the speedrun
+
+
+@pytest.mark.slow
+def test_transfer_at_toy_size_trains_every_arm_and_records_nothing(tiny_folder, tmp_path):
+    import shutil
+    before = RESULTS.read_text()
+    data = tmp_path / "four"  # two classes a half: the tiny folder and a copy of its red as "white"
+    shutil.copytree(tiny_folder, data)
+    for split in ("train", "val"):
+        shutil.copytree(data / split / "red", data / split / "white")
+    toy = ["arch=xresnet18", "widen=0.25", "size_px=32", "presize_px=40", "valid_size_px=32", "batch_size=4"]
+    out = run_bench("transfer", "--data", str(data), "--epochs", "1", "2", "--source-epochs", "1",
+                    "--init-arch", "xresnet18", "--out", str(tmp_path), "--set", *toy)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| fine_tune_progressive |" in out.stdout and "loading xresnet18's weights" in out.stdout
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(figures) >= {"transfer_scratch_1ep", "transfer_fine_tune_2ep", "transfer_fine_tune_progressive_2ep"}
+    assert ",red," in (tmp_path / "halves" / "second.csv").read_text()  # blue, green | red, white
+    assert ",red," not in (tmp_path / "halves" / "first.csv").read_text()
+    assert json.loads((tmp_path / "fine_tune-2ep" / "config.json").read_text())["freeze_epochs"] == 1
+    assert RESULTS.read_text() == before

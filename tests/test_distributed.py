@@ -89,3 +89,14 @@ def test_only_rank0_wrote_files_and_printed(two_ranks):
     assert not (base / "out1").exists()
     assert result.stdout.count("train_loss") == 1  # one table header: rank 0 only
     assert result.stdout.count("split: train/ (24 images) and val/ (12 images)") == 1
+
+
+def test_a_fine_tune_from_a_run_trains_the_same_weights_on_every_rank(two_ranks, tmp_path, tiny_folder):
+    source = two_ranks[0] / "out0"  # a finished run: its weights and classes
+    result = launch(tmp_path, tiny_folder, FINE_TUNE_FROM=str(source))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count(f"init: {source} (xresnet18, 3 classes) -> head kept (same classes)") == 1
+    w0, w1 = load_file(str(tmp_path / "weights0.safetensors")), load_file(str(tmp_path / "weights1.safetensors"))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    start = load_run(source).model.state_dict()
+    assert any(not torch.equal(w0[k], start[k].contiguous()) for k in w0)  # it trained

@@ -166,7 +166,7 @@ def _state_dict_file(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+        if "unsupported global" in str(err).lower():  # a class or function: code a load would run
             raise ValueError(f"--init {path} holds pickled Python objects besides tensors; vivace loads weights "
                              "with weights_only=True and never runs a file's code: save model.state_dict(), or "
                              "convert the file to safetensors") from None

@@ -15,7 +15,7 @@ from .data import (CategoryBlock, DataBlock, GrandparentSplitter, ImageBlock, Mu
                    URLs, get_image_files, get_image_files_sorted, parent_label, untar_data)
 from .inference import load_learner
 from .interpret import ClassificationInterpretation
-from .learner import CrossEntropyLossFlat, Learner, MixUp, SuggestedLRs
+from .learner import CrossEntropyLossFlat, Learner, MixUp, SuggestedLRs, cnn_learner, vision_learner
 from .tables import ColReader, ColSplitter, ImageDataLoaders
 from .transforms import Normalize, Resize, aug_transforms
 from .vision import PILImage, plt, show_image, tensor
@@ -29,7 +29,7 @@ __all__ = [
     # models
     "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152",
     # training
-    "Learner", "CrossEntropyLossFlat", "LabelSmoothingCrossEntropy", "Mixup", "MixUp", "CutMix",
+    "Learner", "vision_learner", "cnn_learner", "CrossEntropyLossFlat", "LabelSmoothingCrossEntropy", "Mixup", "MixUp", "CutMix",
     "accuracy", "error_rate", "SuggestedLRs",
     # inference and interpretation
     "load_learner", "ClassificationInterpretation",

@@ -57,6 +57,10 @@ class DataLoaders:
         return EvalView(resize.size, resize.crop, resize.square, self.cache.presize, self.cache.max_aspect,
                         self.normalize)
 
+    def set_normalize(self, normalize: Normalize | None) -> None:
+        """Normalize both loaders' batches with `normalize` from now on (None: pixels in [0, 1])."""
+        self.normalize = self.train.transform.normalize = self.valid.transform.normalize = normalize
+
     def one_batch(self) -> tuple[Tensor, Tensor]:
         """The first augmented training batch: x (B, 3, S, S) float, y (B,)."""
         return next(iter(self.train))
