@@ -131,3 +131,26 @@ def make_multi_label_folder(root: Path, n_train: int = 12, n_valid: int = 6, see
 @pytest.fixture(scope="session")
 def multi_label_folder(tmp_path_factory) -> Path:
     return make_multi_label_folder(tmp_path_factory.mktemp("multi"), n_train=60, n_valid=24)
+
+
+def train_in_subprocess(recipe: dict, options: dict, kill_at: tuple[int, int] | None = None):
+    """`train(make_recipe(**recipe), TrainOptions(**options))` in a fresh process; SIGKILLed after
+    (epoch, batch) when `kill_at` is given. Returns the CompletedProcess."""
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent(f"""
+        import os, signal
+        from vivace.callbacks import Callback
+        from vivace.recipe import TrainOptions, make_recipe
+        from vivace.train import train
+
+        class KillAt(Callback):
+            order = 100  # after the checkpoint saver
+            def after_batch(self, learn):
+                if (learn.state.epoch, learn.state.iter) == {kill_at!r}:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        train(make_recipe(**{recipe!r}), TrainOptions(**{options!r}), cbs=[KillAt()])
+    """)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -1,11 +1,9 @@
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
+from conftest import train_in_subprocess
 from vivace.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 
 TINY = dict(arch="xresnet18", widen=0.25, size=16, presize=24, epochs=3, bs=4, valid_bs=8, lr=1e-2,
@@ -39,24 +37,9 @@ def test_foreign_and_missing_files(tmp_path):
 
 
 def run_training(tmp_path, folder, out, kill_at=None, resume=False, every=0.0):
-    """Train in a fresh process; optionally SIGKILL it after (epoch, batch)."""
-    recipe = {**TINY, "data": str(folder)}
+    """Train TINY in a fresh process; optionally SIGKILL it after (epoch, batch)."""
     options = {"workers": 1, "out": str(out), "resume": resume, "checkpoint_every_min": every}
-    script = textwrap.dedent(f"""
-        import os, signal
-        from vivace.callbacks import Callback
-        from vivace.recipe import TrainOptions, make_recipe
-        from vivace.train import train
-
-        class KillAt(Callback):
-            order = 100  # after the checkpoint saver
-            def after_batch(self, learn):
-                if (learn.state.epoch, learn.state.iter) == {kill_at!r}:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        train(make_recipe(**{recipe!r}), TrainOptions(**{options!r}), cbs=[KillAt()])
-    """)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    return train_in_subprocess({**TINY, "data": str(folder)}, options, kill_at)
 
 
 @pytest.mark.slow

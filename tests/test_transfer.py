@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import textwrap
 from functools import partial
 from pathlib import Path
 
@@ -15,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from conftest import CLASSES, tiny_dataloaders
+from conftest import CLASSES, tiny_dataloaders, train_in_subprocess
 from vivace.callbacks import Callback
 from vivace.export import export_learner, read_bundle
 from vivace.learner import BATCH_NORMS, Learner
@@ -255,21 +252,7 @@ def run_fine_tune(folder: Path, init: Path, out: Path, kill_at=None, resume: boo
     """A 3-epoch fine-tune (1 frozen) in a fresh process; optionally SIGKILLed after (epoch, batch)."""
     recipe = {**TINY_RECIPE, "epochs": 3, "freeze_epochs": 1, "data": str(folder), "init": str(init)}
     options = {"workers": 1, "out": str(out), "resume": resume, "checkpoint_every_min": every}
-    script = textwrap.dedent(f"""
-        import os, signal
-        from vivace.callbacks import Callback
-        from vivace.recipe import TrainOptions, make_recipe
-        from vivace.train import train
-
-        class KillAt(Callback):
-            order = 100  # after the checkpoint saver
-            def after_batch(self, learn):
-                if (learn.state.epoch, learn.state.iter) == {kill_at!r}:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        train(make_recipe(**{recipe!r}), TrainOptions(**{options!r}), cbs=[KillAt()])
-    """)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    return train_in_subprocess(recipe, options, kill_at)
 
 
 @pytest.mark.slow
