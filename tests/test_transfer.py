@@ -292,3 +292,10 @@ def test_cli_fine_tunes_a_run_on_other_classes_then_exports_and_predicts(source,
     image = next((wordnet_folder / "val").glob("*/*.png"))
     assert main(["predict", str(bundle), str(image)]) == 0
     assert any(wnid in capsys.readouterr().out for wnid in ("n01440764", "n02102040", "n02979186", "tench"))
+
+
+def test_a_body_without_a_head_loads_and_gets_a_new_head(source, tmp_path):
+    body = {k: v for k, v in torch.load(source["pt"], weights_only=True).items() if not k.startswith("11.")}
+    save_file(body, str(tmp_path / "body.safetensors"))
+    note = start_from(small_model(), str(tmp_path / "body.safetensors"), "final", CLASSES_SORTED)
+    assert note.endswith("-> head new (the file has none), 3 classes")

@@ -325,7 +325,7 @@ class Learner:
         plan, epoch = self.state.fine_tune, self.state.epoch
         frozen = epoch < plan.freeze_epochs
         self._set_frozen(frozen)
-        if epoch == plan.freeze_epochs > 0 and start.batch == 0:
+        if plan.freeze_epochs > 0 and epoch == plan.freeze_epochs and start.batch == 0:
             self.opt = self._make_opt()  # fastai's unfreeze() starts the optimizer afresh
         set_lr_mults(self.opt, plan.lr_mults(frozen, len(self.opt.param_groups) // 2))
 

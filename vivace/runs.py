@@ -41,7 +41,8 @@ def check_before_start(recipe: Recipe, out: Path, runs: int = 1, resume: bool = 
             warnings.simplefilter("ignore")
             data_source(recipe.data, recipe.valid_name, recipe.labels, recipe.fn_col, recipe.label_col,
                         recipe.valid_col, recipe.label_delim)
-    if recipe.init:  # readable, and of a kind vivace reads (its tensors are checked when loaded)
+    resumes = resume and (out / "last.safetensors").is_file()
+    if recipe.init and not resumes:  # readable, of a kind vivace reads (its tensors are checked when loaded)
         read_source(recipe.init, recipe.init_weights)
     ensure_writable_folder(out, f"--out {out}")
     found = existing_records(out, runs)
@@ -80,8 +81,6 @@ def kept_checkpoint(out: Path) -> str:
     """Where a failed run's last good weights are, for its error message."""
     last = out / "last.safetensors"  # never written after a failure
     return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
-
-
 
 
 @dataclass(frozen=True)

@@ -102,12 +102,11 @@ def start_from(model: nn.Module, init: str, init_weights: WeightsChoice, vocab: 
     head = _head_name(model)
     head_keys = {f"{head}.weight", f"{head}.bias"}
     _check_body(source, model, own, weights, head_keys)
-    head_weights, head_note = _fit_head(source, weights, own, head, list(vocab))
+    head_weights, head_note = _fit_head(source, weights, head, list(vocab))
     body = {key: value for key, value in weights.items() if key not in head_keys}
     model.load_state_dict({**own, **body, **head_weights})
-    n_out = own[f"{head}.weight"].shape[0]
-    return f"init: {init} ({source.describe(weights.get(f'{head}.weight', own[f'{head}.weight']).shape[0])}) " \
-           f"-> {head_note}, {n_out} classes"
+    source_outputs = weights.get(f"{head}.weight", own[f"{head}.weight"]).shape[0]
+    return f"init: {init} ({source.describe(source_outputs)}) -> {head_note}, {len(vocab)} classes"
 
 
 def _run_source(run: Path, init_weights: WeightsChoice) -> SourceModel:
@@ -206,11 +205,11 @@ def _head_name(model: nn.Module) -> str:
 def _check_body(source: SourceModel, model: nn.Module, own: dict[str, Tensor], weights: dict[str, Tensor],
                 head_keys: set[str]) -> None:
     """ValueError naming the first tensors missing, unexpected or of another shape (the head's input width too)."""
-    problems = [f"missing {key} {tuple(t.shape)}" for key, t in own.items() if key not in weights]
+    problems = [f"missing {key} {tuple(t.shape)}" for key, t in own.items() if key not in weights.keys() | head_keys]
     problems += [f"unexpected {key} {tuple(t.shape)}" for key, t in weights.items() if key not in own]
     for key in own.keys() & weights.keys():
-        mismatch = own[key].shape[1:] != weights[key].shape[1:] if key in head_keys else own[key].shape != weights[key].shape
-        if mismatch:
+        compared = slice(1, None) if key in head_keys else slice(None)  # a head may have any number of outputs
+        if own[key].shape[compared] != weights[key].shape[compared]:
             problems.append(f"{key} is {tuple(weights[key].shape)} in the file, {tuple(own[key].shape)} in the model")
     if problems:
         config = getattr(model, "config", None)
@@ -221,20 +220,20 @@ def _check_body(source: SourceModel, model: nn.Module, own: dict[str, Tensor], w
                          "weights were made with (--arch, --widen, --act, --self-attention, ...)")
 
 
-def _fit_head(source: SourceModel, weights: dict[str, Tensor], own: dict[str, Tensor], head: str,
+def _fit_head(source: SourceModel, weights: dict[str, Tensor], head: str,
               vocab: list[str]) -> tuple[dict[str, Tensor], str]:
     """The source's head where it predicts the same classes (rows in this vocab's order), else none."""
     weight, bias = weights.get(f"{head}.weight"), weights.get(f"{head}.bias")
     if weight is None or bias is None:
         return {}, "head new (the file has none)"
+    kept = {f"{head}.weight": weight, f"{head}.bias": bias}
     if source.vocab is None:  # a bare state dict: only the number of outputs can be compared
         if weight.shape[0] != len(vocab):
             return {}, "head replaced"
-        return {f"{head}.weight": weight, f"{head}.bias": bias}, "head kept (same number of outputs; the file " \
-                                                                 "names no classes, so they are taken in this order)"
+        return kept, "head kept (as many outputs; the file names no classes: taken in this data's order)"
     if sorted(source.vocab) != sorted(vocab):
         return {}, "head replaced"
     rows = [source.vocab.index(name) for name in vocab]
-    same_order = rows == list(range(len(rows)))
-    return {f"{head}.weight": weight[rows], f"{head}.bias": bias[rows]}, \
-        "head kept (same classes)" if same_order else "head kept (same classes, rows reordered by name)"
+    if rows == list(range(len(rows))):
+        return kept, "head kept (same classes)"
+    return {key: value[rows] for key, value in kept.items()}, "head kept (same classes, rows reordered by name)"
