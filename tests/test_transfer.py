@@ -299,3 +299,14 @@ def test_a_body_without_a_head_loads_and_gets_a_new_head(source, tmp_path):
     save_file(body, str(tmp_path / "body.safetensors"))
     note = start_from(small_model(), str(tmp_path / "body.safetensors"), "final", CLASSES_SORTED)
     assert note.endswith("-> head new (the file has none), 3 classes")
+
+
+def test_a_run_to_resume_does_not_need_its_source_any_more(source, tiny_folder, tmp_path):
+    from vivace.runs import check_before_start
+    out = tmp_path / "tuned"
+    out.mkdir()
+    shutil.copy(source["run"] / "last.safetensors", out)  # as if it had trained an epoch, then lost its source
+    recipe = make_recipe(data=str(tiny_folder), init=str(tmp_path / "moved-away"), **TINY_RECIPE)
+    check_before_start(recipe, out, resume=True)  # its weights are in its checkpoint
+    with pytest.raises(FileNotFoundError, match="moved-away: no such file or folder"):
+        check_before_start(recipe, tmp_path / "new")
