@@ -73,7 +73,8 @@ def fit_progressive(learn: Learner, recipe: Recipe, workers: int = 0) -> None:
     """The book's progressive resizing: half size for half the epochs, then swap in full-size data.
 
     `fine_tune` runs without its warm phase: a from-scratch model has no frozen body (fastai's
-    freeze is a no-op for it too), and this keeps the epoch budget equal to the other rows.
+    freeze is a no-op for it too), and this keeps the epoch budget equal to the other rows. It
+    starts a fresh optimizer, as fastai's does (since 2026-12-06; before, the state carried over).
     """
     small_epochs = recipe.epochs // 2
     learn.fit_one_cycle(small_epochs, recipe.lr, pct_start=recipe.pct_start)
