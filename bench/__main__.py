@@ -24,6 +24,7 @@ BENCHMARKS = {
     "peer_timm": "peer_timm",
     "peer_fastai_accuracy": "peer_fastai_accuracy",
     "transfer": "transfer",
+    "table": "table",
 }
 
 

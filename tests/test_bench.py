@@ -182,3 +182,18 @@ def test_transfer_at_toy_size_trains_every_arm_and_records_nothing(tiny_folder, 
     assert ",red," not in (tmp_path / "halves" / "first.csv").read_text()
     assert json.loads((tmp_path / "fine_tune-2ep" / "config.json").read_text())["freeze_epochs"] == 1
     assert RESULTS.read_text() == before
+
+
+@pytest.mark.slow
+def test_table_at_toy_size_finds_the_same_split_and_records_nothing(tiny_folder, tmp_path):
+    import shutil
+    before = RESULTS.read_text()
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    rows = ["path,noisy_labels_0,is_valid"] + [f"{f.relative_to(data).as_posix()},{f.parent.name},{f.parts[-3] == 'val'}"
+                                               for f in sorted(data.glob("*/*/*.png"))]
+    (data / "noisy_imagenette.csv").write_text("\n".join(rows) + "\n")
+    out = run_bench("table", "--data", str(data), "--repeats", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "(noisy_imagenette.csv, 36 rows)" in out.stdout and "same split, order and labels: True" in out.stdout
+    assert RESULTS.read_text() == before
