@@ -240,6 +240,7 @@ def test_vision_learner_from_pretrained_weights_freezes_saves_and_loads(source, 
     assert len(learn.recorder.rows) == 2
     saved = learn.save("stage1")
     assert saved == tmp_path / "models" / "stage1.safetensors"
+    assert read_source(saved).vocab == dls.vocab and read_source(saved).stats == parse_stats(SOURCE_STATS)
     other = cnn_learner(dls, partial(xresnet18, widen=0.25), path=tmp_path)
     assert other.load("stage1") is other
     assert all(torch.equal(a, b) for a, b in zip(other.model.state_dict().values(), learn.model.state_dict().values()))

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from . import checkpoint, export
@@ -72,7 +72,19 @@ def read_source(init: str | Path, init_weights: WeightsChoice = "final") -> Sour
                            arch_label(info.get("config", {})))
     if meta.get("format") == checkpoint.FORMAT:
         return _checkpoint_source(path, path.parent)
-    return SourceModel(path, "state dict")
+    # `save_weights` files (the book's learn.save) say their classes and statistics in the metadata.
+    vocab, normalize = json.loads(meta.get("vocab", "null")), json.loads(meta.get("normalize", "null"))
+    return SourceModel(path, "state dict", vocab if isinstance(vocab, list) else None, _stats_pair(normalize))
+
+
+def save_weights(model: nn.Module, path: Path, vocab: Sequence[str], normalize: dict | None) -> Path:
+    """The model's weights as a safetensors file, with its classes and statistics in the metadata:
+    a state dict any safetensors reader loads, which `start_from` reads whole."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"vocab": json.dumps([str(v) for v in vocab]), "normalize": json.dumps(normalize)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
 
 
 def read_weights(source: SourceModel) -> dict[str, Tensor]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vivace import learner
@@ -19,7 +19,7 @@ from vivace.lr_finder import LRFindResult, lr_find
 from vivace.models import create_model, layer_groups
 from vivace.normalize import Normalize, imagenet_stats
 from vivace.runtime import reuse_freed_memory
-from vivace.transfer import read_source, start_from
+from vivace.transfer import read_source, save_weights, start_from
 from vivace.tta import tta
 
 from .inference import learner_predictor, predict_item, show_results
@@ -66,12 +66,11 @@ class Learner(learner.Learner):
         return config["n_out"] if isinstance(config, dict) and "n_out" in config else len(self.dls.vocab)
 
     def save(self, file: str) -> Path:
-        """fastai's save: the model's weights to path/model_dir/file.safetensors (tensors only, never
-        pickled, so the file also serves as `vivace train --init`); the optimizer is not saved."""
-        target = self.path / self.model_dir / f"{file}.safetensors"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(target))
-        return target
+        """fastai's save: the model's weights to path/model_dir/file.safetensors, with the classes and
+        statistics (tensors only, never pickled, so it also serves as `vivace train --init` and
+        `vision_learner(pretrained=...)`); the optimizer is not saved."""
+        normalize = self.dls.normalize.as_dict() if self.dls.normalize is not None else None
+        return save_weights(self.model, self.path / self.model_dir / f"{file}.safetensors", self.dls.vocab, normalize)
 
     def load(self, file: str) -> Learner:
         """fastai's load: the weights `save` wrote under this name (every tensor must fit the model)."""
