@@ -311,3 +311,13 @@ def test_a_run_to_resume_does_not_need_its_source_any_more(source, tiny_folder, 
     check_before_start(recipe, out, resume=True)  # its weights are in its checkpoint
     with pytest.raises(FileNotFoundError, match="moved-away: no such file or folder"):
         check_before_start(recipe, tmp_path / "new")
+
+
+def test_a_source_that_does_not_fit_stops_the_run_before_its_folder_exists(source, tiny_folder, tmp_path):
+    from vivace.runs import check_before_start
+    (tmp_path / "junk.pt").write_text("junk\n")  # torch.load raises a KeyError on this one
+    for init, error in ((source["bundle"], "does not fit this xresnet18"), (tmp_path / "junk.pt", "KeyError")):
+        recipe = make_recipe(data=str(tiny_folder), init=str(init), **{**TINY_RECIPE, "widen": 0.5})
+        with pytest.raises(ValueError, match=error):
+            check_before_start(recipe, tmp_path / "never")
+        assert not (tmp_path / "never").exists()

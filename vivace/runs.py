@@ -8,16 +8,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .build import build_dataloaders, build_learner
 from .checkpoint import WEIGHT_FILES, WeightsChoice, load_checkpoint
 from .data import data_source
 from .data.datasets import DATASETS
 from .files import ensure_writable_folder
 from .learner import Learner
+from .models import ModelSpec, create_model
 from .recipe import Recipe, load_recipe
 from .records import write_json
 from .runtime import configure_process
-from .transfer import read_source
+from .transfer import check_fits
 
 # The files that make a folder a run: replacing them loses the run, keeping some mixes two runs.
 RUN_RECORDS = ("config.json", "recipe.txt", "log.csv", "summary.json", "last.safetensors", "best.safetensors")
@@ -42,8 +45,10 @@ def check_before_start(recipe: Recipe, out: Path, runs: int = 1, resume: bool = 
             data_source(recipe.data, recipe.valid_name, recipe.labels, recipe.fn_col, recipe.label_col,
                         recipe.valid_col, recipe.label_delim)
     resumes = resume and (out / "last.safetensors").is_file()
-    if recipe.init and not resumes:  # readable, of a kind vivace reads (its tensors are checked when loaded)
-        read_source(recipe.init, recipe.init_weights)
+    if recipe.init and not resumes:  # readable, never pickled code, and the body fits (shapes only: no weights made)
+        with torch.device("meta"):
+            model = create_model(**recipe.kwargs(ModelSpec), n_out=1)  # any head fits: it may be replaced
+        check_fits(model, recipe.init, recipe.init_weights)
     ensure_writable_folder(out, f"--out {out}")
     found = existing_records(out, runs)
     if found and not (resume or overwrite):

@@ -108,17 +108,29 @@ def start_from(model: nn.Module, init: str, init_weights: WeightsChoice, vocab: 
 
     ValueError listing the first tensors that differ when the source is another architecture.
     """
-    source = read_source(init, init_weights)
-    weights = {_unwrapped(key): value for key, value in read_weights(source).items()}
-    own = model.state_dict()
-    head = _head_name(model)
+    source, weights = _fitting_weights(model, init, init_weights)
+    own, head = model.state_dict(), _head_name(model)
     head_keys = {f"{head}.weight", f"{head}.bias"}
-    _check_body(source, model, own, weights, head_keys)
     head_weights, head_note = _fit_head(source, weights, head, list(vocab))
     body = {key: value for key, value in weights.items() if key not in head_keys}
     model.load_state_dict({**own, **body, **head_weights})
     source_outputs = weights.get(f"{head}.weight", own[f"{head}.weight"]).shape[0]
     return f"init: {init} ({source.describe(source_outputs)}) -> {head_note}, {len(vocab)} classes"
+
+
+def check_fits(model: nn.Module, init: str, init_weights: WeightsChoice = "final") -> None:
+    """What `start_from` checks, without loading: the source is readable and its body fits `model`
+    (which may be on the meta device: only shapes are compared). ValueError or FileNotFoundError."""
+    _fitting_weights(model, init, init_weights)
+
+
+def _fitting_weights(model: nn.Module, init: str, init_weights: WeightsChoice) -> tuple[SourceModel, dict[str, Tensor]]:
+    """The source and its weights (wrapper prefixes dropped), checked to fit `model`'s body."""
+    source = read_source(init, init_weights)
+    weights = {_unwrapped(key): value for key, value in read_weights(source).items()}
+    head = _head_name(model)
+    _check_body(source, model, model.state_dict(), weights, {f"{head}.weight", f"{head}.bias"})
+    return source, weights
 
 
 def _run_source(run: Path, init_weights: WeightsChoice) -> SourceModel:
@@ -176,14 +188,13 @@ def _state_dict_file(path: Path) -> dict[str, Tensor]:
             raise ValueError(f"--init {path} is not a readable safetensors file ({err})") from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "unsupported global" in str(err).lower():  # a class or function: code a load would run
+    except Exception as err:  # a file torch did not write fails in many ways: KeyError, EOFError, ...
+        if isinstance(err, pickle.UnpicklingError) and "unsupported global" in str(err).lower():
             raise ValueError(f"--init {path} holds pickled Python objects besides tensors; vivace loads weights "
                              "with weights_only=True and never runs a file's code: save model.state_dict(), or "
-                             "convert the file to safetensors") from None
-        raise ValueError(f"--init {path} is not a PyTorch or safetensors weights file ({err})") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"--init {path} is not a PyTorch or safetensors weights file ({err})") from None
+                             "convert the file to safetensors") from None  # a class or function: code to run
+        raise ValueError(f"--init {path} is not a PyTorch or safetensors weights file "
+                         f"({type(err).__name__}: {err})") from None
     return _tensors_of(path, obj)
 
 
