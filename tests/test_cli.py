@@ -21,6 +21,17 @@ def test_help_texts():
     assert "--label-smoothing" in train_help and "epsilon of label smoothing" in train_help
 
 
+def test_every_help_renders_its_text():
+    """A bare `%` in a flag's help once made argparse print the action's dict instead of the text."""
+    import argparse
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        text = sub.format_help()
+        assert "option_strings" not in text, name
+    assert "a random 20 % split" in subparsers.choices["train"].format_help()
+
+
 def test_flags_map_onto_recipe_and_presets():
     args = build_parser().parse_args(["train", "--preset", "imagenette-128-5ep", "--epochs", "2", "--no-normalize"])
     recipe, options = recipe_from_args(args, options_from_args(args))

@@ -52,6 +52,11 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def escape_percent(text: str) -> str:
+    """argparse formats help with `%`: a literal one ("a random 20 % split") must be doubled."""
+    return text.replace("%", "%%")
+
+
 def base_type(hint: Any) -> tuple[type, tuple[Any, ...] | None]:
     """(type, choices) of a field's annotation: `int | None` -> (int, None), a Literal -> (str, its values)."""
     if get_origin(hint) in (Union, types.UnionType):
@@ -93,14 +98,14 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] =
             continue
         kind, choices = base_type(hints[f.name])
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, help=f.metadata["help"], nargs=f.metadata["nargs"], choices=choices)
+            parser.add_argument(f.name, help=escape_percent(f.metadata["help"]), nargs=f.metadata["nargs"], choices=choices)
             continue
         flags = [f.metadata["short"]] if f.metadata.get("short") else []
         flags += [flag_name(f.name), *(flag_name(old) for old in f.metadata.get("aliases", ()))]
         default = None if unset_is_none else f.default
         shown = (shown_defaults or {}).get(f.name, f.default)
         allowed = f"; {f.metadata['range']}" if f.metadata.get("range") is not None else ""
-        text = f.metadata["help"] + allowed + (f" (default: {shown!r})" if shown is not None else "")  # None: the help says
+        text = escape_percent(f.metadata["help"] + allowed + (f" (default: {shown!r})" if shown is not None else ""))  # None: the help says
         if kind is bool and (unset_is_none or f.default is not False):  # --x / --no-x
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif kind is bool:
