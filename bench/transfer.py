@@ -148,7 +148,8 @@ def main(argv: list[str]) -> None:
         precision = "fp32" if autocast_dtype(torch.device("cpu"), base.amp) is None else "bf16"
         record(precision=None if torch.cuda.is_available() else precision, notes={
             "transfer_fine_tune_3ep": f"{args.preset} on imagenette's second five classes, seed {base.seed}; "
-                                      f"source: {args.source_epochs} epochs on the first five (bench/transfer.py)"},
+                                      f"source: {args.source_epochs} epochs on the first five"
+                                      + (f"; --set {' '.join(args.set)}" if args.set else "") + " (bench/transfer.py)"},
             **figures)
 
 
