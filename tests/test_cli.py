@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from vivace.cli import build_parser, main, options_from_args, recipe_from_args
+from vivace.flags import escape_percent
 from vivace.recipe import PRESETS
 
 TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24", "--epochs", "2",
@@ -167,4 +168,4 @@ def test_every_commands_arguments_are_generated_from_dataclass_fields():
     for name, parser in commands.items():
         for action in parser._actions:
             if action.dest != "help":
-                assert any(action.help.startswith(h) for h in helps.get(action.dest, [])), (name, action.dest)
+                assert any(action.help.startswith(escape_percent(h)) for h in helps.get(action.dest, [])), (name, action.dest)

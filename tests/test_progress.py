@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import fcntl
 import io
+import json
 import os
 import select
+import shlex
 import struct
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import torch
 
 from conftest import make_image_folder
 from vivace import progress
+from vivace.checkpoint import load_checkpoint
 from vivace.progress import ProgressBar
 from vivace.learner import Learner
 from vivace.models import create_model
@@ -131,12 +134,20 @@ def test_in_a_kernel_with_widgets_the_notebook_bar_is_chosen(tiny_dls, monkeypat
 
 
 # -- (a) `vivace train` end to end under a pseudo-terminal ----------------------------------
-def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300) -> tuple[int, str]:
-    """Run `args` with stdin, stdout and stderr on a pseudo-terminal; its exit code and output."""
+def _control_this_terminal() -> None:
+    """In the child: make stdin's pseudo-terminal its controlling terminal, so ^C reaches it as SIGINT."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300,
+                    ctrl_c_when: str = "") -> tuple[int, str]:
+    """Run `args` with stdin, stdout and stderr on a pseudo-terminal; its exit code and output.
+    With `ctrl_c_when`, type Ctrl-C once the output shows that text, as a person would."""
     leader, follower = os.openpty()
     # A fresh pseudo-terminal is 0 columns wide, and tqdm fits its bar into 0 characters.
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=env["HOME"])
+    proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=env["HOME"],
+                            start_new_session=True, preexec_fn=_control_this_terminal)
     os.close(follower)
     chunks, deadline = [], time.monotonic() + timeout_s  # a safety net, not a speed test
     try:
@@ -149,6 +160,9 @@ def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300
                 if not data:
                     break
                 chunks.append(data)
+                if ctrl_c_when and ctrl_c_when in b"".join(chunks).decode(errors="replace"):
+                    os.write(leader, b"\x03")  # the terminal turns it into SIGINT for the foreground group
+                    ctrl_c_when = ""
         return proc.wait(timeout=30), b"".join(chunks).decode(errors="replace")
     finally:
         if proc.poll() is None:
@@ -168,3 +182,33 @@ def test_train_in_a_terminal_shows_a_live_bar(tmp_path):
     assert code == 0, out
     assert "final accuracy" in out
     assert "\r" in out and "epoch 2/2" in out and "batches" in out and "img/s" in out
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_says_how_to_resume_and_the_resume_matches(tmp_path):
+    """The first Ctrl-C in a terminal: a checkpoint at that batch, one line with the exact command,
+    exit 130, no traceback; following that command ends as an uninterrupted run ends."""
+    folder = make_image_folder(tmp_path / "data")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    flags = ["--data", str(folder), "--arch", "xresnet18", "--widen", "0.25", "--size", "16", "--presize", "24",
+             "--epochs", "8", "--bs", "2", "--workers", "1"]
+    full = subprocess.run([sys.executable, "-m", "vivace", "train", *flags, "--out", str(tmp_path / "full")],
+                          env=env, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr
+    cut = tmp_path / "cut"
+    code, out = run_in_terminal([sys.executable, "-m", "vivace", "train", *flags, "--out", str(cut)], env,
+                                ctrl_c_when="\n0  ")  # the epoch table's first row: Ctrl-C in the second epoch
+    assert code == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    said = [line for line in out.splitlines() if "interrupted at epoch" in line]
+    assert len(said) == 1, out
+    position = load_checkpoint(cut / "last.safetensors")["position"]
+    assert f"epoch {position['epoch'] + 1}, batch {position['batch']} of 12" in said[0]
+    assert position["batch"] > 0  # saved inside the epoch, at the batch Ctrl-C stopped
+    command = said[0].split("continue with: ")[1].strip()
+    assert command == f"vivace train --out {cut} --resume --workers 1"
+    resumed = subprocess.run([sys.executable, "-m", *shlex.split(command)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("full", "cut"))
+    for key in ("accuracy", "valid_loss", "nll"):
+        assert a[key] == b[key]

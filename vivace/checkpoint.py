@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import distributed
 from .callbacks import Callback
 from .learner import ResumePoint
 from .files import atomic_write, content_hash, remove_stale_temps
@@ -158,6 +161,8 @@ class CheckpointSaver(Callback):
 
     The best checkpoint follows `monitor` (higher is better unless it names a loss or error).
     Nothing is written after a failure, so the last good checkpoint survives a NaN.
+    The first Ctrl-C (SIGINT) stops the fit after the current batch, saved as `last`, so
+    `--resume` continues exactly there; a second one interrupts at once, as Python does.
     """
 
     order = 20
@@ -172,8 +177,35 @@ class CheckpointSaver(Callback):
         self.last_save = time.monotonic()
         if learn.is_main:  # a run killed mid-write left a temp file (34 MB for a small model)
             remove_stale_temps(self.directory)
+        self._catch_interrupts(learn)
+
+    def _catch_interrupts(self, learn) -> None:
+        """Turn the first SIGINT into a stop after this batch. Not under torchrun: every rank would
+        stop at its own batch, and torchrun already ends all ranks on Ctrl-C."""
+        self.interrupt_asked, self.previous_handler = False, None
+        if distributed.is_distributed() or threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can be set only from the main thread
+        self.previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def _on_interrupt(self, signum: int, frame: Any) -> None:
+        self.interrupt_asked = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+    def after_fit(self, learn) -> None:
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGINT, self.previous_handler)
+            self.previous_handler = None
 
     def after_batch(self, learn) -> None:
+        if self.interrupt_asked and not learn.state.failure:
+            epoch, batch, where = learn.state.epoch, learn.state.iter + 1, self.directory / WEIGHT_FILES["final"]
+            if learn.guard.window_is_finite():
+                self._save(learn, "last", epoch, batch)
+                saved = f"saved {where} there"
+            else:  # the loss went NaN in the last few batches: keep the checkpoint before it
+                saved = f"kept {where} from before (the loss was not finite)"
+            learn.interrupt(f"interrupted at epoch {epoch + 1}, batch {batch} of {learn.state.n_batches}; {saved}")
+            return
         if self.every_s and not learn.state.failure and time.monotonic() - self.last_save >= self.every_s:
             # The guard looks at the loss only every few batches: never save a NaN it has not seen yet.
             if learn.guard.window_is_finite():

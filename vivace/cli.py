@@ -22,6 +22,7 @@ from .recipe import PRESETS, Recipe, TrainOptions, describe, load_recipe, make_r
 from .runtime import reuse_freed_memory
 
 DEFAULT_PRESET = "quick"
+INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
 
 
 def add_recipe_flags(parser: argparse.ArgumentParser, names: Sequence[str] = (),
@@ -57,7 +58,7 @@ def print_recipe(recipe: Recipe, options: TrainOptions) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainingFailed, train
+    from .train import TrainingFailed, TrainingInterrupted, train
     recipe, options = recipe_from_args(args, options_from_args(args))
     options.validate()
     if options.print_recipe:
@@ -68,6 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingFailed as err:
         print(f"vivace train: error: {err}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as err:  # the first Ctrl-C: saved at its batch
+        print(f"{_off_the_echoed_line()}vivace train: {err}", file=sys.stderr)
+        return INTERRUPTED
     except RuntimeError as err:
         if os.environ.get("WORLD_SIZE", "1") == "1":
             raise
@@ -78,6 +82,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if rank() == 0:
         _print_result(result)
     return 0
+
+
+def _off_the_echoed_line() -> str:
+    """A newline in a terminal, which echoed ^C where the cursor was; nothing in a pipe or file."""
+    return "\n" if sys.stderr.isatty() else ""
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -346,6 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Errors at the edges (bad paths, flags, data) end with a message, not a traceback.
         print(f"vivace {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a fit (caching, a second Ctrl-C): what is on disk is whole
+        print(f"{_off_the_echoed_line()}vivace {args.command}: interrupted; files are written whole or not at all"
+              + (" (`--resume` continues from the last checkpoint)" if args.command == "train" else ""),
+              file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ class TrainingFailed(RuntimeError):
     """A fit stopped on an error it reported (a NaN loss, say)."""
 
 
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped a fit after a batch (`CheckpointSaver` saved it there); the message says where."""
+
+
 @dataclass
 class ResumePoint:
     """Where an epoch starts: its first batch and the training loss summed before it (a checkpoint's)."""
@@ -100,6 +104,7 @@ class FitState:
     last_metrics: dict[str, float] = field(default_factory=dict)  # NaN where this epoch skipped validation
     stop_requested: bool = False
     failure: str | None = None  # why the fit failed (it then raises TrainingFailed)
+    interrupted: str | None = None  # where Ctrl-C stopped the fit (it then raises TrainingInterrupted)
     fine_tune: FineTune | None = None  # a fine-tune's phases: frozen, then unfrozen
 
 
@@ -263,6 +268,8 @@ class Learner:
         self._emit("after_fit")
         if state.failure:
             raise TrainingFailed(state.failure)
+        if state.interrupted:
+            raise TrainingInterrupted(state.interrupted)
 
     def _validates_now(self) -> bool:
         """Validate after every `valid_every`-th epoch and always after the last (0: the last only)."""
@@ -373,6 +380,11 @@ class Learner:
     def fail(self, message: str) -> None:
         """Stop the fit and record why: the fit then ends raising TrainingFailed(message)."""
         self.state.failure = message
+        self.request_stop()
+
+    def interrupt(self, message: str) -> None:
+        """Stop the fit after this batch because the user asked: it then ends raising TrainingInterrupted."""
+        self.state.interrupted = message
         self.request_stop()
 
     def log(self, message: str) -> None:

@@ -2,6 +2,7 @@
 --overwrite, and reopened (`load_run`) for evaluate, export and report."""
 from __future__ import annotations
 
+import shlex
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from .data.datasets import DATASETS
 from .files import ensure_writable_folder
 from .learner import Learner
 from .models import ModelSpec, create_model
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, TrainOptions, load_recipe
 from .records import write_json
 from .runtime import configure_process
 from .transfer import check_fits
@@ -86,6 +87,20 @@ def kept_checkpoint(out: Path) -> str:
     """Where a failed run's last good weights are, for its error message."""
     last = out / "last.safetensors"  # never written after a failure
     return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
+
+
+RESUMED_OPTIONS = ("runs", "threads", "workers", "checkpoint_every_min", "reuse_memory")  # how, not what: config.json has the what
+
+
+def resume_command(out: Path, options: TrainOptions) -> str:
+    """The command that continues this run where it stopped, with the run settings it was given."""
+    parts = ["vivace", "train", "--out", str(out), "--resume"]
+    for name in RESUMED_OPTIONS:
+        value, default = getattr(options, name), getattr(TrainOptions(), name)
+        if value != default:
+            flag = "--" + name.replace("_", "-")
+            parts += [flag, str(value)] if not isinstance(value, bool) else [flag if value else f"--no-{flag[2:]}"]
+    return shlex.join(parts)
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,16 @@ from .build import build_dataloaders, build_learner
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, restore_learner
 from .distributed import World
-from .learner import TrainingFailed
+from .learner import TrainingFailed, TrainingInterrupted
 from .recipe import Recipe, TrainOptions, describe, resolve, scaling_rule
 from .schedule import ScheduleSpec
 from .transfer import InitSpec, start_from
 from .records import write_json
 from .runs import (check_before_start, default_out, delete_records, kept_checkpoint, load_run, nothing_to_resume,
-                   start_run_folder)
+                   resume_command, start_run_folder)
 from .runtime import configure_process
 
-__all__ = ["train", "train_once", "TrainingFailed"]
+__all__ = ["train", "train_once", "TrainingFailed", "TrainingInterrupted"]
 
 
 def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Callback] | None = None) -> dict[str, Any]:
@@ -32,10 +32,13 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
     check_before_start(recipe, out, options.runs, options.resume, options.overwrite)
     if options.overwrite and distributed.rank() == 0:
         delete_records(out, options.runs)
-    if options.runs == 1:
-        return train_once(recipe, out, options, cbs)
-    summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}", options, cbs)
-                 for i in range(options.runs)]
+    try:
+        if options.runs == 1:
+            return train_once(recipe, out, options, cbs)
+        summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}", options, cbs)
+                     for i in range(options.runs)]
+    except TrainingInterrupted as err:
+        raise TrainingInterrupted(f"{err}; continue with: {resume_command(out, options)}") from None
     keys = [k for k, v in summaries[0].items() if isinstance(v, float)]
     combined = {k: {"mean": statistics.mean(s[k] for s in summaries),
                     "std": statistics.stdev(s[k] for s in summaries)} for k in keys}
