@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from .distributed import rank
 from .experiments import DEFAULTS as EXPERIMENT_DEFAULTS
-from .files import check_new_file
+from .files import check_new_file, ensure_writable_folder, printable
 from .flags import add_flags
 from .options import (DownloadOptions, EvaluateOptions, ExperimentOptions, ExportOptions, LrFindOptions,
                       PredictOptions, RunOptions, ShowOptions)
@@ -67,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(recipe, options)
     except TrainingFailed as err:
-        print(f"vivace train: error: {err}", file=sys.stderr)
+        print(f"vivace train: error: {printable(err)}", file=sys.stderr)
         return 1
     except TrainingInterrupted as err:  # the first Ctrl-C: saved at its batch
         print(f"{_off_the_echoed_line()}vivace train: {err}", file=sys.stderr)
@@ -76,8 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if os.environ.get("WORLD_SIZE", "1") == "1":
             raise
         # gloo/nccl say only what this rank saw ("Timed out waiting 5000ms ..."): name the cause.
-        print(f"vivace train: error: rank {rank()}: {err} (if another rank crashed or stalled, its own log says "
-              f"why; a stalled rank is detected after --dist-timeout-s seconds)", file=sys.stderr)
+        print(f"vivace train: error: rank {rank()}: {printable(err)} (if another rank crashed or stalled, its own log "
+              f"says why; a stalled rank is detected after --dist-timeout-s seconds)", file=sys.stderr)
         return 1
     if rank() == 0:
         _print_result(result)
@@ -121,7 +121,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_evaluation([evaluate(learn, kind, size=size, thresh=thresh) for kind, size in plan]))
     if learn.dls.multi_label:  # which classes it finds, and how the scores move with the threshold
         probs, targets = tta_probs(learn, "none")
-        print(f"\n{format_thresholds(probs, targets, display_names(learn.dls.vocab), thresh)}")
+        names = [printable(name) for name in display_names(learn.dls.vocab)]
+        print(f"\n{format_thresholds(probs, targets, names, thresh)}")
     return 0
 
 
@@ -150,18 +151,21 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from . import show
     from .data import make_dataloaders
+    out = Path(args.out or f"{args.what}.png")
+    # Before the data is read: an explicit --out is never replaced silently (the default name, the
+    # picture's own, is rewritten as before), and its folder must be writable.
+    check_new_file(out, "--out", args.overwrite or not args.out)
     settings = {**dataclasses.asdict(Recipe()), **SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)}
     dls = make_dataloaders(settings["data"], size_px=settings["size_px"], presize_px=settings["presize_px"],
                            batch_size=9, seed=settings["seed"], workers=args.workers, progress=False,
                            valid_name=settings["valid_name"])
-    out = Path(args.out or f"{args.what}.png")
     if args.what == "mixup":
         show.show_mixup(dls, out, lam=args.lam)
     elif args.what == "batch":
         show.show_batch(dls, out)
     else:
         show.show_augs(dls, out)
-    print(out)
+    print(printable(out))
     return 0
 
 
@@ -180,7 +184,7 @@ def add_chapter_commands(sub) -> None:
     add_flags(show, ShowOptions, ["what"])
     add_recipe_flags(show, SHOW_FIELDS, SHOW_DEFAULTS)
     add_flags(show, TrainOptions, ["workers"])
-    add_flags(show, ShowOptions, ["lam", "out"])
+    add_flags(show, ShowOptions, ["lam", "out", "overwrite"])
     show.set_defaults(func=cmd_show)
 
 
@@ -192,7 +196,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_new_file(out, "-o", args.overwrite)  # a bundle someone may already be serving is not replaced silently
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the bundle's path, for scripts
     thresh = load_recipe(Path(args.run) / "config.json").thresh
-    print(export_learner(learn, out, tta=args.tta, weights=weights.kind, epoch=weights.epoch, thresh=thresh))
+    print(printable(export_learner(learn, out, tta=args.tta, weights=weights.kind, epoch=weights.epoch, thresh=thresh)))
     return 0
 
 
@@ -211,7 +215,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     preds = predictor.predict_many(named + found, args.batch_size, tta=_tta_choice(args.tta))
     for p in preds:
         if not p.ok:
-            print(f"vivace predict: {p.error}", file=sys.stderr)
+            print(f"vivace predict: {printable(p.error)}", file=sys.stderr)
     for p in preds[:len(named)] if not args.json else preds:
         if p.ok:
             print(json.dumps(p.as_dict()) if args.json else _format_prediction(p, args.topk))
@@ -226,36 +230,44 @@ def _tta_choice(flag: bool | None) -> str | None:
     return None if flag is None else "flip" if flag else "none"  # None: the bundle's default
 
 
-def _format_prediction(pred, topk: int) -> str:
+def _shown_name(label: str) -> str:
+    """A class as printed: its display name, control characters escaped (a bundle's vocab is data)."""
     from .data.names import display_name
+    return printable(display_name(label))
+
+
+def _format_prediction(pred, topk: int) -> str:
     if pred.labels is not None:  # several labels per image: every one above the threshold
-        found = ", ".join(display_name(label) for label in pred.labels) or "(no label above the threshold)"
+        found = ", ".join(_shown_name(label) for label in pred.labels) or "(no label above the threshold)"
         shown = max(topk, len(pred.labels))
-        return "\n".join([f"{pred.path}: {found}"] + [f"  {display_name(label):<24} {prob:.4f}"
-                                                       for label, prob in pred.top(shown)])
-    lines = [f"{pred.path}: {pred.name}"]
-    lines += [f"  {display_name(label):<24} {prob:.4f}" for label, prob in pred.top(topk)]
+        return "\n".join([f"{printable(pred.path)}: {found}"] + [f"  {_shown_name(label):<24} {prob:.4f}"
+                                                                  for label, prob in pred.top(shown)])
+    lines = [f"{printable(pred.path)}: {_shown_name(pred.label)}"]
+    lines += [f"  {_shown_name(label):<24} {prob:.4f}" for label, prob in pred.top(topk)]
     return "\n".join(lines)
 
 
 def _folder_summary(preds: list, csv_path: Path) -> str:
-    from .data.names import display_name
     ok = [p for p in preds if p.ok]
     counts: dict[str, int] = {}
     for p in ok:
         for label in (p.labels if p.labels is not None else [p.label]):  # several labels: each counts
-            counts[display_name(label)] = counts.get(display_name(label), 0) + 1
+            counts[_shown_name(label)] = counts.get(_shown_name(label), 0) + 1
     top = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
     return (f"{len(ok)} of {len(preds)} images in folders predicted ({len(preds) - len(ok)} failed); "
-            f"predicted classes: {top or '-'}\nwrote {csv_path}")
+            f"predicted classes: {top or '-'}\nwrote {printable(csv_path)}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
     from .runs import load_run_weights
-    learn, weights = load_run_weights(Path(args.run), args.weights)
+    run = Path(args.run)
+    if run.is_dir():  # checked before the model is scored (a missing run is said by load_run_weights)
+        ensure_writable_folder(run, f"the run folder {run} (for report.html)",
+                               "make it writable, or copy the run folder somewhere writable and report on the copy")
+    learn, weights = load_run_weights(run, args.weights)
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the report's path, for scripts
-    print(write_report(Path(args.run), learn))
+    print(printable(write_report(run, learn)))
     return 0
 
 
@@ -278,16 +290,17 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from .runtime import configure_process
     recipe, options = recipe_from_args(args, options_from_args(args))
     options.validate()
+    plot = Path(args.plot) if args.plot else _unused_path(Path("lr_find.png"))
+    check_new_file(plot, "--plot", args.overwrite)  # before the sweep, not after it
     configure_process(options.threads, options.reuse_memory)
     # The sweep writes no checkpoint or log.
     learn = build_learner(recipe, build_dataloaders(recipe, workers=options.workers), Path("."))
     result = lr_find(learn, args.start_lr, args.end_lr, args.num_it)
-    plot = Path(args.plot) if args.plot else _unused_path(Path("lr_find.png"))
     result.plot(plot)
     print(f"valley   {result.valley:.2e}  (suggested: --lr {result.valley:.2g})")
     print(f"steep    {result.steep:.2e}  (the loss falls fastest)")
     print(f"minimum  {result.minimum:.2e}  (a tenth of the rate at the lowest loss)")
-    print(f"wrote {plot}")
+    print(f"wrote {printable(plot)}")
     return 0
 
 
@@ -339,7 +352,7 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 def _format_warning(command: str, message, category, filename: str, lineno: int, line=None) -> str:
     if str(filename).startswith(_PACKAGE_DIR):
-        return f"vivace {command}: warning: {message}\n"
+        return f"vivace {command}: warning: {printable(message)}\n"  # paths and names are data
     return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
 
 
@@ -353,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         # Errors at the edges (bad paths, flags, data) end with a message, not a traceback.
-        print(f"vivace {args.command}: error: {err}", file=sys.stderr)
+        # printable: a path or class name in the message must not drive the terminal (nor split the line).
+        print(f"vivace {args.command}: error: {printable(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside a fit (caching, a second Ctrl-C): what is on disk is whole
         print(f"{_off_the_echoed_line()}vivace {args.command}: interrupted; files are written whole or not at all"

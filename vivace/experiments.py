@@ -18,7 +18,6 @@ half width, 64 px crops from a 96 px cache, 8 epochs, batch size 32.
 """
 from __future__ import annotations
 
-import csv
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from typing import Any, Sequence
 from .build import build_dataloaders, build_learner
 from .learner import Learner, TrainingFailed
 from .recipe import Recipe, make_recipe, new_names
+from .files import write_csv
 from .records import write_json
 from .runtime import configure_process
 from .schedule import ScheduleSpec
@@ -161,12 +161,9 @@ def format_table(summary: list[dict[str, Any]]) -> str:
 
 
 def write_results(rows: list[dict[str, Any]], path: Path) -> None:
-    """results.csv: one row per technique and run."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["technique", "run", "seed", *METRICS, "seconds"])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()})
+    """results.csv: one row per technique and run (atomic, and safe to open in a spreadsheet)."""
+    header = ["technique", "run", "seed", *METRICS, "seconds"]
+    write_csv(path, header, [[round(r[k], 6) if isinstance(r[k], float) else r[k] for k in header] for r in rows])
 
 
 def plot_results(summary: list[dict[str, Any]], path: Path) -> None:

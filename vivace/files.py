@@ -1,13 +1,17 @@
 """Files vivace writes: where it may write (checked before any heavy work, so a run never fails
-late on a bad path), one atomic write, the cleanup of temp files left by killed writers, and the
-sha256 that bundles and checkpoints carry.
+late on a bad path), one atomic write, the cleanup of temp files left by killed writers, the
+sha256 that bundles and checkpoints carry, and user text made safe for a spreadsheet (`csv_cell`)
+or a terminal (`printable`).
 
 Every file is written to `.<name>.<pid>.tmp` beside its target and renamed over it, so readers see
 the old file or the whole new one. A process killed mid-write leaves its temp file behind; the next
 write of the same target (or `remove_stale_temps` on the folder) deletes it once its writer is gone.
+A full disk ends the write with `DiskFullError`, which says what was kept.
 """
 from __future__ import annotations
 
+import csv
+import errno
 import hashlib
 import os
 import re
@@ -16,8 +20,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 # `.<name>.<pid>.tmp`, and `.<name>.tmp<pid>` as vivace 0.x wrote checkpoints, bundles and records.
@@ -26,6 +32,21 @@ STARTED = time.time()  # ~ this process's start: vivace is imported before it wr
 # The umask, read once at import (reading it means setting it, which would race with threads later).
 UMASK = os.umask(0o022)
 os.umask(UMASK)
+# What a write that ran out of room is told by the OS: errno -> how vivace says it.
+DISK_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP: "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# C0 controls, DEL and C1 controls: printed raw they move the cursor, recolour, clear or retitle
+# the terminal, ring its bell, or split a line in two.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class DiskFullError(RuntimeError):
+    """A write of `path` ran out of disk space (errno `code`); the message says what was kept."""
+
+    def __init__(self, path: Path, code: int, then: str = "run the command again"):
+        super().__init__(disk_full_message(path, code, then))
+        self.path, self.code = path, code
 
 
 def temp_path(path: Path) -> Path:
@@ -39,7 +60,8 @@ def atomic_write(path: str | Path, fsync: bool = False) -> Iterator[Path]:
 
     The file gets the mode any file the user writes gets (0666 minus the umask, usually 0644),
     whatever the writer used (safetensors' save_file creates 0600 files). `fsync` flushes the data
-    to disk before the rename, so a power cut cannot leave a renamed but empty file.
+    to disk before the rename, so a power cut cannot leave a renamed but empty file. A full disk
+    (ENOSPC, EDQUOT, or safetensors' error saying so) raises `DiskFullError`, naming what was kept.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,9 +73,36 @@ def atomic_write(path: str | Path, fsync: bool = False) -> Iterator[Path]:
         if fsync:
             _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt too: leave nothing half-written behind
+    except BaseException as err:  # KeyboardInterrupt too: leave nothing half-written behind
         tmp.unlink(missing_ok=True)
+        code = disk_full_errno(err)
+        if code is not None:
+            raise DiskFullError(path, code) from err
         raise
+
+
+def disk_full_errno(err: BaseException) -> int | None:
+    """ENOSPC or EDQUOT when `err` says the disk (or the quota) is full, else None.
+
+    safetensors raises its own error, with the errno only in its text: "... (os error 28)".
+    """
+    if isinstance(err, OSError):
+        code = err.errno
+    elif isinstance(err, SafetensorError):
+        found = re.search(r"\(os error (\d+)\)", str(err))
+        code = int(found[1]) if found else None
+    else:
+        return None
+    return code if code in DISK_FULL else None
+
+
+def disk_full_message(path: Path, code: int, then: str) -> str:
+    """One line: the file, that the disk is full, what is left (the old file, or nothing), and
+    what to do once there is room (`then`)."""
+    kept = (f"the previous {path.name} is kept unchanged" if path.exists()
+            else f"no {path.name} was written")
+    return (f"{path}: cannot write it: {DISK_FULL[code]} ({os.strerror(code)}, errno {code} "
+            f"{errno.errorcode[code]}); {kept}; free some space, then {then}")
 
 
 def _fsync(path: Path) -> None:
@@ -160,3 +209,27 @@ def check_new_file(path: Path, flag: str, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists: pass --overwrite to replace it, or {flag} PATH to write elsewhere")
     ensure_writable_folder(path.parent, f"{flag} {path}")
+
+
+def csv_cell(value: Any) -> Any:
+    """`value` as a spreadsheet shows it: text that would start a formula gets a leading `'`
+    (OWASP's rule), so a class or file named `=HYPERLINK(...)` stays text; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """A CSV file written atomically (`atomic_write`), every cell through `csv_cell`."""
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        for row in (header, *rows):
+            writer.writerow([csv_cell(v) for v in row])
+    return path
+
+
+def printable(text: Any) -> str:
+    """`text` with each control character shown as its escape (`\\x1b`, `\\n`): a file or class
+    name printed to a terminal cannot clear it, recolour it, set its title or split a line."""
+    return CONTROL_CHARS.sub(lambda m: repr(m[0])[1:-1], str(text))

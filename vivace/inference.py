@@ -5,7 +5,6 @@ cache's own code), then `ValidResize(size)` and `Normalize` on the device, batch
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence, Union, get_args
@@ -19,6 +18,7 @@ from .data.cache import DECODE_ERRORS, load_image_rgb, prepare_image
 from .data.eval_view import EvalView
 from .data.names import display_name
 from .data.sources import find_images
+from .files import write_csv
 from .metrics import probabilities
 from .pictures import Pictures
 from .runtime import autocast, autocast_dtype
@@ -202,17 +202,16 @@ def _name(item: Item) -> str | None:
 
 def write_predictions_csv(preds: Sequence[Prediction], path: str | Path, vocab: Sequence[str]) -> Path:
     """One row per image: path, label (several labels: those above the threshold, space-separated),
-    prob (the most probable class's), error, then the probability of every class."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "prob", "error", *vocab])
-        for p in preds:
-            if p.ok:
-                label = p.label if p.labels is None else " ".join(p.labels)  # several: those above the threshold
-                writer.writerow([p.path, label, f"{float(p.probs[p.index]):.6f}", "",
-                                 *(f"{v:.6f}" for v in p.probs.tolist())])
-            else:
-                writer.writerow([p.path, "", "", p.error, *([""] * len(vocab))])
-    return path
+    prob (the most probable class's), error, then the probability of every class.
+
+    Written whole or not at all (a full disk keeps the previous file); a file or class name that a
+    spreadsheet would run as a formula is written as text (`vivace.files.csv_cell`).
+    """
+    return write_csv(path, ["path", "label", "prob", "error", *vocab], [_csv_row(p, len(vocab)) for p in preds])
+
+
+def _csv_row(p: Prediction, n_classes: int) -> list[str | None]:
+    if not p.ok:
+        return [p.path, "", "", p.error, *([""] * n_classes)]
+    label = p.label if p.labels is None else " ".join(p.labels)  # several: those above the threshold
+    return [p.path, label, f"{float(p.probs[p.index]):.6f}", "", *(f"{v:.6f}" for v in p.probs.tolist())]

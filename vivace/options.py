@@ -66,6 +66,7 @@ class LrFindOptions:
     start_lr: float = knob(1e-7, "first rate")
     end_lr: float = knob(10.0, "last rate")
     plot: str = knob("", 'PNG path; "" = lr_find.png, or lr_find-N.png if taken')
+    overwrite: bool = knob(False, "replace the --plot file if it exists")
 
 
 @dataclass
@@ -74,7 +75,8 @@ class ShowOptions:
 
     what: Literal["mixup", "batch", "augs"] = arg("which picture")
     lam: float = knob(0.7, "mixup: the weight of the first image")
-    out: str = knob("", 'PNG path; "" = <what>.png')
+    out: str = knob("", 'PNG path; "" = <what>.png (rewritten each time)')
+    overwrite: bool = knob(False, "replace the --out file if it exists")
 
 
 @dataclass

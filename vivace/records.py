@@ -1,13 +1,12 @@
 """Run records: config.json, log.csv (a row per epoch), summary.json and plots in the run dir."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
 from .callbacks import Callback
-from .files import atomic_write
+from .files import atomic_write, write_csv
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -35,11 +34,8 @@ class RunLogger(Callback):
 
 def write_log_csv(path: Path, rows: list[dict[str, float]]) -> None:
     """Rewrite the whole log: rows are few, and a resumed run then never duplicates one."""
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: int(v) if k == "epoch" else round(v, 6) for k, v in row.items()})
+    header = list(rows[0])
+    write_csv(path, header, [[int(row[k]) if k == "epoch" else round(row[k], 6) for k in header] for row in rows])
 
 
 def plot_history(rows: list[dict[str, float]], lrs: list[float], sizes: list[int], directory: Path) -> None:

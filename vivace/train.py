@@ -12,6 +12,7 @@ from .build import build_dataloaders, build_learner
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, restore_learner
 from .distributed import World
+from .files import DiskFullError
 from .learner import TrainingFailed, TrainingInterrupted
 from .recipe import Recipe, TrainOptions, describe, resolve, scaling_rule
 from .schedule import ScheduleSpec
@@ -69,6 +70,8 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
         learn.fit_schedule(**recipe.kwargs(ScheduleSpec))
     except TrainingFailed as err:  # no summary or report: the run did not finish
         raise TrainingFailed(f"{err}; {kept_checkpoint(out)}") from None
+    except DiskFullError as err:  # checkpoints are written whole: the run goes on from the last one
+        raise DiskFullError(err.path, err.code, f"resume the run: vivace train --out {out} --resume") from None
     # The metrics of the final weights, the ones evaluate, export and report use by default.
     summary = {**learn.state.last_metrics, "weights": "final", "epochs": len(learn.recorder.rows),
                "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed, "preset": options.preset}
