@@ -146,6 +146,19 @@ def test_export_leaves_the_learner_as_it_was(learn, exported, predictor, batch):
     predictor.model.eval()
 
 
+def test_a_failed_export_leaves_the_old_file_and_no_temp(learn, tmp_path, monkeypatch):
+    old = tmp_path / "m.pt"
+    old.write_bytes(b"the model being served")
+
+    def fail(*args):
+        raise RuntimeError("tracing failed")
+    monkeypatch.setattr("vivace.deploy._torchscript_bytes", fail)
+    with pytest.raises(RuntimeError, match="tracing failed"):
+        export_model(learn, old, "torchscript")
+    assert old.read_bytes() == b"the model being served"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no JSON, no temp file
+
+
 # -- the command --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import tiny_dataloaders
@@ -83,6 +84,13 @@ def test_train_tensorboard_flag_writes_the_run(tiny_folder, tmp_path, capsys):
     scalars = read_scalars(tmp_path / "tb")
     assert len(scalars["train/loss"]) == len(scalars["train/lr"]) == 3  # 24 training images, batch 8
     assert [s for s, _ in scalars["epoch/accuracy"]] == [0]
+
+
+def test_several_runs_write_to_a_subfolder_each():
+    from vivace.recipe import TrainOptions
+    from vivace.train import run_options
+    assert run_options(TrainOptions(tensorboard="tb", runs=2), 1).tensorboard == str(Path("tb") / "run1")
+    assert run_options(TrainOptions(runs=2), 1).tensorboard == ""
 
 
 def test_train_help_shows_the_tensorboard_flag(capsys):
