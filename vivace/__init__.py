@@ -6,6 +6,7 @@ from .guards import EarlyStopping, StopAfter
 from .techniques import EMA, CutMix, Mixup, MixupOrCutMix, ProgressiveResize
 from .checkpoint import CheckpointSaver, load_checkpoint, save_checkpoint
 from .data import DataLoaders, make_dataloaders, make_source
+from .deploy import export_model
 from .export import export_learner, load
 from .learner import Learner
 from .losses import CrossEntropy, LabelSmoothingCrossEntropy
@@ -14,6 +15,7 @@ from .mixing import cutmix, mixup
 from .models import MODELS, create_model, xresnet18, xresnet34, xresnet50, xresnet101, xresnet152
 from .recipe import PRESETS, Recipe, TrainOptions, make_recipe
 from .schedule import SizeSchedule, flat_cos, one_cycle
+from .tracking import TensorBoardCallback
 from .train import train
 from .views import ValidResize
 
@@ -21,10 +23,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Normalize", "TrainAugment", "ValidResize", "compute_stats", "imagenet_stats",
-    "EMA", "Callback", "EarlyStopping", "ProgressiveResize", "StopAfter",
+    "EMA", "Callback", "EarlyStopping", "ProgressiveResize", "StopAfter", "TensorBoardCallback",
     "CheckpointSaver", "load_checkpoint", "save_checkpoint",
     "DataLoaders", "make_dataloaders", "make_source",
-    "export_learner", "load",
+    "export_learner", "export_model", "load",
     "Learner",
     "CrossEntropy", "LabelSmoothingCrossEntropy",
     "accuracy", "calibration_error", "error_rate", "nll", "top_k_accuracy",

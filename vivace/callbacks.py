@@ -33,6 +33,7 @@ class Loop(Protocol):
     size_schedule: Any  # progress -> crop side, set by ProgressiveResize
     ema: Any  # a WeightAverage, set by EMA
     eval_model: nn.Module
+    recorder: Recorder  # the table's rows so far, and each step's lr and size
 
     @property
     def n_classes(self) -> int: ...

@@ -191,12 +191,31 @@ def add_chapter_commands(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_learner
     from .runs import load_run_weights
+    if args.format != "vivace":
+        return export_for_runtime(args)
     learn, weights = load_run_weights(Path(args.run), args.weights)
     out = Path(args.out) if args.out else Path(args.run) / "export.vivace"
     check_new_file(out, "-o", args.overwrite)  # a bundle someone may already be serving is not replaced silently
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the bundle's path, for scripts
     thresh = load_recipe(Path(args.run) / "config.json").thresh
     print(printable(export_learner(learn, out, tta=args.tta, weights=weights.kind, epoch=weights.epoch, thresh=thresh)))
+    return 0
+
+
+def export_for_runtime(args: argparse.Namespace) -> int:
+    """`export --format onnx|torchscript`: the model file and its preprocessing JSON, checked as the bundle is."""
+    from .deploy import SUFFIXES, export_model, preprocess_path, require_format
+    from .runs import load_run_weights
+    require_format(args.format)  # a missing package is said before the run is loaded
+    out = Path(args.out) if args.out else Path(args.run) / f"export{SUFFIXES[args.format]}"
+    for path in (out, preprocess_path(out)):
+        check_new_file(path, "-o", args.overwrite)
+    learn, weights = load_run_weights(Path(args.run), args.weights)
+    print(f"weights: {weights}", file=sys.stderr)  # stdout stays the written paths, for scripts
+    thresh = load_recipe(Path(args.run) / "config.json").thresh
+    for path in export_model(learn, out, args.format, tta=args.tta, weights=weights.kind, epoch=weights.epoch,
+                             thresh=thresh):
+        print(path)
     return 0
 
 
@@ -273,7 +292,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_deploy_commands(sub) -> None:
     """`export`, `predict` and `report`: a trained run as a bundle, predictions and an HTML report."""
-    export = sub.add_parser("export", help="write a run's model as one safe bundle file for `predict`")
+    export = sub.add_parser("export", help="write a run's model as one safe bundle file for `predict` (or as "
+                                           "ONNX or TorchScript, with its preprocessing as JSON)")
     add_flags(export, ExportOptions)
     export.set_defaults(func=cmd_export)
     predict = sub.add_parser("predict", help="classify images (files or folders) with an exported bundle")

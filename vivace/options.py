@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .deploy import RuntimeFormat
 from .flags import arg, knob
 from .inference import BundleTTA
 from .tta import TTAKind
@@ -36,11 +37,14 @@ class EvaluateOptions(RunOptions):
 
 @dataclass
 class ExportOptions(RunOptions):
-    """`vivace export RUN`: the run's model as one safe bundle."""
+    """`vivace export RUN`: the run's model as one safe bundle (or for another runtime)."""
 
-    out: str = knob("", 'bundle path; "" = RUN/export.vivace', short="-o")
-    tta: BundleTTA = knob("none", "the bundle's default test-time augmentation")
-    overwrite: bool = knob(False, "replace the bundle if it exists")
+    format: Literal["vivace", RuntimeFormat] = knob(
+        "vivace", "vivace: one safe bundle for `vivace predict`; onnx, torchscript: the model for other runtimes, "
+                  "its preprocessing beside it as JSON (docs/export.md)")
+    out: str = knob("", 'output path; "" = RUN/export.vivace (.onnx, .pt)', short="-o")
+    tta: BundleTTA = knob("none", "the bundle's default test-time augmentation (onnx, torchscript: built in)")
+    overwrite: bool = knob(False, "replace the output files if they exist")
 
 
 @dataclass

@@ -43,6 +43,7 @@ from .optim import OptimizerSpec, even_mults, spread_lr
 from .runtime import autocast_dtype
 from .schedule import ScheduleSpec
 from .techniques import TechniqueSpec
+from .tracking import require_tensorboard
 from .transfer import InitSpec, inherited_stats
 from .views import resolve_valid_view
 
@@ -122,6 +123,8 @@ class TrainOptions:
     dist_timeout_s: float = knob(0.0, "torchrun: seconds a rank waits for a silent one before failing; "
                                       "0 = $VIVACE_DIST_TIMEOUT or 1800", range=Range(0.0))
     print_recipe: bool = knob(False, "print the resolved recipe (preset, flags and device rules applied) and exit")
+    tensorboard: str = knob("", "folder for TensorBoard scalars: loss and lr per step, each epoch's figures "
+                                "(needs vivace[tensorboard]); \"\" = none")
 
     def validate(self) -> None:
         """Raise ValueError naming the option, its value and what is allowed."""
@@ -130,6 +133,8 @@ class TrainOptions:
             raise ValueError(f"preset={self.preset!r} is not one of: {', '.join(PRESETS)}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite contradict each other: continue the run in --out, or replace it")
+        if self.tensorboard:  # before any heavy work: a missing package is found now, not after the data
+            require_tensorboard()
 
 
 RUN_SETTINGS = {f.name for f in dataclasses.fields(TrainOptions)}

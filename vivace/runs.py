@@ -89,7 +89,7 @@ def kept_checkpoint(out: Path) -> str:
     return f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
 
 
-RESUMED_OPTIONS = ("runs", "threads", "workers", "checkpoint_every_min", "reuse_memory")  # how, not what: config.json has the what
+RESUMED_OPTIONS = ("runs", "threads", "workers", "checkpoint_every_min", "reuse_memory", "tensorboard")  # how, not what: config.json has the what
 
 
 def resume_command(out: Path, options: TrainOptions) -> str:

@@ -12,10 +12,11 @@ from .build import build_dataloaders, build_learner
 from .callbacks import Callback
 from .checkpoint import load_checkpoint, restore_learner
 from .distributed import World
-from .files import DiskFullError
+from .files import DiskFullError, ensure_writable_folder
 from .learner import TrainingFailed, TrainingInterrupted
 from .recipe import Recipe, TrainOptions, describe, resolve, scaling_rule
 from .schedule import ScheduleSpec
+from .tracking import TensorBoardCallback
 from .transfer import InitSpec, start_from
 from .records import write_json
 from .runs import (check_before_start, default_out, delete_records, kept_checkpoint, load_run, nothing_to_resume,
@@ -31,12 +32,14 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
     options.validate()
     out = Path(options.out) if options.out else default_out()
     check_before_start(recipe, out, options.runs, options.resume, options.overwrite)
+    if options.tensorboard:
+        ensure_writable_folder(Path(options.tensorboard), f"--tensorboard {options.tensorboard}")
     if options.overwrite and distributed.rank() == 0:
         delete_records(out, options.runs)
     try:
         if options.runs == 1:
             return train_once(recipe, out, options, cbs)
-        summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}", options, cbs)
+        summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}", run_options(options, i), cbs)
                      for i in range(options.runs)]
     except TrainingInterrupted as err:
         raise TrainingInterrupted(f"{err}; continue with: {resume_command(out, options)}") from None
@@ -59,7 +62,8 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
             print(nothing_to_resume(out), flush=True)
         start_run_folder(out, recipe, describe(asked, recipe, world.device, options.preset, world.world_size))
     dls = build_dataloaders(recipe, world, options.workers)
-    learn = build_learner(recipe, dls, out, options.checkpoint_every_min, extra_cbs=cbs)
+    trackers = [TensorBoardCallback(options.tensorboard)] if options.tensorboard else []
+    learn = build_learner(recipe, dls, out, options.checkpoint_every_min, extra_cbs=[*(cbs or []), *trackers])
     if options.resume and checkpoint.is_file():
         restore_learner(learn, load_checkpoint(checkpoint, learn.device))
         learn.log(f"resuming {out} at epoch {learn.resume.epoch}, batch {learn.resume.batch}")
@@ -86,6 +90,14 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
     else:
         write_report(out, learn)
     return summary
+
+
+def run_options(options: TrainOptions, i: int) -> TrainOptions:
+    """The options of the i-th of several seeded runs: each writes its TensorBoard scalars to its
+    own subfolder (run<i>, as its run folder), so the runs' curves stay apart."""
+    if not options.tensorboard:
+        return options
+    return replace(options, tensorboard=str(Path(options.tensorboard) / f"run{i}"))
 
 
 def on_device(recipe: Recipe, world: World) -> Recipe:
