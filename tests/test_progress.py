@@ -185,11 +185,12 @@ def test_lr_find_shows_one_bar_over_its_steps_in_a_terminal(tiny_dls):
 
 
 # -- (a) `vivace train` end to end under a pseudo-terminal ----------------------------------
-def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300) -> tuple[int, str]:
-    """Run `args` with stdin, stdout and stderr on a pseudo-terminal; its exit code and output."""
+def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300,
+                    columns: int = 120) -> tuple[int, str]:
+    """Run `args` with stdin, stdout and stderr on a pseudo-terminal `columns` wide; its exit code and output."""
     leader, follower = os.openpty()
     # A fresh pseudo-terminal is 0 columns wide, and tqdm fits its bar into 0 characters.
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=env["HOME"])
     os.close(follower)
     chunks, deadline = [], time.monotonic() + timeout_s  # a safety net, not a speed test
