@@ -2,15 +2,21 @@
 bars and an HTML epoch table, and the saved notebook keeps them (nbclient + ipykernel)."""
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
+import torch
 
-from conftest import make_image_folder
+from conftest import make_image_folder, tiny_model
+from vivace import book, screen
+from vivace.figures import Figure
+from vivace.interpret import Interpretation
+from vivace.lr_finder import LRFindResult
+from vivace.show import image_grid
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURE_CALLS = ["dls.show_batch()", "learn.show_results(max_n=4)", "interp.plot_confusion_matrix()",
@@ -50,9 +56,33 @@ def htmls(outputs: list[dict], marker: str) -> list[str]:
     return [out["data"]["text/html"] for out in outputs if marker in out.get("data", {}).get("text/html", "")]
 
 
+# -- without a kernel: the figures' PNG, and nothing shown or printed by a script ----------------------
+def test_vivaces_figures_are_matplotlib_figures_with_a_png_for_notebooks():
+    interp = Interpretation(types.SimpleNamespace(dls=types.SimpleNamespace(vocab=["a", "b"], valid=None)),
+                            torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1]))
+    sweep = LRFindResult([1e-3, 1e-2, 1e-1], [1.0, 0.5, 2.0], 1e-2, 1e-2)
+    for fig in (image_grid(torch.rand(2, 3, 8, 8), ["x", "y"]), interp.confusion_matrix_figure(), sweep.plot()):
+        assert isinstance(fig, Figure) and fig._repr_png_().startswith(PNG_SIGNATURE)
+    assert plt.get_fignums() == []  # made without pyplot: nothing for a script's pyplot to show
+
+
+def test_the_books_lr_find_in_a_script_draws_and_prints_nothing(tiny_dls, capsys):
+    drawn = []
+    screen.display_in_notebook(lambda: drawn.append("drawn"))
+    assert drawn == []  # outside a kernel the figure is not even made
+    learn = book.Learner(tiny_dls, tiny_model(len(tiny_dls.vocab)))
+    found = learn.lr_find(num_it=6)
+    assert capsys.readouterr() == ("", "") and plt.get_fignums() == []
+    assert repr(found).startswith("SuggestedLRs(valley=")
+
+
+# -- a real kernel ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """The notebook, run top to bottom in a fresh kernel that imports this checkout, saved and read back."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
     root = tmp_path_factory.mktemp("notebook")
     folder = make_image_folder(root / "data")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in book_cells(folder)])

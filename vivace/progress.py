@@ -98,8 +98,7 @@ class Count:
 
 def bar_html(count: Count, label: str) -> str:
     return (f'<div><progress value="{count.done}" max="{max(count.total, 1)}" '
-            f'style="width:300px; height:12px; vertical-align:middle"></progress> '
-            f"{html.escape(label)} {count.timing()}</div>")
+            f'style="width:300px; height:12px; vertical-align:middle"></progress> {html.escape(label)}</div>')
 
 
 class NotebookBars:
@@ -138,7 +137,8 @@ class NotebookBars:
             self._draw()
 
     def end_fit(self) -> None:
-        self._draw()  # the last state stays in the notebook: the epochs done, a stopped epoch's bar
+        if self.drawn:  # the last state stays in the notebook: the epochs done, a stopped epoch's bar
+            self._draw()
 
     def abandon(self) -> None:
         self.batches = self.epochs = None
@@ -146,11 +146,12 @@ class NotebookBars:
     def _draw(self) -> None:
         parts = []
         if self.epochs is not None:
-            parts.append((self.epochs, f"{self.epochs.done}/{self.epochs.total} epochs"))
+            parts.append((self.epochs, f"{self.epochs.done}/{self.epochs.total} epochs {self.epochs.timing()}"))
         if self.batches is not None:
-            parts.append((self.batches, f"{self.desc}: {self.batches.done}/{self.batches.total} batches{self.postfix}"))
+            parts.append((self.batches, f"{self.desc}: {self.batches.done}/{self.batches.total} batches"
+                                        f"{self.postfix} {self.batches.timing()}"))
         self.output.show("".join(bar_html(count, label) for count, label in parts),
-                         "\n".join(f"{label} {count.timing()}" for count, label in parts))
+                         "\n".join(label for _, label in parts))
         self.drawn = time.perf_counter()
 
 
