@@ -18,21 +18,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_image_folder
-from vivace import progress
+from conftest import make_image_folder, tiny_model
+from vivace import progress, screen
 from vivace.checkpoint import load_checkpoint
 from vivace.progress import ProgressBar
 from vivace.learner import Learner
+from vivace.lr_finder import lr_find
 from vivace.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_learner(dls, bar: ProgressBar | None) -> Learner:
+def tiny_learner(dls, bar: ProgressBar | None, model: torch.nn.Module | None = None) -> Learner:
     torch.manual_seed(0)
-    learn = Learner(dls, create_model("xresnet18", n_out=len(dls.vocab), widen=0.25))
+    learn = Learner(dls, model or create_model("xresnet18", n_out=len(dls.vocab), widen=0.25))
     learn.cbs = [cb for cb in learn.cbs if not isinstance(cb, ProgressBar)] + ([bar] if bar else [])
     return learn
+
+
+def quick_learner(dls, bar: ProgressBar | None) -> Learner:
+    """tiny_learner with conftest's one-conv model: the views are under test, not the training."""
+    return tiny_learner(dls, bar, tiny_model(len(dls.vocab)))
 
 
 class BrokenStream(io.TextIOBase):
@@ -76,16 +82,16 @@ def test_a_failing_display_is_reported_once_and_training_goes_on(tiny_dls, capsy
 
 
 # -- how the front is chosen -------------------------------------------------------------------
-@pytest.mark.parametrize("mode, tty, kernel, widgets, front", [
-    ("auto", True, False, False, "text"),     # a terminal
-    ("auto", False, False, False, "none"),    # a pipe, CI
-    ("auto", False, True, True, "widget"),    # Jupyter with ipywidgets
-    ("auto", False, True, False, "text"),     # Jupyter without: a text bar on one line
-    ("on", False, False, False, "text"),      # forced
-    ("off", True, True, True, "none"),        # switched off
+@pytest.mark.parametrize("mode, tty, kernel, front", [
+    ("auto", True, False, "text"),        # a terminal
+    ("auto", False, False, "none"),       # a pipe, CI
+    ("auto", False, True, "notebook"),    # Jupyter, VS Code, Colab: HTML, with or without ipywidgets
+    ("on", False, False, "text"),         # forced
+    ("on", False, True, "notebook"),
+    ("off", True, True, "none"),          # switched off
 ])
-def test_front_choice(mode, tty, kernel, widgets, front):
-    assert progress.choose_front(mode, tty, kernel, widgets) == front
+def test_front_choice(mode, tty, kernel, front):
+    assert progress.choose_front(mode, tty, kernel) == front
 
 
 def test_mode_from_argument_and_environment(monkeypatch):
@@ -103,34 +109,82 @@ def test_mode_from_argument_and_environment(monkeypatch):
 
 def test_kernel_detection_reads_an_imported_ipython_only(monkeypatch):
     monkeypatch.delitem(sys.modules, "IPython", raising=False)
-    assert not progress.in_notebook_kernel()
+    assert not screen.in_notebook_kernel()
     assert "IPython" not in sys.modules  # detection never imports it
     kernel_shell = types.SimpleNamespace(kernel=object())
     terminal_shell = types.SimpleNamespace()  # IPython in a terminal: no kernel
     for shell, expected in ((kernel_shell, True), (terminal_shell, False), (None, False)):
         monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda s=shell: s))
-        assert progress.in_notebook_kernel() is expected
+        assert screen.in_notebook_kernel() is expected
 
 
-# -- (d) the notebook path, with the kernel detection simulated ------------------------------------
-def test_in_a_kernel_without_widgets_a_text_bar_goes_to_stderr(tiny_dls, capsys, monkeypatch):
+# -- (d) the notebook view, with the kernel simulated (tests/test_notebook.py runs a real one) -------
+class FakeOutput:
+    """screen.LiveOutput without IPython: the states each output showed, listed in `outputs` in the
+    order the outputs appeared (at their first show, as a display handle's)."""
+
+    outputs: list[list[tuple[str, str]]] = []
+
+    def __init__(self):
+        self.shown: list[tuple[str, str]] = []
+
+    def show(self, html: str, text: str) -> None:
+        if not self.shown:
+            FakeOutput.outputs.append(self.shown)
+        self.shown.append((html, text))
+
+
+@pytest.fixture
+def fake_kernel(monkeypatch):
+    """A kernel as vivace sees one; the outputs it showed, in the order they were made."""
     monkeypatch.delenv("VIVACE_PROGRESS", raising=False)
-    monkeypatch.setattr(progress, "in_notebook_kernel", lambda: True)
-    monkeypatch.setattr(progress, "widgets_available", lambda: False)
-    learn = tiny_learner(tiny_dls, ProgressBar())  # auto, and stderr is no terminal
+    monkeypatch.setattr(screen, "in_notebook_kernel", lambda: True)
+    monkeypatch.setattr(screen, "LiveOutput", FakeOutput)
+    FakeOutput.outputs = []
+    return FakeOutput.outputs
+
+
+def test_in_a_kernel_a_fit_shows_html_bars_then_the_table_replaced_in_place(tiny_dls, capsys, fake_kernel):
+    learn = quick_learner(tiny_dls, ProgressBar())  # auto
+    learn.fit(2, 1e-2)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""  # no text table, no text bar: both are HTML outputs
+    bars, table = fake_kernel  # the bars' output comes first, above the table, as fastai's
+    assert all("<progress" in html for html, _ in bars)
+    assert any("epoch 1/2: 0/" in text for _, text in bars) and any("epoch 2/2" in text for _, text in bars)
+    assert "2/2 epochs" in bars[-1][1] and "batches" not in bars[-1][1]  # at the end: the fit's bar alone
+    assert len(table) == 2  # one state per epoch, each replacing the last
+    last_html, last_text = table[-1]
+    assert last_html.count("<tr>") == 2 and "<th>train_loss</th>" in last_html and "<th>accuracy</th>" in last_html
+    assert last_text.splitlines()[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert len(learn.recorder.rows) == 2
+
+
+def test_in_a_kernel_a_second_fit_gets_its_own_table(tiny_dls, capsys, fake_kernel):
+    learn = quick_learner(tiny_dls, ProgressBar(enabled=False))
+    learn.fit(2, 1e-2)
     learn.fit(1, 1e-2)
-    err = capsys.readouterr().err
-    assert "epoch 1/1" in err and "batches" in err
-    assert "\n" not in err.strip()  # the notebook redraws it on one line: carriage returns only
+    first, second = fake_kernel
+    assert first[-1][0].count("<tr>") == 2 and second[-1][0].count("<tr>") == 1
 
 
-def test_in_a_kernel_with_widgets_the_notebook_bar_is_chosen(tiny_dls, monkeypatch):
-    monkeypatch.delenv("VIVACE_PROGRESS", raising=False)
-    monkeypatch.setattr(progress, "in_notebook_kernel", lambda: True)
-    monkeypatch.setattr(progress, "widgets_available", lambda: True)
-    bar = ProgressBar()
-    bar.before_fit(tiny_learner(tiny_dls, bar))
-    assert bar.front == "widget"
+def test_lr_find_shows_one_bar_over_its_steps_in_a_kernel(tiny_dls, fake_kernel):
+    learn = quick_learner(tiny_dls, ProgressBar())
+    lr_find(learn, num_it=2 * len(tiny_dls.train) + 1)  # the sweep spans three epochs of batches
+    (bars,) = fake_kernel
+    texts = [text for _, text in bars]
+    assert all(text.startswith("lr_find: ") and "epoch" not in text for text in texts)
+    assert f"{2 * len(tiny_dls.train) + 1}/{2 * len(tiny_dls.train) + 1} batches" in texts[-1]
+
+
+def test_lr_find_shows_one_bar_over_its_steps_in_a_terminal(tiny_dls):
+    stream = io.StringIO()
+    learn = quick_learner(tiny_dls, ProgressBar(enabled=True, file=stream))
+    num_it = 2 * len(tiny_dls.train) + 1
+    lr_find(learn, num_it=num_it)
+    text = stream.getvalue()
+    assert f"lr_find   0%|" in text and f"/{num_it} batches" in text
+    assert "epoch" not in text and f"/{len(tiny_dls.train)} batches" not in text
 
 
 # -- (a) `vivace train` end to end under a pseudo-terminal ----------------------------------
@@ -139,13 +193,13 @@ def _control_this_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300,
+def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300, columns: int = 120,
                     ctrl_c_when: str = "") -> tuple[int, str]:
-    """Run `args` with stdin, stdout and stderr on a pseudo-terminal; its exit code and output.
-    With `ctrl_c_when`, type Ctrl-C once the output shows that text, as a person would."""
+    """Run `args` with stdin, stdout and stderr on a pseudo-terminal `columns` wide; its exit code and
+    output. With `ctrl_c_when`, type Ctrl-C once the output shows that text, as a person would."""
     leader, follower = os.openpty()
     # A fresh pseudo-terminal is 0 columns wide, and tqdm fits its bar into 0 characters.
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env, cwd=env["HOME"],
                             start_new_session=True, preexec_fn=_control_this_terminal)
     os.close(follower)

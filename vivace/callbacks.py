@@ -13,12 +13,15 @@ event base and the Recorder), `progress` (the bar), `guards` (NaN guard, early s
 """
 from __future__ import annotations
 
-import math
+import sys
 import time
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+
+from . import screen
+from .epoch_table import fit_layout, html_table
 
 
 class Loop(Protocol):
@@ -69,7 +72,11 @@ class Callback:
 
 
 class Recorder(Callback):
-    """Collects per-epoch rows (train loss, valid loss, metrics, time) and prints the book's table."""
+    """Collects per-epoch rows (train loss, valid loss, metrics, time) and shows the book's table.
+
+    Printed as text, fitted to the terminal's width (`vivace.epoch_table`); in a notebook kernel
+    an HTML table instead, updated in place, one row per epoch of the running fit.
+    """
 
     order = -20
 
@@ -80,9 +87,12 @@ class Recorder(Callback):
         self.sizes: list[int] = []
 
     def before_fit(self, learn: Loop) -> None:
-        self.widths = [max(len(h), 10) for h in self._header(learn)]
-        if self.print_table and not self.rows:
-            learn.log("  ".join(h.ljust(w) for h, w in zip(self._header(learn), self.widths)).rstrip())
+        self.names = ["epoch", "train_loss", "valid_loss", *learn.metric_names, "time"]
+        self.layout = fit_layout(self.names, screen.terminal_columns(sys.stdout))  # learn.log prints to stdout
+        in_kernel = self.print_table and learn.is_main and screen.in_notebook_kernel()
+        self.html = screen.LiveOutput() if in_kernel else None
+        if self.print_table and self.html is None and not self.rows:
+            learn.log(self.layout.header_line())
 
     def before_epoch(self, learn: Loop) -> None:
         self.start = time.perf_counter()
@@ -101,22 +111,24 @@ class Recorder(Callback):
         row.update(learn.state.last_metrics)
         row["time"] = time.perf_counter() - self.start
         self.rows.append(row)
-        if self.print_table:
-            learn.log("  ".join(_fmt(k, v).ljust(w) for (k, v), w in zip(row.items(), self.widths)).rstrip())
+        if self.html is not None:
+            self._show_html(learn)
+        elif self.print_table:
+            learn.log(self.layout.row_line(row))
 
-    def _header(self, learn: Loop) -> list[str]:
-        return ["epoch", "train_loss", "valid_loss", *learn.metric_names, "time"]
+    def _show_html(self, learn: Loop) -> None:
+        """The running fit's rows as one HTML table, replaced in place; as text if the display fails."""
+        rows = self.rows[max((i for i, r in enumerate(self.rows) if r["epoch"] == 0), default=0):]
+        text = "\n".join([self.layout.header_line(), *map(self.layout.row_line, rows)])
+        try:
+            self.html.show(html_table(self.names, rows), text)
+        except Exception as err:  # display only: a broken notebook front must not stop training
+            self.html = None
+            learn.log(f"epoch table: HTML display failed ({type(err).__name__}: {err}); printed from here on")
+            learn.log(text)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "lrs": self.lrs, "sizes": self.sizes}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows, self.lrs, self.sizes = state["rows"], state["lrs"], state["sizes"]
-
-
-def _fmt(key: str, value: float) -> str:
-    if key == "epoch":
-        return str(int(value))
-    if key == "time":
-        return f"{int(value) // 60:02d}:{int(value) % 60:02d}"
-    return "" if math.isnan(value) else f"{value:.6f}"  # NaN: an epoch that skipped validation

@@ -1,6 +1,7 @@
 """Interpretation: where a trained classifier goes wrong (the book's ClassificationInterpretation).
 
-Plots use `matplotlib.figure.Figure` directly (no pyplot state, no GUI backend) and save PNGs.
+Plots are `vivace.figures.Figure`s (no pyplot state, no GUI backend; shown inline when a notebook
+cell returns one) and save PNGs.
 """
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from .data.names import display_names
+from .figures import Figure
 from .metrics import calibration_error, reliability_bins
 
 MAX_ANNOTATED_CLASSES = 30  # above this, confusion-matrix cells are too small for their counts

@@ -36,7 +36,7 @@ class LRFindResult:
 
     def plot(self, path: Path | None = None):
         """Loss against learning rate (log scale), each suggestion marked on the curve."""
-        from matplotlib.figure import Figure
+        from .figures import Figure
         fig = Figure(figsize=(6, 4), layout="constrained")  # constrained: the axis labels stay inside
         ax = fig.subplots()
         shown = len(self.lrs) - SKIP_END if len(self.lrs) > 2 * SKIP_END else len(self.lrs)
@@ -132,12 +132,17 @@ _LOOP_STATE = ("cbs", "opt", "state", "resume", "size_schedule", "ema")
 
 
 def sweep_callbacks(cbs: Sequence[Callback]) -> list[Callback]:
-    """The callbacks a sweep keeps: the progress bar and those that change batches (Mixup, CutMix).
+    """The callbacks a sweep keeps: those that change batches (Mixup, CutMix).
 
-    Left out: the Recorder's table, checkpoints, logs, EMA and the NaN guard (a sweep is meant
-    to end in divergence).
+    Left out: the progress bar (the sweep shows its own), the Recorder's table, checkpoints,
+    logs, EMA and the NaN guard (a sweep is meant to end in divergence).
     """
-    return [cb for cb in cbs if isinstance(cb, ProgressBar) or type(cb).transform_batch is not Callback.transform_batch]
+    return [cb for cb in cbs if type(cb).transform_batch is not Callback.transform_batch]
+
+
+def sweep_bars(cbs: Sequence[Callback], num_it: int) -> list[ProgressBar]:
+    """One bar over the sweep's `num_it` batches, shown where the Learner's bar shows (if it has one)."""
+    return [cb.for_sweep(num_it) for cb in cbs if isinstance(cb, ProgressBar)][:1]
 
 
 def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> LRFindResult:
@@ -152,7 +157,8 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
     kept_states = [copy.deepcopy(cb.state_dict()) for cb in kept]  # e.g. Mixup's random stream
     recorder = LRRecorder(num_it)
     try:
-        learn.cbs, learn.opt, learn.resume = [*kept, recorder], None, None  # a fresh optimizer
+        learn.cbs = [*kept, *sweep_bars(saved["cbs"], num_it), recorder]
+        learn.opt, learn.resume = None, None  # a fresh optimizer, from the first batch
         n_batches = max(len(learn.dls.train), 1)
         n_epochs = math.ceil(num_it / n_batches)
         steps, ratio = n_epochs * n_batches, end_lr / start_lr

@@ -1,16 +1,22 @@
-"""The progress bar, and where it shows: a terminal, a Jupyter kernel (widget or text), or nowhere (a pipe, CI)."""
+"""The progress bars, and where they show: a terminal (text), a Jupyter kernel (HTML replaced in
+place), or nowhere (a pipe, CI)."""
 from __future__ import annotations
 
-import importlib.util
+import html
 import os
 import sys
 import time
-from typing import Callable, Literal, TextIO
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, TextIO
 
+from tqdm import tqdm
+
+from . import screen
 from .callbacks import Callback, Loop
 
 PROGRESS_MODES = ("on", "off", "auto")
-ProgressFront = Literal["widget", "text", "none"]
+ProgressFront = Literal["notebook", "text", "none"]
+SWEEP_LABEL = "lr_find"  # a sweep's one bar (`vivace.lr_finder`)
 
 
 def progress_mode(enabled: bool | None = None) -> str:
@@ -23,75 +29,181 @@ def progress_mode(enabled: bool | None = None) -> str:
     return mode
 
 
-def in_notebook_kernel() -> bool:
-    """True inside a Jupyter kernel (a shell with a kernel: Jupyter, VS Code, Colab)."""
-    ipython = sys.modules.get("IPython")  # a kernel has imported it already: never import it here
-    shell = ipython.get_ipython() if ipython is not None else None
-    return getattr(shell, "kernel", None) is not None
-
-
-def widgets_available() -> bool:
-    """True when ipywidgets is installed, which tqdm's notebook bar needs."""
-    return importlib.util.find_spec("ipywidgets") is not None
-
-
-def choose_front(mode: str, stream_is_tty: bool, in_kernel: bool, has_widgets: bool) -> ProgressFront:
-    """Which bar to show: tqdm's widget in a kernel with ipywidgets, a text bar, or none."""
+def choose_front(mode: str, stream_is_tty: bool, in_kernel: bool) -> ProgressFront:
+    """Which bars to show: HTML in a kernel, text in a terminal (or when forced on), or none."""
     if mode == "off":
         return "none"
-    if in_kernel and has_widgets:
-        return "widget"
-    # A kernel's stderr is no terminal, but notebooks redraw a line on carriage return.
-    return "text" if mode == "on" or stream_is_tty or in_kernel else "none"
+    if in_kernel:
+        return "notebook"
+    return "text" if mode == "on" or stream_is_tty else "none"
 
 
-def is_tty(stream: TextIO) -> bool:
-    """True when `stream` is a terminal (a stream without isatty is not)."""
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
+class TextBars:
+    """tqdm bars on a stream: one per epoch (or one over a sweep's steps), erased when done."""
+
+    text_format = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} batches [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, stream: TextIO, sweep_steps: int | None):
+        self.stream, self.sweep_steps, self.bar = stream, sweep_steps, None
+
+    def start_epoch(self, state: Any) -> None:
+        if self.sweep_steps is None:
+            self.close()
+            self._open(f"epoch {state.epoch + 1}/{state.n_epochs}", state.n_batches, state.start.batch)
+        elif self.bar is None:  # a sweep's one bar, over all its epochs
+            self._open(SWEEP_LABEL, self.sweep_steps, 0)
+
+    def _open(self, desc: str, total: int, initial: int) -> None:
+        self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, file=self.stream,
+                        bar_format=self.text_format)
+
+    def advance(self, postfix: str | None) -> None:
+        self.bar.update(1)
+        if postfix is not None:
+            self.bar.set_postfix_str(postfix)
+
+    def end_epoch(self, state: Any) -> None:
+        if self.sweep_steps is None:
+            self.close()  # before validation, so the epoch's table row prints on a clean line
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    end_fit = close
+
+    def abandon(self) -> None:
+        if self.bar is not None:
+            self.bar.disable = True  # its close() and __del__ then draw nothing more
+            self.bar = None
+
+
+@dataclass
+class Count:
+    """A bar's numbers: `done` of `total`, counting from `first`, since `started` (perf_counter s)."""
+
+    total: int
+    done: int = 0
+    first: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def timing(self) -> str:
+        """[elapsed<remaining], as tqdm writes it."""
+        elapsed = time.perf_counter() - self.started
+        rate = (self.done - self.first) / max(elapsed, 1e-9)
+        remaining = tqdm.format_interval((self.total - self.done) / rate) if rate > 0 else "?"
+        return f"[{tqdm.format_interval(elapsed)}<{remaining}]"
+
+
+def bar_html(count: Count, label: str) -> str:
+    return (f'<div><progress value="{count.done}" max="{max(count.total, 1)}" '
+            f'style="width:300px; height:12px; vertical-align:middle"></progress> {html.escape(label)}</div>')
+
+
+class NotebookBars:
+    """HTML bars in one output of the cell, replaced in place: the fit's epochs above this epoch's
+    batches (a sweep: one bar over its steps). The saved notebook keeps their last state."""
+
+    refresh_s = 0.2  # between redraws: each sends the whole output to the frontend
+
+    def __init__(self, sweep_steps: int | None):
+        self.output, self.sweep_steps = screen.LiveOutput(), sweep_steps
+        self.epochs: Count | None = None  # the fit's bar (none in a sweep)
+        self.batches: Count | None = None  # this epoch's bar, or the sweep's
+        self.desc, self.postfix, self.drawn = "", "", 0.0
+
+    def start_epoch(self, state: Any) -> None:
+        if self.sweep_steps is not None:
+            if self.batches is None:
+                self.desc, self.batches = SWEEP_LABEL, Count(self.sweep_steps)
+        else:
+            if self.epochs is None:
+                self.epochs = Count(state.n_epochs, state.epoch, state.epoch)
+            self.epochs.done = state.epoch
+            self.desc, self.postfix = f"epoch {state.epoch + 1}/{state.n_epochs}", ""
+            self.batches = Count(state.n_batches, state.start.batch, state.start.batch)
+        self._draw()
+
+    def advance(self, postfix: str | None) -> None:
+        self.batches.done += 1
+        self.postfix = f", {postfix}" if postfix is not None else self.postfix
+        if time.perf_counter() - self.drawn >= self.refresh_s:
+            self._draw()
+
+    def end_epoch(self, state: Any) -> None:
+        if self.sweep_steps is None and self.batches is not None:
+            self.epochs.done, self.batches = state.epoch + 1, None  # the epoch bar goes: the table shows the row
+            self._draw()
+
+    def end_fit(self) -> None:
+        if self.drawn:  # the last state stays in the notebook: the epochs done, a stopped epoch's bar
+            self._draw()
+
+    def abandon(self) -> None:
+        self.batches = self.epochs = None
+
+    def _draw(self) -> None:
+        parts = []
+        if self.epochs is not None:
+            parts.append((self.epochs, f"{self.epochs.done}/{self.epochs.total} epochs {self.epochs.timing()}"))
+        if self.batches is not None:
+            parts.append((self.batches, f"{self.desc}: {self.batches.done}/{self.batches.total} batches"
+                                        f"{self.postfix} {self.batches.timing()}"))
+        self.output.show("".join(bar_html(count, label) for count, label in parts),
+                         "\n".join(label for _, label in parts))
+        self.drawn = time.perf_counter()
 
 
 class ProgressBar(Callback):
-    """A live bar per epoch: epoch i/N, batches done, loss, images/s and the epoch's ETA.
+    """Live bars: in a terminal one per epoch (epoch i/N, batches done, loss, images/s, the epoch's
+    ETA); in a notebook one over the fit's epochs and one over this epoch's batches, as fastai's.
 
-    Where it shows is `enabled` (True: always, False: never), else the VIVACE_PROGRESS
-    environment variable: `on`, `off` or `auto` (the default). Auto shows a bar in a terminal
-    (stderr a tty) and in a Jupyter kernel (tqdm's widget with ipywidgets installed, else a text
-    bar redrawn on one line), and none in a pipe or CI, where the Recorder's one line per epoch
-    is the progress. `file` sends a text bar to that stream instead of stderr. A display error
-    never stops training: it is reported once on stderr and the bar stays off from then on.
+    Where they show is `enabled` (True: always, False: never), else the VIVACE_PROGRESS
+    environment variable: `on`, `off` or `auto` (the default). Auto shows bars in a terminal
+    (stderr a tty) and in a Jupyter kernel (HTML replaced in place: `NotebookBars`), and none in
+    a pipe or CI, where the Recorder's one line per epoch is the progress. `file` sends text bars
+    to that stream instead of stderr. `sweep_steps`: one bar over that many batches for the whole
+    fit (an LR sweep) instead of one per epoch. A display error never stops training: it is
+    reported once on stderr and the bars stay off from then on.
     """
 
     order = 10
     loss_every = 10  # batches between loss reads: `.item()` waits for the device
-    text_format = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} batches [{elapsed}<{remaining}{postfix}]"
 
-    def __init__(self, enabled: bool | None = None, file: TextIO | None = None):
+    def __init__(self, enabled: bool | None = None, file: TextIO | None = None, sweep_steps: int | None = None):
         self.mode = progress_mode(enabled)
-        self.file = file
+        self.file, self.sweep_steps = file, sweep_steps
         self.front: ProgressFront = "none"
-        self.bar = None
+        self.view: TextBars | NotebookBars | None = None
         self.broken = False
 
+    def for_sweep(self, steps: int) -> ProgressBar:
+        """A bar shown where this one shows (same mode and stream), over the `steps` batches of a sweep."""
+        return ProgressBar({"on": True, "off": False}.get(self.mode), self.file, sweep_steps=steps)
+
     def before_fit(self, learn: Loop) -> None:
+        self.view, self.front = None, "none"
         if not learn.is_main or self.broken:
-            self.front = "none"
             return
         stream = self.file if self.file is not None else sys.stderr
-        in_kernel = self.file is None and in_notebook_kernel()
-        self.front = choose_front(self.mode, is_tty(stream), in_kernel, widgets_available())
+        in_kernel = self.file is None and screen.in_notebook_kernel()
+        self.front = choose_front(self.mode, screen.is_tty(stream), in_kernel)
+        if self.front == "notebook":
+            self.view = NotebookBars(self.sweep_steps)
+        elif self.front == "text":
+            self.view = TextBars(stream, self.sweep_steps)
 
     def before_epoch(self, learn: Loop) -> None:
-        self._close()
         self.start, self.n_images = time.perf_counter(), 0
 
     def before_batch(self, learn: Loop) -> None:
         # Opened at the first batch: progressive resizing may have changed the batch count.
-        if self.front != "none" and learn.state.iter == learn.state.start.batch:
-            self._safely(lambda: self._open(learn))
+        if self.view is not None and learn.state.iter == learn.state.start.batch:
+            self._safely(lambda: self.view.start_epoch(learn.state))
 
     def after_batch(self, learn: Loop) -> None:
-        if self.bar is None:
+        if self.view is None:
             return
         self.n_images += learn.dls.train.batch_size * learn.dls.train.world_size
         done = learn.state.iter + 1 - learn.state.start.batch
@@ -102,43 +214,23 @@ class ProgressBar(Callback):
             rate = self.n_images / max(now - self.start, 1e-9)
             postfix = f"loss {loss:.4f}, {rate:.0f} img/s"
             self.start, self.n_images = now, 0  # the next rate covers the next window of batches
-        self._safely(lambda: self._advance(postfix))
+        self._safely(lambda: self.view.advance(postfix))
         if learn.state.iter + 1 >= learn.state.n_batches:
-            self._close()  # before validation, so the epoch's table row prints on a clean line
+            self._safely(lambda: self.view.end_epoch(learn.state))
 
-    def after_epoch(self, learn: Loop) -> None:
-        self._close()
-
-    after_fit = after_epoch
-
-    def _open(self, learn: Loop) -> None:
-        desc = f"epoch {learn.state.epoch + 1}/{learn.state.n_epochs}"
-        if self.front == "widget":
-            from tqdm.notebook import tqdm as widget_tqdm
-            self.bar = widget_tqdm(total=learn.state.n_batches, initial=learn.state.start.batch, desc=desc, leave=False)
-            return
-        from tqdm import tqdm
-        self.bar = tqdm(total=learn.state.n_batches, initial=learn.state.start.batch, desc=desc, leave=False,
-                        file=self.file if self.file is not None else sys.stderr, bar_format=self.text_format)
-
-    def _advance(self, postfix: str | None) -> None:
-        self.bar.update(1)
-        if postfix is not None:
-            self.bar.set_postfix_str(postfix)
-
-    def _close(self) -> None:
-        if self.bar is not None:
-            self._safely(self.bar.close)
-            self.bar = None
+    def after_fit(self, learn: Loop) -> None:
+        if self.view is not None:
+            self._safely(self.view.end_fit)
+            self.view = None
 
     def _safely(self, show: Callable[[], None]) -> None:
-        """Run a display step; if it raises, report it once and turn the bar off for good."""
+        """Run a display step; if it raises, report it once and turn the bars off for good."""
         try:
             show()
         except Exception as err:  # display only: nothing the bar does may take training down
-            if self.bar is not None:
-                self.bar.disable = True  # its close() and __del__ then draw nothing more
-            self.bar, self.front, self.broken = None, "none", True
+            if self.view is not None:
+                self.view.abandon()
+            self.view, self.front, self.broken = None, "none", True
             _report(f"progress bar disabled: {type(err).__name__}: {err}")
 
 

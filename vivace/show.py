@@ -1,7 +1,8 @@
 """Pictures of the chapter: a training batch, one image's augmentations, and Mixup's blend.
 
-Every figure is a matplotlib `Figure` (no pyplot: no global state, safe without a display),
-saved as PNG when a path is given.
+Every figure is a `vivace.figures.Figure`: a matplotlib Figure without pyplot (no global state,
+safe without a display) that a notebook shows when a cell returns it; saved as PNG when a path
+is given.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def mixup_figure(a: Tensor, b: Tensor, lam: float, target: Tensor, vocab: list[s
         a, b: float images (3, H, W) in [0, 1].
         target: the blend's soft target (C,), summing to 1.
     """
-    from matplotlib.figure import Figure
+    from .figures import Figure
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam={lam} must be in [0, 1]")
     blend = torch.lerp(b, a, lam)  # lam * a + (1 - lam) * b
@@ -90,7 +91,7 @@ def show_batch(dls: DataLoaders, path: Path | None = None, max_n: int = 9, ncols
 def image_grid(x: Tensor, labels: list[str], path: Path | None = None,
                normalize: Normalize | None = None, ncols: int = 4):
     """Grid of images (B, 3, H, W) titled by labels; saved as PNG when path is given."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, safe without a display
+    from .figures import Figure  # no pyplot: no global state, safe without a display
     x = x if normalize is None else normalize.decode(x)
     imgs = x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
     ncols = max(1, min(ncols, len(imgs)))

@@ -1,7 +1,7 @@
 """fastai's `ClassificationInterpretation`, answered by `vivace.interpret.Interpretation`.
 
 The numbers and the figures are Interpretation's; this class only gives them fastai's names and
-return types (numpy confusion matrix, figures returned rather than saved).
+return types (numpy confusion matrix, figures returned rather than saved: a notebook shows them).
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 from torch import Tensor
 
+from vivace.figures import Figure
 from vivace.interpret import Interpretation
 
 

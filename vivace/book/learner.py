@@ -9,7 +9,7 @@ from typing import Any
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from vivace import learner
+from vivace import learner, screen
 from vivace.callbacks import Callback
 from vivace.techniques import Mixup
 from vivace.inference import Item
@@ -77,9 +77,15 @@ class Learner(learner.Learner):
         self.model.load_state_dict(load_file(str(self.path / self.model_dir / f"{file}.safetensors")))
         return self
 
-    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100) -> SuggestedLRs:
-        """vivace's LR sweep; `.valley` is fastai's suggestion (and vivace's `suggestion`)."""
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
+                show_plot: bool = True) -> SuggestedLRs:
+        """vivace's LR sweep; `.valley` is fastai's suggestion (and vivace's `suggestion`).
+
+        In a notebook it shows its plot, as fastai's does (`show_plot`); a script shows nothing.
+        """
         found = lr_find(self, start_lr, end_lr, num_it)
+        if show_plot:
+            screen.display_in_notebook(found.plot)  # what is returned shows as text: the plot shows once
         return SuggestedLRs(found.lrs, found.losses, found.suggestion, found.valley, found.steep, found.minimum)
 
     def tta(self, dl: Any = None, n: int = 4, beta: float | None = 0.25,
