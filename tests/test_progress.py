@@ -251,7 +251,7 @@ def test_ctrl_c_saves_says_how_to_resume_and_the_resume_matches(tmp_path):
     assert full.returncode == 0, full.stderr
     cut = tmp_path / "cut"
     code, out = run_in_terminal([sys.executable, "-m", "vivace", "train", *flags, "--out", str(cut)], env,
-                                ctrl_c_when="\n0  ")  # the epoch table's first row: Ctrl-C in the second epoch
+                                ctrl_c_when="epoch 2/8")  # the second epoch's bar: Ctrl-C inside it
     assert code == 130, out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
     said = [line for line in out.splitlines() if "interrupted at epoch" in line]

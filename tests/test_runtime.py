@@ -1,3 +1,4 @@
+import os
 """Tests for vivace.runtime: thread count and the allocator setting (process-wide: in a child)."""
 import platform
 import subprocess
@@ -108,3 +109,18 @@ def test_recipe_compile_mode_is_checked():
     assert make_recipe(compile=True, compile_mode="max-autotune").compile_mode == "max-autotune"
     with pytest.raises(ValueError, match="compile_mode"):
         make_recipe(compile_mode="fast")
+
+
+def test_threads_0_respects_the_users_omp_num_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_threads(0)
+        assert torch.get_num_threads() == 1
+        set_threads(2)  # --threads wins
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "abc")  # not a count: OpenMP ignores it, so do we
+        set_threads(0)
+        assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -58,12 +59,15 @@ def print_recipe(recipe: Recipe, options: TrainOptions) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .runs import default_out
     from .train import TrainingFailed, TrainingInterrupted, train
     recipe, options = recipe_from_args(args, options_from_args(args))
     options.validate()
     if options.print_recipe:
         print_recipe(recipe, options)
         return 0
+    if not options.out:  # named here, so the end can say where the run is
+        options = dataclasses.replace(options, out=str(default_out()))
     try:
         result = train(recipe, options)
     except TrainingFailed as err:
@@ -81,7 +85,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     if rank() == 0:
         _print_result(result)
+        print(next_steps(Path(options.out), options.runs))
     return 0
+
+
+def next_steps(out: Path, runs: int) -> str:
+    """Where the run is and the commands that use it, its folder filled in."""
+    run = out / "run0" if runs > 1 else out  # several runs: one folder each, the first as the example
+    folder = shlex.quote(str(run))
+    where = f"runs: {out}/run0 ... run{runs - 1}" if runs > 1 else f"run: {out}"
+    return "\n".join([f"{where}  (report: {run / 'report.html'})", "next:",
+                      f"  vivace report {folder}            # rewrite the report",
+                      f"  vivace export {folder}            # one bundle file: {run / 'export.vivace'}",
+                      f"  vivace predict {folder} IMAGE...  # classify images (files or folders)"])
 
 
 def _off_the_echoed_line() -> str:
@@ -220,12 +236,14 @@ def export_for_runtime(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .export import load
     from .inference import expand_items, write_predictions_csv
+    from .runs import load_predictor
     if args.topk < 1:
         raise ValueError(f"--topk {args.topk} must be >= 1")
     reuse_freed_memory()  # as `vivace train` does: evaluation measured 1.7-2.3x faster (runtime.py)
-    predictor = load(args.bundle, device=args.device)
+    predictor, weights = load_predictor(Path(args.bundle), device=args.device)
+    if weights:
+        print(weights, file=sys.stderr)  # stdout stays the predictions, for scripts
     named, found = [], []  # images named on the command line; images found in folders
     for arg in args.images:
         (found if Path(arg).is_dir() else named).extend(expand_items(arg))

@@ -51,7 +51,7 @@ class ExportOptions(RunOptions):
 class PredictOptions:
     """`vivace predict BUNDLE IMAGES...`: classify images with an exported bundle."""
 
-    bundle: str = arg("a bundle written by `vivace export`")
+    bundle: str = arg("a bundle written by `vivace export`, or a run folder (its export.vivace, else its final weights)")
     images: list[str] = arg("image files or folders (searched recursively)", nargs="+")
     topk: int = knob(3, "classes printed per image")
     tta: bool | None = knob(None, "average with the mirror image (default: the bundle's setting)")

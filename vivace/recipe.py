@@ -115,7 +115,7 @@ class TrainOptions:
     resume: bool = knob(False, "continue the run in --out from its last checkpoint")
     overwrite: bool = knob(False, "replace the run already in --out (its records and checkpoints are deleted)")
     runs: int = knob(1, "repeat with seeds seed, seed+1, ... and report mean and std", range=Range(1))
-    threads: int = knob(0, "torch intra-op threads; 0 = all cores", range=Range(0))
+    threads: int = knob(0, "torch intra-op threads; 0 = $OMP_NUM_THREADS if set, else all cores", range=Range(0))
     reuse_memory: bool = knob(True, "glibc keeps freed memory, no re-faulting per step (1.04-1.2x on CPU)")
     workers: int = knob(0, "processes for building the cache; 0 = all cores", range=Range(0))
     checkpoint_every_min: float = knob(0.0, "minutes between in-epoch checkpoints; 0 = end of epoch only",

@@ -16,6 +16,7 @@ from .checkpoint import WEIGHT_FILES, WeightsChoice, load_checkpoint
 from .data import data_source
 from .data.datasets import DATASETS
 from .files import ensure_writable_folder
+from .inference import Predictor
 from .learner import Learner
 from .models import ModelSpec, create_model
 from .recipe import Recipe, TrainOptions, load_recipe
@@ -145,3 +146,21 @@ def load_run_weights(run_dir: Path, weights: WeightsChoice = "final",
     learn.model.load_state_dict(state.get("eval_model", state["model"]))  # EMA runs: the average
     position = state["position"]
     return learn, SavedWeights(weights, WEIGHT_FILES[weights], int(position["epoch"]), int(position["batch"]))
+
+
+def load_predictor(path: Path, device: str | None = None) -> tuple[Predictor, str]:
+    """What `predict` runs: a bundle file, or a run folder (its export.vivace when it has one, else
+    its final weights, rebuilt as `export` would); for a folder, a line saying which it took."""
+    from .export import load  # lazy: export needs nothing of runs, runs need export only here
+    path = Path(path)
+    if not path.is_dir():
+        return load(path, device=device), ""
+    if (path / "export.vivace").is_file():
+        return load(path / "export.vivace", device=device), f"bundle: {path / 'export.vivace'}"
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is a folder with neither a bundle (export.vivace) nor a run (config.json): "
+                         f"name a bundle file, or the --out of a `vivace train` run")
+    learn, weights = load_run_weights(path, "final")
+    predictor = Predictor(learn.model, learn.dls.vocab, learn.dls.eval_view, device=device,
+                          multi_label=learn.dls.multi_label, thresh=load_recipe(path / "config.json").thresh)
+    return predictor, f"weights: {weights}"

@@ -18,8 +18,17 @@ NEVER_TRIM_BYTES = 2**31 - 1  # mallopt takes an int: 2 GiB of free heap top bef
 
 
 def set_threads(threads: int) -> None:
-    """Use every core for intra-op work unless told otherwise."""
-    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+    """`threads` intra-op threads; 0: OMP_NUM_THREADS where set (torchrun sets 1 for several
+    processes), else the cores shared among this machine's processes."""
+    processes = positive_env("LOCAL_WORLD_SIZE") or 1
+    torch.set_num_threads(threads if threads > 0 else positive_env("OMP_NUM_THREADS")
+                          or max(1, (os.cpu_count() or 1) // processes))
+
+
+def positive_env(name: str) -> int:
+    """An environment variable as a positive count; 0 when unset or not one (OpenMP ignores those too)."""
+    value = os.environ.get(name, "").split(",")[0].strip()  # OMP_NUM_THREADS="4,2": nested levels
+    return int(value) if value.isdigit() and int(value) > 0 else 0
 
 
 def reuse_freed_memory() -> bool:
