@@ -169,3 +169,22 @@ def test_every_commands_arguments_are_generated_from_dataclass_fields():
         for action in parser._actions:
             if action.dest != "help":
                 assert any(action.help.startswith(escape_percent(h)) for h in helps.get(action.dest, [])), (name, action.dest)
+
+
+@pytest.mark.parametrize("typed, meant", [("--mixupalpha", "--mixup-alpha"), ("--epoch", "--epochs"),
+                                          ("--lable-smoothing", "--label-smoothing")])
+def test_an_unknown_flag_gets_its_commands_usage_and_the_nearest_names(typed, meant, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", typed, "3", "--print-recipe"])  # never an abbreviation of a longer flag
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "usage: vivace train" in err and f"unrecognized arguments: {typed} 3" in err
+    assert "did you mean" in err and meant in err.rsplit("did you mean", 1)[1]
+
+
+def test_train_help_shows_what_a_bare_train_runs():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    quick = PRESETS["quick"]
+    assert f"training epochs; >= 1 (default: {quick.epochs})" in text
+    assert f"With --data and no --preset, these fields default otherwise: size_px 128" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import json
 import os
@@ -366,13 +367,22 @@ def add_lr_find_command(sub) -> None:
     lr_find.set_defaults(func=cmd_lr_find)
 
 
+def train_description() -> str:
+    """train's help text: the defaults it shows are a bare `vivace train`'s; with --data, Recipe's."""
+    quick, plain = PRESETS[DEFAULT_PRESET], Recipe()
+    differ = [f"{f.name} {getattr(plain, f.name)}" for f in dataclasses.fields(Recipe)
+              if f.name != "data" and getattr(quick, f.name) != getattr(plain, f.name)]
+    return (f"Train a model. Presets: {', '.join(PRESETS)}. With neither --data nor --preset, the "
+            f"'{DEFAULT_PRESET}' preset trains on the embedded dataset: the defaults shown below are its "
+            f"values. With --data and no --preset, these fields default otherwise: {', '.join(differ)}.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vivace", description="Train image classifiers from scratch, fast.")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model (default: the embedded dataset, in ~2 minutes)",
-                           description=f"Train a model. Presets: {', '.join(PRESETS)}. With neither "
-                                       f"--data nor --preset, the '{DEFAULT_PRESET}' preset trains on the embedded dataset.")
-    add_recipe_flags(train)
+    train = sub.add_parser("train", help="train a model (default: the embedded dataset, in about a minute)",
+                           description=train_description())
+    add_recipe_flags(train, defaults=dataclasses.asdict(PRESETS[DEFAULT_PRESET]))  # what a bare `vivace train` runs
     add_flags(train, TrainOptions)
     train.set_defaults(func=cmd_train)
     add_lr_find_command(sub)
@@ -381,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(func=cmd_download)
     add_chapter_commands(sub)
     add_deploy_commands(sub)
+    for command in (parser, *subcommands(parser).values()):
+        command.allow_abbrev = False  # `--epoch 3` is a typo, not `--epochs 3`
     return parser
 
 
@@ -394,9 +406,26 @@ def _format_warning(command: str, message, category, filename: str, lineno: int,
     return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; an unknown flag gets its subcommand's usage and the nearest flag names (not the top-level usage)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = subcommands(parser)[args.command]
+        known = [flag for action in command._actions for flag in action.option_strings]
+        near = sorted({m for arg in unknown if arg.startswith("-")
+                       for m in difflib.get_close_matches(arg.split("=")[0], known, n=3, cutoff=0.6)})
+        command.error(f"unrecognized arguments: {' '.join(unknown)}" + (f"; did you mean {', '.join(near)}?" if near else ""))
+    return args
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each subcommand's parser by name."""
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     # vivace's warnings (skipped images, symlink loops) as one line each, without the source line;
     # formatwarning is the hook Python documents for this. Other libraries' keep Python's format.
     warnings.formatwarning = functools.partial(_format_warning, args.command)
