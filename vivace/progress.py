@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
 from typing import Callable, Literal, TextIO
 
 from .callbacks import Callback, Loop
+from .environment import env_choice
 
 PROGRESS_MODES = ("on", "off", "auto")
 ProgressFront = Literal["widget", "text", "none"]
@@ -17,10 +17,7 @@ def progress_mode(enabled: bool | None = None) -> str:
     """'on', 'off' or 'auto': from `enabled` when given, else from VIVACE_PROGRESS (default auto)."""
     if enabled is not None:
         return "on" if enabled else "off"
-    mode = os.environ.get("VIVACE_PROGRESS", "").strip().lower() or "auto"
-    if mode not in PROGRESS_MODES:
-        raise ValueError(f"VIVACE_PROGRESS={mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
-    return mode
+    return env_choice("VIVACE_PROGRESS", PROGRESS_MODES, "auto")
 
 
 def in_notebook_kernel() -> bool:
