@@ -131,7 +131,7 @@ def given_fields(args: argparse.Namespace, names: Sequence[str]) -> dict[str, An
 def cmd_experiments(args: argparse.Namespace) -> int:
     import time
     from .experiments import chapter7
-    options_from_args(args).validate()  # --workers
+    options_from_args(args).validate()  # the TrainOptions it takes (--workers): their ranges
     given = given_fields(args, EXPERIMENT_FIELDS)
     if "size_px" in given and "presize_px" not in given:
         given["presize_px"] = given["size_px"] * 3 // 2  # room for random crops and for larger-size TTA
@@ -143,7 +143,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from . import show
     from .data import make_dataloaders
-    options_from_args(args).validate()  # --workers
+    options_from_args(args).validate()  # the TrainOptions it takes (--workers): their ranges
     settings = {**dataclasses.asdict(Recipe()), **SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)}
     dls = make_dataloaders(settings["data"], size_px=settings["size_px"], presize_px=settings["presize_px"],
                            batch_size=9, seed=settings["seed"], workers=args.workers, progress=False,
