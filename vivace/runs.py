@@ -115,7 +115,7 @@ def _lock(f: IO[str], out: Path) -> bool:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = f.read().strip() or "unknown"
+        holder = f.read(32).strip() or "unknown"  # a pid; never a page of whatever else the file holds
         raise ValueError(f"{out} is in use by another vivace process (pid {holder}); wait for it or choose "
                          "another --out") from None
     except OSError as err:  # e.g. a network file system without locks: train, but say the risk
