@@ -103,7 +103,7 @@ def test_mode_from_argument_and_environment(monkeypatch):
     monkeypatch.delenv("VIVACE_PROGRESS")
     assert progress.progress_mode() == "auto"
     monkeypatch.setenv("VIVACE_PROGRESS", "yes")
-    with pytest.raises(ValueError, match="VIVACE_PROGRESS='yes': expected one of on, off, auto"):
+    with pytest.raises(ValueError, match="environment variable VIVACE_PROGRESS='yes' must be one of on, off, auto"):
         ProgressBar()
 
 

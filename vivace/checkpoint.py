@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from safetensors import safe_open
@@ -113,6 +113,49 @@ def _check_position(path: Path, state: Any) -> None:
         if type(value) is not int or value < 0:
             raise ValueError(f"{path}: checkpoint field position.{key} must be an integer >= 0, "
                              f"got {value!r}; the file was edited or damaged: delete it to start again")
+
+
+# What `restore_learner` reads: every learner checkpoint has held these since the first.
+RESUME_FIELDS = ("position", "model", "optimizer", "scaler", "rng.torch", "data", "callbacks", "epoch_loss.sum",
+                 "epoch_loss.batches")
+
+
+def require_fields(path: Path, state: dict[str, Any], names: Sequence[str]) -> None:
+    """ValueError naming the file and the first of `names` (dotted: `rng.torch`) missing from `state`."""
+    for name in names:
+        node: Any = state
+        for key in name.split("."):
+            if not isinstance(node, dict) or key not in node:
+                raise ValueError(f"{path}: checkpoint field {name} is missing; the file was edited or written by "
+                                 "another program: delete it to start the run again")
+            node = node[key]
+
+
+def position_in_run(path: Path, position: dict[str, int], epochs: int, batches: int | None = None) -> bool:
+    """Whether a checkpoint's position is the end of a run of `epochs` (finished); ValueError naming the
+    field when it lies beyond the run: past its epochs, or past the `batches` of one of its epochs."""
+    epoch, batch = position["epoch"], position["batch"]
+    if epoch > epochs or (epoch == epochs and batch > 0):
+        raise ValueError(f"{path}: checkpoint field position.epoch={epoch} is past the recipe's epochs={epochs}: "
+                         f"pass --epochs N (N > {epoch}) to train on from it, or delete the file to start again")
+    # batch == batches: saved in-epoch after the epoch's last batch (the epoch then only validates).
+    if batches is not None and batch > batches:
+        raise ValueError(f"{path}: checkpoint field position.batch={batch} is past the {batches} batches of an "
+                         "epoch of this data at this batch size: the file was edited, or the data or batch size "
+                         "changed; resume with the run's data and batch size, or delete the file to start again")
+    return epoch == epochs
+
+
+def check_classes(path: Path, saved: Sequence[str] | None, vocab: Sequence[Any]) -> None:
+    """A resumed model goes on predicting the classes it was trained on: ValueError when the data's differ."""
+    vocab = [str(v) for v in vocab]
+    if saved is None or list(saved) == vocab:  # None: a checkpoint saved before the vocab was recorded
+        return
+    new, gone = [v for v in vocab if v not in saved], [v for v in saved if v not in vocab]
+    what = "; ".join(f"{label}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
+                     for label, names in (("new", new), ("gone", gone)) if names) or "same names, another order"
+    raise ValueError(f"{path} was trained on {len(saved)} classes, the data now has {len(vocab)} ({what}): resume "
+                     "on the data it was trained on, or train these classes into another --out")
 
 
 def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:

@@ -7,14 +7,13 @@ import dataclasses
 import difflib
 import functools
 import json
-import os
 import shlex
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .distributed import rank
+from .distributed import rank, world_size
 from .experiments import DEFAULTS as EXPERIMENT_DEFAULTS
 from .files import check_new_file, ensure_writable_folder, printable
 from .flags import add_flags
@@ -43,10 +42,13 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 def recipe_from_args(args: argparse.Namespace, options: TrainOptions) -> tuple[Recipe, TrainOptions]:
     """Preset (or, with --resume, the run's saved config), then the flags given explicitly; the
     options say which preset that was (with neither --data nor --preset: the embedded dataset's quick job)."""
+    from .runs import saved_config
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
-    saved_config = Path(options.out) / "config.json"
-    if options.resume and options.out and saved_config.is_file():
-        return make_recipe(**{**load_recipe(saved_config).to_dict(), **given}), options
+    saved = saved_config(Path(options.out), options.runs) if options.resume and options.out else None
+    if saved is not None:  # with --runs N, run<i>'s config, whose seed is the first run's + i
+        config, index = saved
+        recipe = load_recipe(config)
+        return make_recipe(**{**recipe.to_dict(), "seed": recipe.seed - index, **given}), options
     preset = options.preset or ("" if given.get("data") else DEFAULT_PRESET)
     return make_recipe(preset, **given), dataclasses.replace(options, preset=preset)
 
@@ -55,8 +57,7 @@ def print_recipe(recipe: Recipe, options: TrainOptions) -> None:
     """The recipe resolved for this machine's device (and WORLD_SIZE under torchrun), as it would run."""
     import torch
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    print(describe(recipe, resolve(recipe, device), device, options.preset, world_size), end="")
+    print(describe(recipe, resolve(recipe, device), device, options.preset, world_size()), end="")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -78,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{_off_the_echoed_line()}vivace train: {err}", file=sys.stderr)
         return INTERRUPTED
     except RuntimeError as err:
-        if os.environ.get("WORLD_SIZE", "1") == "1":
+        if world_size() == 1:
             raise
         # gloo/nccl say only what this rank saw ("Timed out waiting 5000ms ..."): name the cause.
         print(f"vivace train: error: rank {rank()}: {printable(err)} (if another rank crashed or stalled, its own log "
@@ -157,6 +158,7 @@ def given_fields(args: argparse.Namespace, names: Sequence[str]) -> dict[str, An
 def cmd_experiments(args: argparse.Namespace) -> int:
     import time
     from .experiments import chapter7
+    options_from_args(args).validate()  # the TrainOptions it takes (--workers): their ranges
     given = given_fields(args, EXPERIMENT_FIELDS)
     if "size_px" in given and "presize_px" not in given:
         given["presize_px"] = given["size_px"] * 3 // 2  # room for random crops and for larger-size TTA
@@ -168,6 +170,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from . import show
     from .data import make_dataloaders
+    options_from_args(args).validate()  # the TrainOptions it takes (--workers): their ranges
     out = Path(args.out or f"{args.what}.png")
     # Before the data is read: an explicit --out is never replaced silently (the default name, the
     # picture's own, is rewritten as before), and its folder must be writable.

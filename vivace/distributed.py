@@ -5,13 +5,14 @@ training runs in one process. gloo on CPU, nccl on CUDA, one GPU per process.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from .environment import env_int, env_seconds
 
 DEFAULT_TIMEOUT_S = 1800  # a rank that stops answering fails the others after this, never hangs
 
@@ -39,16 +40,20 @@ def init_distributed(timeout_s: float = 0.0) -> World:
     A collective that waits longer than `timeout_s` for another rank fails (0: the environment's
     VIVACE_DIST_TIMEOUT, else DEFAULT_TIMEOUT_S).
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+    if world_size() == 1:
         return World()
-    world = World(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    world = World(env_int("RANK", 0, low=0), world_size(), env_int("LOCAL_RANK", 0, low=0))
     if not dist.is_initialized():
-        timeout = timedelta(seconds=timeout_s or float(os.environ.get("VIVACE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+        timeout = timedelta(seconds=timeout_s or env_seconds("VIVACE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
         if torch.cuda.is_available():
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     return world
+
+
+def world_size() -> int:
+    """The number of training processes torchrun started (WORLD_SIZE), 1 without torchrun."""
+    return env_int("WORLD_SIZE", 1, low=1)
 
 
 def is_distributed() -> bool:
@@ -63,7 +68,7 @@ def barrier() -> None:
 
 def rank() -> int:
     """This process's rank: from the process group, else from torchrun's environment, else 0."""
-    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", "0"))
+    return dist.get_rank() if is_distributed() else env_int("RANK", 0, low=0)
 
 
 def wrap_model(model: nn.Module) -> nn.Module:

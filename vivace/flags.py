@@ -33,8 +33,14 @@ class Range:
 
     def __str__(self) -> str:
         if self.high == math.inf:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(x: float) -> str:
+    """A bound as written: 4294967295, not :g's 4.29497e+09; 0.001 as 0.001."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def knob(default: Any, help: str, aliases: Sequence[str] = (), short: str = "", range: Range | None = None) -> Any:

@@ -3,7 +3,6 @@ place), or nowhere (a pipe, CI)."""
 from __future__ import annotations
 
 import html
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from tqdm import tqdm
 
 from . import screen
 from .callbacks import Callback, Loop
+from .environment import env_choice
 
 PROGRESS_MODES = ("on", "off", "auto")
 ProgressFront = Literal["notebook", "text", "none"]
@@ -23,10 +23,7 @@ def progress_mode(enabled: bool | None = None) -> str:
     """'on', 'off' or 'auto': from `enabled` when given, else from VIVACE_PROGRESS (default auto)."""
     if enabled is not None:
         return "on" if enabled else "off"
-    mode = os.environ.get("VIVACE_PROGRESS", "").strip().lower() or "auto"
-    if mode not in PROGRESS_MODES:
-        raise ValueError(f"VIVACE_PROGRESS={mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
-    return mode
+    return env_choice("VIVACE_PROGRESS", PROGRESS_MODES, "auto")
 
 
 def choose_front(mode: str, stream_is_tty: bool, in_kernel: bool) -> ProgressFront:

@@ -48,6 +48,7 @@ from .transfer import InitSpec, inherited_stats
 from .views import resolve_valid_view
 
 LrScaling = Literal["auto", "linear", "sqrt", "off"]
+MAX_SEED = 2**32 - 1  # numpy's seeds stop here (torch's go to 2**64 - 1); --runs N uses seed .. seed + N - 1
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Recipe(ScalingSpec, TechniqueSpec, MetricSpec, LossSpec, ScheduleSpec, Ste
              ModelSpec, AugmentSpec, DataSpec):
     """Everything that decides what a run trains; `vivace train --help` lists each field."""
 
-    seed: int = knob(42, "random seed: initial weights, shuffling, augmentation, mixing")
+    seed: int = knob(42, "random seed: initial weights, shuffling, augmentation, mixing", range=Range(0, MAX_SEED))
 
     def kwargs(self, spec: type) -> dict[str, Any]:
         """The values of `spec`'s fields: the keyword arguments of the function the spec configures."""

@@ -1,25 +1,32 @@
-"""Run folders: checked before any heavy work, started (config.json, recipe.txt), replaced on
---overwrite, and reopened (`load_run`) for evaluate, export and report."""
+"""Run folders: checked before any heavy work, locked by the one process training in them, started
+(config.json, recipe.txt), replaced on --overwrite, resumed (what changed said, the checkpoint checked
+against the run), and reopened (`load_run`) for evaluate, export and report."""
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import time
 import warnings
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from .build import build_dataloaders, build_learner
-from .checkpoint import WEIGHT_FILES, WeightsChoice, load_checkpoint
+from .checkpoint import (RESUME_FIELDS, WEIGHT_FILES, WeightsChoice, check_classes, load_checkpoint, position_in_run,
+                         require_fields, restore_learner)
 from .data import data_source
 from .data.datasets import DATASETS
+from .distributed import rank
 from .files import ensure_writable_folder
 from .inference import Predictor
 from .learner import Learner
 from .models import ModelSpec, create_model
-from .recipe import Recipe, TrainOptions, load_recipe
+from .recipe import Recipe, TrainOptions, load_recipe, resolve
 from .records import write_json
 from .runtime import configure_process
 from .transfer import check_fits
@@ -75,6 +82,136 @@ def start_run_folder(out: Path, recipe: Recipe, description: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", recipe.to_dict())
     (out / "recipe.txt").write_text(description, encoding="utf-8")
+
+
+def forget_run_folder(out: Path) -> None:
+    """Undo `start_run_folder` after a failure before any training: the corrected rerun needs no --resume."""
+    for name in ("config.json", "recipe.txt"):
+        (out / name).unlink(missing_ok=True)
+
+
+LOCK_FILE = ".lock"  # flock-ed by the process training in the folder; holds its pid
+
+
+@contextmanager
+def run_folder_lock(out: Path) -> Iterator[None]:
+    """Hold `out/.lock` while a run trains in `out` (rank 0 alone under torchrun): a second vivace
+    process on the folder is refused, never mixed in. Closing the file releases the lock, and so does
+    the end of the process, however it ends: a killed run never leaves the folder locked."""
+    if os.name != "posix" or rank() != 0:
+        yield
+        return
+    with open(out / LOCK_FILE, "a+", encoding="utf-8") as f:
+        if _lock(f, out):
+            f.truncate(0)  # "a+" writes at the end, which is now the start
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+        yield
+
+
+def _lock(f: IO[str], out: Path) -> bool:
+    """Lock the open lock file `f` of `out`; ValueError naming the holder's pid when another process has
+    it; False (and a warning) where the file system cannot lock."""
+    import fcntl  # POSIX only
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read(32).strip() or "unknown"  # a pid; never a page of whatever else the file holds
+        raise ValueError(f"{out} is in use by another vivace process (pid {holder}); wait for it or choose "
+                         "another --out") from None
+    except OSError as err:  # e.g. a network file system without locks: train, but say the risk
+        warnings.warn(f"cannot lock {out} ({err.strerror}): two vivace processes training in it at once would "
+                      "mix their runs")
+        return False
+    return True
+
+
+def saved_config(out: Path, runs: int) -> tuple[Path, int] | None:
+    """The config.json a `--resume` of `out` continues, and its run's index (whose seed is the first
+    run's + the index); None when `out` holds none. With --runs N the configs are in run0, run1, ..."""
+    folders = [out] if runs == 1 else [out / f"run{i}" for i in range(runs)]
+    for i, folder in enumerate(folders):
+        if (folder / "config.json").is_file():
+            return folder / "config.json", i
+    if runs == 1 and (out / "run0" / "config.json").is_file():
+        raise ValueError(f"--out {out} holds several runs (run0, run1, ...): pass --runs N, as many as it was "
+                         "started with, to resume them")
+    return None
+
+
+def finished_message(out: Path, epochs: int) -> str:
+    return (f"{out} is finished (epoch {epochs} of {epochs} done, last.safetensors): nothing to resume; pass --epochs N "
+            f"(N > {epochs}) to train it longer, --overwrite to train it again, or choose another --out")
+
+
+def finished_summary(out: Path, epochs: int) -> dict[str, Any] | None:
+    """The saved summary of the run in `out` when its last checkpoint ends its `epochs` (None: more to
+    train, or no checkpoint yet); ValueError naming the file or field that cannot be trusted."""
+    checkpoint = out / "last.safetensors"
+    if not checkpoint.is_file():
+        return None
+    state = load_checkpoint(checkpoint)
+    require_fields(checkpoint, state, ("position",))
+    if not position_in_run(checkpoint, state["position"], epochs):
+        return None
+    return saved_summary(out / "summary.json")
+
+
+def saved_summary(path: Path) -> dict[str, Any]:
+    """A finished run's summary.json; ValueError naming it when missing or not a JSON object."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing, though the run finished training (last.safetensors): it stopped "
+                         f"while writing its records; `vivace evaluate {path.parent}` scores it, --overwrite trains "
+                         "it again") from None
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not valid JSON ({err}); --overwrite trains the run again") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: must hold a JSON object of metrics; --overwrite trains the run again")
+    return summary
+
+
+MODEL_FIELDS = {f.name for f in fields(ModelSpec)}
+
+
+def resume_changes(out: Path, recipe: Recipe, device: torch.device, has_weights: bool) -> str | None:
+    """What a `--resume` changes against `out`'s config.json, as one line (None: nothing); ValueError
+    when it changes the model that the checkpoint's weights were made for (`has_weights`)."""
+    config = out / "config.json"
+    saved = resolve(load_recipe(config), device)  # as `recipe` is: runs saved by older versions hold `auto`s
+    changed = [f.name for f in fields(Recipe) if getattr(saved, f.name) != getattr(recipe, f.name)]
+    said = {name: f"{name} {getattr(saved, name)} -> {getattr(recipe, name)}" for name in changed}
+    model = [said[name] for name in changed if name in MODEL_FIELDS]
+    if model and has_weights:
+        raise ValueError(f"{config}: --resume cannot change the model ({', '.join(model)}): the weights in "
+                         "last.safetensors are for the saved one; resume without those flags, or train the new "
+                         "model into another --out")
+    return f"resume of {out} changes {', '.join(said.values())} (vs its config.json)" if changed else None
+
+
+def resume_learner(learn: Learner, checkpoint: Path, epochs: int) -> None:
+    """Restore `learn` from a run's last checkpoint, checked against this run first: its fields, its
+    position within the epochs and batches, its classes. ValueError saying what differs, never torch's dump."""
+    state = load_checkpoint(checkpoint, learn.device)
+    require_fields(checkpoint, state, RESUME_FIELDS)
+    if position_in_run(checkpoint, state["position"], epochs, len(learn.dls.train)):
+        raise ValueError(finished_message(checkpoint.parent, epochs))
+    check_classes(checkpoint, state.get("vocab"), learn.dls.vocab)
+    try:
+        restore_learner(learn, state)
+    except RuntimeError as err:  # load_state_dict lists every tensor that differs (KBs): say the first
+        raise ValueError(f"{checkpoint} does not fit the model this recipe builds ({first_problem(err)}): resume "
+                         "with the recipe in config.json, or train into another --out") from None
+
+
+def first_problem(err: Exception) -> str:
+    """The first line of detail in a multi-line torch error, and how many more there are."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
+    more = f"; {len(lines) - 2} more" if len(lines) > 2 else ""
+    return f"{detail if len(detail) <= 160 else detail[:157] + '...'}{more}"
 
 
 def nothing_to_resume(out: Path) -> str:

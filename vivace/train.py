@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,17 +11,17 @@ from typing import Any
 from . import distributed
 from .build import build_dataloaders, build_learner
 from .callbacks import Callback
-from .checkpoint import load_checkpoint, restore_learner
 from .distributed import World
 from .files import DiskFullError, ensure_writable_folder
-from .learner import TrainingFailed, TrainingInterrupted
-from .recipe import Recipe, TrainOptions, describe, resolve, scaling_rule
+from .learner import Learner, TrainingFailed, TrainingInterrupted
+from .recipe import MAX_SEED, Recipe, TrainOptions, describe, resolve, scaling_rule
 from .schedule import ScheduleSpec
 from .tracking import TensorBoardCallback
 from .transfer import InitSpec, start_from
 from .records import write_json
-from .runs import (check_before_start, default_out, delete_records, kept_checkpoint, load_run, nothing_to_resume,
-                   resume_command, start_run_folder)
+from .runs import (check_before_start, default_out, delete_records, finished_message, finished_summary,
+                   forget_run_folder, kept_checkpoint, load_run, nothing_to_resume, resume_changes, resume_command,
+                   resume_learner, run_folder_lock, start_run_folder)
 from .runtime import configure_process
 
 __all__ = ["train", "train_once", "TrainingFailed", "TrainingInterrupted"]
@@ -30,19 +31,35 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
     """Train `options.runs` seeded runs; with several, report mean and std of the final metrics."""
     recipe.validate()
     options.validate()
+    if recipe.seed + options.runs - 1 > MAX_SEED:
+        raise ValueError(f"seed={recipe.seed} with runs={options.runs} needs seeds up to "
+                         f"{recipe.seed + options.runs - 1}, past {MAX_SEED}: choose a smaller --seed")
     out = Path(options.out) if options.out else default_out()
     check_before_start(recipe, out, options.runs, options.resume, options.overwrite)
     if options.tensorboard:
         ensure_writable_folder(Path(options.tensorboard), f"--tensorboard {options.tensorboard}")
-    if options.overwrite and distributed.rank() == 0:
-        delete_records(out, options.runs)
     try:
-        if options.runs == 1:
-            return train_once(recipe, out, options, cbs)
-        summaries = [train_once(replace(recipe, seed=recipe.seed + i), out / f"run{i}", run_options(options, i), cbs)
-                     for i in range(options.runs)]
+        with run_folder_lock(out):  # one process at a time trains in a folder
+            return train_runs(recipe, out, options, cbs)
     except TrainingInterrupted as err:
         raise TrainingInterrupted(f"{err}; continue with: {resume_command(out, options)}") from None
+
+
+def train_runs(recipe: Recipe, out: Path, options: TrainOptions, cbs: list[Callback] | None) -> dict[str, Any]:
+    """`train` once `out` is checked and locked: a resume keeps finished runs as they are."""
+    folders = [out] if options.runs == 1 else [out / f"run{i}" for i in range(options.runs)]
+    finished = [finished_summary(folder, recipe.epochs) if options.resume else None for folder in folders]
+    if all(finished) and (options.runs == 1 or (out / "summary.json").is_file()):
+        raise ValueError(finished_message(out, recipe.epochs))  # nothing rewritten
+    if options.overwrite and distributed.rank() == 0:
+        delete_records(out, options.runs)
+    if options.runs == 1:
+        return train_once(recipe, out, options, cbs)
+    summaries = []
+    for i, (folder, summary) in enumerate(zip(folders, finished)):
+        if summary is not None and distributed.rank() == 0:
+            print(f"{folder} is finished: kept as it is, its summary.json counts", flush=True)
+        summaries.append(summary or train_once(replace(recipe, seed=recipe.seed + i), folder, run_options(options, i), cbs))
     keys = [k for k, v in summaries[0].items() if isinstance(v, float)]
     combined = {k: {"mean": statistics.mean(s[k] for s in summaries),
                     "std": statistics.stdev(s[k] for s in summaries)} for k in keys}
@@ -57,18 +74,22 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
     world = distributed.init_distributed(options.dist_timeout_s)
     asked, recipe = recipe, on_device(recipe, world)
     checkpoint = out / "last.safetensors"
+    resumes = options.resume and checkpoint.is_file()
+    if options.resume and (out / "config.json").is_file():  # every rank: a refusal must stop them all
+        change = resume_changes(out, recipe, world.device, has_weights=resumes)
+        if change and world.is_main:
+            warnings.warn(change)
+    fresh = not (out / "config.json").is_file()
     if world.is_main:  # only rank 0 writes anything
-        if options.resume and not checkpoint.is_file():
+        if options.resume and not resumes:
             print(nothing_to_resume(out), flush=True)
         start_run_folder(out, recipe, describe(asked, recipe, world.device, options.preset, world.world_size))
-    dls = build_dataloaders(recipe, world, options.workers)
-    trackers = [TensorBoardCallback(options.tensorboard)] if options.tensorboard else []
-    learn = build_learner(recipe, dls, out, options.checkpoint_every_min, extra_cbs=[*(cbs or []), *trackers])
-    if options.resume and checkpoint.is_file():
-        restore_learner(learn, load_checkpoint(checkpoint, learn.device))
-        learn.log(f"resuming {out} at epoch {learn.resume.epoch}, batch {learn.resume.batch}")
-    elif recipe.init:  # a resumed run has its weights from its checkpoint
-        learn.log(start_from(learn.model, **recipe.kwargs(InitSpec), vocab=dls.vocab))
+    try:
+        learn = prepared_learner(recipe, out, options, world, cbs)
+    except (ValueError, FileNotFoundError, RuntimeError):
+        if fresh and world.is_main:  # nothing trained: the corrected rerun must not need --resume
+            forget_run_folder(out)
+        raise
     start = time.perf_counter()
     try:
         learn.fit_schedule(**recipe.kwargs(ScheduleSpec))
@@ -98,6 +119,21 @@ def run_options(options: TrainOptions, i: int) -> TrainOptions:
     if not options.tensorboard:
         return options
     return replace(options, tensorboard=str(Path(options.tensorboard) / f"run{i}"))
+
+
+def prepared_learner(recipe: Recipe, out: Path, options: TrainOptions, world: World,
+                     cbs: list[Callback] | None) -> Learner:
+    """The run's data and Learner, restored from its last checkpoint on --resume, or started from --init."""
+    dls = build_dataloaders(recipe, world, options.workers)
+    trackers = [TensorBoardCallback(options.tensorboard)] if options.tensorboard else []
+    learn = build_learner(recipe, dls, out, options.checkpoint_every_min, extra_cbs=[*(cbs or []), *trackers])
+    checkpoint = out / "last.safetensors"
+    if options.resume and checkpoint.is_file():
+        resume_learner(learn, checkpoint, recipe.epochs)
+        learn.log(f"resuming {out} at epoch {learn.resume.epoch}, batch {learn.resume.batch}")
+    elif recipe.init:  # a resumed run has its weights from its checkpoint
+        learn.log(start_from(learn.model, **recipe.kwargs(InitSpec), vocab=dls.vocab))
+    return learn
 
 
 def on_device(recipe: Recipe, world: World) -> Recipe:

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from ..environment import env_folder
 from ..files import ensure_writable_folder
 from .names import IMAGENETTE_NAMES, IMAGEWOOF_NAMES
 
@@ -67,10 +68,7 @@ _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 
 def data_home() -> Path:
     """Where datasets are downloaded and extracted: `$VIVACE_HOME`, else `~/.cache/vivace`."""
-    home = os.environ.get("VIVACE_HOME")
-    if home:
-        return Path(home).expanduser()
-    return Path.home() / ".cache" / "vivace"
+    return env_folder("VIVACE_HOME", Path.home() / ".cache" / "vivace")
 
 
 def embedded_path() -> Path:
