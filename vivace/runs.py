@@ -62,8 +62,10 @@ def check_before_start(recipe: Recipe, out: Path, runs: int = 1, resume: bool = 
     found = existing_records(out, runs)
     if found and not (resume or overwrite):
         names = ", ".join(str(p.relative_to(out)) for p in found)
-        raise ValueError(f"--out {out} already holds a run ({names}): pass --resume to continue it, "
-                         f"--overwrite to replace it, or choose another --out")
+        go_on = ("pass --resume --epochs N (more than it trained) to train it longer" if (out / "summary.json").is_file()
+                 else "pass --resume to continue it")  # a finished run has nothing left to resume
+        raise ValueError(f"--out {out} already holds a run ({names}): {go_on}, --overwrite to replace it, "
+                         f"or choose another --out")
 
 
 def delete_records(out: Path, runs: int) -> None:
