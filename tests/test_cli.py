@@ -49,6 +49,10 @@ def test_train_writes_run_dir(tmp_path, tiny_folder, capsys):
     assert main(["train", "--data", str(tiny_folder), "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "train_loss" in printed and "final accuracy" in printed
+    # It ends saying where the run is and what to do next, the folder filled in.
+    assert f"run: {out}  (report: {out / 'report.html'})" in printed
+    for command in (f"vivace report {out}", f"vivace export {out}", f"vivace predict {out} IMAGE..."):
+        assert command in printed
     for name in ("config.json", "log.csv", "summary.json", "losses.png", "schedule.png",
                  "last.safetensors", "best.safetensors"):
         assert (out / name).stat().st_size > 0, name

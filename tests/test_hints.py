@@ -92,6 +92,11 @@ def test_predict_of_a_folder_that_is_neither_names_both(folder, run, capsys):
     said = error_of(["predict", str(folder), image], capsys)
     assert "name a bundle file, or the --out of a `vivace train` run" in said
     assert main(["predict", str(run), image]) == 0  # a run folder: its final weights
+    assert "weights: final (last.safetensors, epoch 1)" in capsys.readouterr().err
+    assert main(["export", str(run)]) == 0
+    assert main(["predict", str(run), image]) == 0  # now its export.vivace
+    assert f"bundle: {run / 'export.vivace'}" in capsys.readouterr().err
+    (run / "export.vivace").unlink()  # the module's run, as the other tests found it
 
 
 def test_an_existing_output_overwrite_or_elsewhere(folder, run, tmp_path, capsys):
