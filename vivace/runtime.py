@@ -9,6 +9,8 @@ from typing import Literal, get_args
 
 import torch
 
+from .environment import env_int
+
 # glibc's mallopt() parameter numbers (<malloc.h>).
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -20,14 +22,13 @@ NEVER_TRIM_BYTES = 2**31 - 1  # mallopt takes an int: 2 GiB of free heap top bef
 def set_threads(threads: int) -> None:
     """`threads` intra-op threads; 0: OMP_NUM_THREADS where set (torchrun sets 1 for several
     processes), else the cores shared among this machine's processes."""
-    processes = positive_env("LOCAL_WORLD_SIZE") or 1
-    torch.set_num_threads(threads if threads > 0 else positive_env("OMP_NUM_THREADS")
-                          or max(1, (os.cpu_count() or 1) // processes))
+    processes = env_int("LOCAL_WORLD_SIZE", 1, low=1)
+    torch.set_num_threads(threads if threads > 0 else omp_threads() or max(1, (os.cpu_count() or 1) // processes))
 
 
-def positive_env(name: str) -> int:
-    """An environment variable as a positive count; 0 when unset or not one (OpenMP ignores those too)."""
-    value = os.environ.get(name, "").split(",")[0].strip()  # OMP_NUM_THREADS="4,2": nested levels
+def omp_threads() -> int:
+    """OMP_NUM_THREADS as a thread count; 0 when unset or not a count (OpenMP ignores those too)."""
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # "4,2": nested levels
     return int(value) if value.isdigit() and int(value) > 0 else 0
 
 
