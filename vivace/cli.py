@@ -141,10 +141,11 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from . import show
     from .data import make_dataloaders
-    settings = {**dataclasses.asdict(Recipe()), **SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)}
-    dls = make_dataloaders(settings["data"], size_px=settings["size_px"], presize_px=settings["presize_px"],
-                           batch_size=9, seed=settings["seed"], workers=args.workers, progress=False,
-                           valid_name=settings["valid_name"])
+    recipe = dataclasses.replace(Recipe(), **{**SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)})
+    recipe.validate()  # the checks train makes: a size beyond the presize, say
+    dls = make_dataloaders(recipe.data, size_px=recipe.size_px, presize_px=recipe.presize_px,
+                           batch_size=9, seed=recipe.seed, workers=args.workers, progress=False,
+                           valid_name=recipe.valid_name)
     out = Path(args.out or f"{args.what}.png")
     if args.what == "mixup":
         show.show_mixup(dls, out, lam=args.lam)
@@ -178,7 +179,8 @@ def add_chapter_commands(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_learner
     from .runs import load_run_weights
-    learn, weights = load_run_weights(Path(args.run), args.weights)
+    # Only the model is exported: data whose classes changed since is said, the model's classes kept.
+    learn, weights = load_run_weights(Path(args.run), args.weights, keep_model_classes=True)
     out = Path(args.out) if args.out else Path(args.run) / "export.vivace"
     check_new_file(out, "-o", args.overwrite)  # a bundle someone may already be serving is not replaced silently
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the bundle's path, for scripts
