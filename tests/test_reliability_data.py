@@ -149,7 +149,8 @@ def test_N23c_an_old_relative_data_path_naming_another_folder_is_caught(s1, tmp_
     run = copy_run(s1, tmp_path, data="mv1")  # as configs before absolute paths recorded it
     monkeypatch.chdir(tmp_path)
     make_syn(tmp_path / "mv1", classes=("apple", "dog"))  # an unrelated mv1/ where export runs
-    with pytest.warns(UserWarning, match=r"the data's classes differ from the model's \(not in the data: cat; new: apple"):
+    changed = r"the data's classes differ from the model's \(not in the data: cat; new: apple"
+    with pytest.warns(UserWarning, match=changed):
         assert main(["export", str(run), "-o", "m.vivace"]) == 0
     capsys.readouterr()
     assert load(tmp_path / "m.vivace", device="cpu").vocab == ["cat", "dog"]
