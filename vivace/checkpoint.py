@@ -151,11 +151,23 @@ def check_classes(path: Path, saved: Sequence[str] | None, vocab: Sequence[Any])
     vocab = [str(v) for v in vocab]
     if saved is None or list(saved) == vocab:  # None: a checkpoint saved before the vocab was recorded
         return
-    new, gone = [v for v in vocab if v not in saved], [v for v in saved if v not in vocab]
-    what = "; ".join(f"{label}: {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}"
-                     for label, names in (("new", new), ("gone", gone)) if names) or "same names, another order"
-    raise ValueError(f"{path} was trained on {len(saved)} classes, the data now has {len(vocab)} ({what}): resume "
-                     "on the data it was trained on, or train these classes into another --out")
+    raise ValueError(f"{path} was trained on {len(saved)} classes, the data now has {len(vocab)} "
+                     f"({class_change(list(saved), vocab)}): resume on the data it was trained on, or train these "
+                     "classes into another --out")
+
+
+def class_change(model_vocab: list[str], data_vocab: list[str]) -> str:
+    """How the data's classes differ from the model's, in a few words."""
+    gone = [name for name in model_vocab if name not in data_vocab]
+    new = [name for name in data_vocab if name not in model_vocab]
+    if not gone and not new:
+        return "the same names in another order"
+    parts = [f"not in the data: {_few(gone)}" if gone else "", f"new: {_few(new)}" if new else ""]
+    return "; ".join(part for part in parts if part)
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:

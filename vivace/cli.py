@@ -175,10 +175,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     # Before the data is read: an explicit --out is never replaced silently (the default name, the
     # picture's own, is rewritten as before), and its folder must be writable.
     check_new_file(out, "--out", args.overwrite or not args.out)
-    settings = {**dataclasses.asdict(Recipe()), **SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)}
-    dls = make_dataloaders(settings["data"], size_px=settings["size_px"], presize_px=settings["presize_px"],
-                           batch_size=9, seed=settings["seed"], workers=args.workers, progress=False,
-                           valid_name=settings["valid_name"])
+    recipe = dataclasses.replace(Recipe(), **{**SHOW_DEFAULTS, **given_fields(args, SHOW_FIELDS)})
+    recipe.validate()  # the checks train makes: a size beyond the presize, say
+    dls = make_dataloaders(recipe.data, size_px=recipe.size_px, presize_px=recipe.presize_px,
+                           batch_size=9, seed=recipe.seed, workers=args.workers, progress=False,
+                           valid_name=recipe.valid_name)
     if args.what == "mixup":
         show.show_mixup(dls, out, lam=args.lam)
     elif args.what == "batch":
@@ -213,7 +214,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .runs import load_run_weights
     if args.format != "vivace":
         return export_for_runtime(args)
-    learn, weights = load_run_weights(Path(args.run), args.weights)
+    # Only the model is exported: data whose classes changed since is said, the model's classes kept.
+    learn, weights = load_run_weights(Path(args.run), args.weights, keep_model_classes=True)
     out = Path(args.out) if args.out else Path(args.run) / "export.vivace"
     check_new_file(out, "-o", args.overwrite)  # a bundle someone may already be serving is not replaced silently
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the bundle's path, for scripts
@@ -230,7 +232,7 @@ def export_for_runtime(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / f"export{SUFFIXES[args.format]}"
     for path in (out, preprocess_path(out)):
         check_new_file(path, "-o", args.overwrite)
-    learn, weights = load_run_weights(Path(args.run), args.weights)
+    learn, weights = load_run_weights(Path(args.run), args.weights, keep_model_classes=True)
     print(f"weights: {weights}", file=sys.stderr)  # stdout stays the written paths, for scripts
     thresh = load_recipe(Path(args.run) / "config.json").thresh
     for path in export_model(learn, out, args.format, tta=args.tta, weights=weights.kind, epoch=weights.epoch,

@@ -23,9 +23,11 @@ from torch import Tensor, nn
 from .files import atomic_write, content_hash
 from .inference import TTA_MODES, Predictor
 from .models.xresnet import XResNet
+from .data.cache import MAX_PRESIZE_PX
 from .data.eval_view import EvalView
 
 FORMAT = "vivace-export"
+MAX_BLOCKS_PER_STAGE = 64  # config.layers: xresnet152's deepest stage has 36
 VERSION = 1  # bump when the layout or the meaning of a field changes
 
 
@@ -104,6 +106,9 @@ def check_info(path: Path, info: Any, tensors: dict[str, Tensor]) -> None:
     for key in ("n_out", "c_in"):
         if not _positive_int(config.get(key)):
             raise bad(f"config.{key}", "an integer >= 1", config.get(key))
+    layers = config.get("layers")  # the model is first built without memory (build_model): bound its time too
+    if not (isinstance(layers, list) and all(_positive_int(n) and n <= MAX_BLOCKS_PER_STAGE for n in layers)):
+        raise bad("config.layers", f"a list of block counts in [1, {MAX_BLOCKS_PER_STAGE}]", layers)
     vocab = info.get("vocab")
     names = isinstance(vocab, list) and all(isinstance(v, str) for v in vocab)
     if not names or len(set(vocab)) != len(vocab):
@@ -111,9 +116,9 @@ def check_info(path: Path, info: Any, tensors: dict[str, Tensor]) -> None:
     if len(vocab) != config["n_out"]:
         raise bad("vocab", f"{config['n_out']} class names, one per model output (config.n_out)", vocab)
     _check_normalize(info.get("normalize", "missing"), config["c_in"], bad)
-    for key in ("size", "presize"):
-        if not _positive_int(info.get(key)):
-            raise bad(key, "an integer >= 1 (pixels)", info.get(key))
+    for key in ("size", "presize"):  # bounded: each image is decoded at presize (60000 px: 14 GB)
+        if not _positive_int(info.get(key)) or info[key] > MAX_PRESIZE_PX:
+            raise bad(key, f"an integer >= 1 and <= {MAX_PRESIZE_PX} (pixels)", info.get(key))
     if info["presize"] < info["size"]:
         raise bad("presize", f">= size={info['size']}", info["presize"])
     crop = info.get("crop", 1.0)  # bundles from before valid_crop resized the whole square
@@ -178,15 +183,31 @@ def _check_header(path: Path, meta: dict[str, str]) -> None:
 
 
 def build_model(info: dict[str, Any], tensors: dict[str, Tensor]) -> nn.Module:
-    """The bundle's model with its weights loaded (on the CPU, train mode as constructed)."""
+    """The bundle's model with its weights loaded (on the CPU, train mode as constructed).
+
+    Built first on the meta device (shapes, no memory) and compared with the bundle's tensors: a
+    config edited to a wider model (widen=64: 14 GB) is refused before anything is allocated.
+    """
     if info.get("arch") != "xresnet":
         raise ValueError(f"unknown architecture {info.get('arch')!r} in bundle; expected 'xresnet'")
     try:
+        with torch.device("meta"):
+            expected = XResNet(**info["config"]).state_dict()
+        _check_shapes(expected, tensors)
         model = XResNet(**info["config"])
         model.load_state_dict(tensors)
     except (TypeError, KeyError, RuntimeError) as err:  # config and weights do not fit together
         raise ValueError(f"bundle weights do not match its architecture config ({err})") from err
     return model
+
+
+def _check_shapes(expected: dict[str, Tensor], tensors: dict[str, Tensor]) -> None:
+    """ValueError naming the first tensor of the config's model that the bundle lacks or shapes otherwise."""
+    for key, t in expected.items():
+        found = "missing" if key not in tensors else tuple(tensors[key].shape)
+        if found != tuple(t.shape):
+            raise ValueError(f"bundle weights do not match its architecture config: {key} is {found} in the "
+                             f"bundle, {tuple(t.shape)} by its config; export the run again")
 
 
 def load(path: str | Path, device: str | torch.device | None = None, amp: str = "auto") -> Predictor:

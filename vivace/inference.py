@@ -111,6 +111,10 @@ class Predictor:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():  # torch would fail an assert
+            raise ValueError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                             f"{'no GPU visible' if torch.backends.cuda.is_built() else 'built without CUDA'}); "
+                             "use --device cpu, or leave --device out")
         # channels_last as in training: the same conv kernels, so the same numbers.
         self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.vocab, self.view, self.tta = list(vocab), view, tta

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ import torch
 
 from .augment import AugmentSpec
 from .data import STATS_NAMES, DataSpec, eval_batch_size
+from .data.datasets import DATASETS
 from .flags import Range, check_fields, knob
 from .learner import StepSpec
 from .losses import LossSpec
@@ -276,19 +278,31 @@ def scaled_lr(lr: float, batch_ratio: float, rule: str) -> float:
 
 def resolve(recipe: Recipe, device: torch.device) -> Recipe:
     """The recipe as it runs: the device's batch and lr (`for_device`), the validation view as
-    `make_dataloaders` resolves it (no `auto`, no 0 for the view, its crop or its size), where it
-    starts (`init` as an absolute path; `stats=auto`: the --init model's statistics, else
-    imagenet), and `fine_tune` as the schedule of a run with frozen epochs."""
+    `make_dataloaders` resolves it (no `auto`, no 0 for the view, its crop or its size), its data,
+    label table and where it starts (`data`, `labels` and `init` as absolute paths; `stats=auto`:
+    the --init model's statistics, else imagenet), and `fine_tune` as the schedule of a run with
+    frozen epochs."""
     recipe = for_device(recipe, device)
     valid_size_px = recipe.valid_size_px or recipe.size_px
     view, crop = resolve_valid_view(recipe.valid_view, recipe.valid_crop, valid_size_px, recipe.train_crop)
     init = str(Path(recipe.init).resolve()) if recipe.init else ""
+    data = absolute_data(recipe.data)
+    # A table found from the current folder, made absolute too; one named inside the data folder stays so.
+    labels = os.path.abspath(recipe.labels) if recipe.labels and Path(recipe.labels).is_file() else recipe.labels
     stats = recipe.stats
     if stats == "auto":
         stats = inherited_stats(init, recipe.init_weights) if init else "imagenet"
     schedule = "fine_tune" if recipe.freeze_epochs else recipe.schedule
-    return replace(recipe, valid_view=view, valid_crop=crop, valid_size_px=valid_size_px, init=init, stats=stats,
-                   schedule=schedule)
+    return replace(recipe, valid_view=view, valid_crop=crop, valid_size_px=valid_size_px, data=data, labels=labels,
+                   init=init, stats=stats, schedule=schedule)
+
+
+def absolute_data(data: str) -> str:
+    """A data folder as an absolute path (a dataset name or "" as it is): config.json then names
+    the same folder from any working directory, never another folder of the same name."""
+    if not data or data in DATASETS:
+        return data
+    return os.path.abspath(Path(data).expanduser())
 
 
 def describe(asked: Recipe, resolved: Recipe, device: torch.device, preset: str = "", world_size: int = 1) -> str:

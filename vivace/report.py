@@ -72,7 +72,7 @@ def write_report(run_dir: str | Path, learn: Any) -> Path:
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): "
                                 "pass the --out of a `vivace train` run")
-    config = new_names(json.loads((run_dir / "config.json").read_text()))  # old runs: the fields' new names
+    config = new_names(_read_json(run_dir / "config.json"))  # old runs: the fields' new names
     summary = _read_json(run_dir / "summary.json")
     rows = read_log(run_dir / "log.csv")
     name = _esc(run_dir.resolve().name)
@@ -126,7 +126,9 @@ def sig4(value: float) -> str:
 
 
 def mmss(seconds: float) -> str:
-    """Seconds as m:ss, or h:mm:ss from an hour on."""
+    """Seconds as m:ss, or h:mm:ss from an hour on; blank when not a finite number (not measured)."""
+    if not math.isfinite(seconds):
+        return ""
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
@@ -171,7 +173,17 @@ def _details(title: str, mapping: dict[str, Any]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A run record's JSON object ({} if the file is absent); ValueError naming the file if unusable."""
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); fix the file, or delete it and report again") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(value).__name__}; fix the file, or delete it "
+                         "and report again")
+    return value
 
 
 # -- the headline ----------------------------------------------------------------------------
@@ -199,7 +211,7 @@ def headline(config: dict[str, Any], summary: dict[str, Any], rows: list[dict[st
              # summary.json names the preset (config.json did before 2026-12-06)
              "preset": summary.get("preset") or config.get("preset") or "none", "epochs": epochs,
              f"final {metric}": f"{accuracy:.2%}" if isinstance(accuracy, float) else "not measured",
-             "wall time": mmss(seconds) if isinstance(seconds, (int, float)) else "unknown",
+             "wall time": mmss(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else "unknown",
              "machine": machine, "weights scored": f"{summary.get('weights', 'final')} weights"}
     cells = "".join(f"<div><b>{_esc(k)}</b><span>{_esc(v)}</span></div>" for k, v in facts.items())
     note = "" if summary else "<p class='muted'>no summary.json: the run did not finish</p>"
@@ -219,12 +231,27 @@ def read_log(path: Path) -> list[dict[str, float]]:
         raw = list(csv.DictReader(f))
     rows, fit, previous = [], 0, math.inf  # the first row starts fit 1
     for index, r in enumerate(raw):
-        row = {k: float(v) if v not in ("", None) else math.nan for k, v in r.items()}
+        row = _log_row(path, index + 2, r)  # line 1 is the header
         if row.get("epoch", index) <= previous:  # the count restarted: a new fit
             fit += 1
         previous = row.get("epoch", index)
         rows.append({**row, "epoch": float(index), "fit": float(fit)})
     return rows
+
+
+def _log_row(path: Path, line: int, cells: dict[str | None, Any]) -> dict[str, float]:
+    """One row of log.csv as numbers (blank -> NaN); ValueError naming the file, line and field."""
+    fix = f"fix the line, or delete {path.name} (the report then has no epoch table)"
+    if None in cells:  # csv.DictReader's key for cells beyond the header
+        raise ValueError(f"{path}: line {line} has {len(cells) - 1 + len(cells[None])} fields, the header "
+                         f"{len(cells) - 1}; {fix}")
+    row = {}
+    for key, text in cells.items():
+        try:
+            row[key] = float(text) if text not in ("", None) else math.nan
+        except ValueError:
+            raise ValueError(f"{path}: line {line}, field {key}: {text!r} is not a number; {fix}") from None
+    return row
 
 
 def epochs_section(rows: list[dict[str, float]]) -> str:
@@ -250,7 +277,7 @@ def curves_png(rows: list[dict[str, float]]) -> bytes:
     for n, (title, keys) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), n + 1)
         for key in keys:
-            points = [(r["epoch"], r[key]) for r in rows if not math.isnan(r[key])]  # skipped validations
+            points = [(r["epoch"], r[key]) for r in rows if math.isfinite(r[key])]  # skipped validations
             if points:  # dashed: nll equals valid_loss without label smoothing, and must not hide it
                 ax.plot(*zip(*points), marker="o" if len(points) <= 30 else None, ms=3, label=key,
                         ls="--" if key in ("nll", "top5_accuracy") else "-")

@@ -17,15 +17,16 @@ from typing import IO, Any
 import torch
 
 from .build import build_dataloaders, build_learner
-from .checkpoint import (RESUME_FIELDS, WEIGHT_FILES, WeightsChoice, check_classes, load_checkpoint, position_in_run,
-                         require_fields, restore_learner)
-from .data import data_source
+from .checkpoint import (RESUME_FIELDS, WEIGHT_FILES, WeightsChoice, check_classes, class_change, load_checkpoint,
+                         position_in_run, require_fields, restore_learner)
+from .data import DataLoaders, data_source
 from .data.datasets import DATASETS
 from .distributed import rank
 from .files import ensure_writable_folder
 from .inference import Predictor
 from .learner import Learner
 from .models import ModelSpec, create_model
+from .normalize import Normalize
 from .recipe import Recipe, TrainOptions, load_recipe, resolve
 from .records import write_json
 from .runtime import configure_process
@@ -262,13 +263,15 @@ def load_run(run_dir: Path, weights: WeightsChoice = "final", **overrides: Any) 
     return load_run_weights(run_dir, weights, **overrides)[0]
 
 
-def load_run_weights(run_dir: Path, weights: WeightsChoice = "final",
+def load_run_weights(run_dir: Path, weights: WeightsChoice = "final", keep_model_classes: bool = False,
                      **overrides: Any) -> tuple[Learner, SavedWeights]:
     """`load_run`, plus which weights were loaded (for output that says what it scored).
 
     final = the model at the end of training (with EMA, the average), as `train` reports it;
     best = the epoch with the best validation accuracy, chosen on the validation set (so its
     validation score is optimistic). `overrides`: recipe fields to change (the validation view).
+    The classes are the model's, recorded in its checkpoint: data whose classes differ is refused,
+    or with `keep_model_classes` (export: only the model is used) said in a warning.
     """
     if weights not in WEIGHT_FILES:
         raise ValueError(f"weights={weights!r} is not one of: {', '.join(WEIGHT_FILES)}")
@@ -278,13 +281,49 @@ def load_run_weights(run_dir: Path, weights: WeightsChoice = "final",
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json): pass the --out of a `vivace train` run")
     recipe = replace(load_recipe(config), **overrides)
     recipe.validate()
+    check_recorded_data(config, recipe.data)
     configure_process(threads=0, reuse_memory=True)  # train's defaults (2x for evaluation: runtime.py)
+    checkpoint = run_dir / WEIGHT_FILES[weights]
+    state = load_checkpoint(checkpoint)  # on the CPU: load_state_dict copies to the model's device
     # Quiet: the run's split was said when it trained (`learn.dls.source.split_note` has it).
-    learn = build_learner(recipe, build_dataloaders(recipe, progress=False), run_dir)
-    state = load_checkpoint(run_dir / WEIGHT_FILES[weights], learn.device)
+    dls = build_dataloaders(recipe, progress=False)
+    match_model_classes(checkpoint, state, dls, keep_model_classes)
+    learn = build_learner(recipe, dls, run_dir)
     learn.model.load_state_dict(state.get("eval_model", state["model"]))  # EMA runs: the average
     position = state["position"]
     return learn, SavedWeights(weights, WEIGHT_FILES[weights], int(position["epoch"]), int(position["batch"]))
+
+
+def check_recorded_data(config: Path, data: str) -> None:
+    """The data folder a run's config.json names must still be there; FileNotFoundError naming the field."""
+    if not data or data in DATASETS or Path(data).expanduser().exists():
+        return
+    # Runs saved before 2026-12-06 may record a path relative to where they were trained.
+    relative = "" if Path(data).expanduser().is_absolute() else f" (relative to the current folder {Path.cwd()})"
+    raise FileNotFoundError(f"{config}: data {data!r}{relative} no longer exists; move the folder back, or edit "
+                            "the field data to where it is now")
+
+
+def match_model_classes(checkpoint: Path, state: dict[str, Any], dls: DataLoaders, keep_model_classes: bool) -> None:
+    """The data's classes must be the model's, as its checkpoint recorded them (since 2026-12-06).
+
+    A renamed or added class folder would otherwise relabel every output: a cat called `aardvark`,
+    an accuracy of 0. With `keep_model_classes` the model's classes and statistics replace the data's.
+    """
+    saved = state.get("vocab")
+    if saved is None or list(saved) == list(dls.vocab):
+        return
+    change = class_change(saved, dls.vocab)
+    if not keep_model_classes:
+        raise ValueError(f"{checkpoint}: the model was trained on {len(saved)} classes, but its data "
+                         f"{dls.source.root} now has others ({change}): restore the data as it was when the run "
+                         "trained, or train again on the new classes")
+    warnings.warn(f"{dls.source.root}: the data's classes differ from the model's ({change}); using the model's "
+                  f"{len(saved)} classes, recorded in {checkpoint}")
+    dls.vocab = [str(name) for name in saved]
+    if "normalize" in state:  # statistics computed from the data would now be another data's
+        norm = state["normalize"]
+        dls.set_normalize(Normalize(norm["mean"], norm["std"]) if norm is not None else None)
 
 
 def load_predictor(path: Path, device: str | None = None) -> tuple[Predictor, str]:
@@ -299,7 +338,7 @@ def load_predictor(path: Path, device: str | None = None) -> tuple[Predictor, st
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is a folder with neither a bundle (export.vivace) nor a run (config.json): "
                          f"name a bundle file, or the --out of a `vivace train` run")
-    learn, weights = load_run_weights(path, "final")
+    learn, weights = load_run_weights(path, "final", keep_model_classes=True)  # predicts the model's classes
     predictor = Predictor(learn.model, learn.dls.vocab, learn.dls.eval_view, device=device,
                           multi_label=learn.dls.multi_label, thresh=load_recipe(path / "config.json").thresh)
     return predictor, f"weights: {weights}"

@@ -1,7 +1,7 @@
 """Data: image folders -> presize cache -> batches on the device -> augmented, normalized tensors."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from ..augment import TrainAugment
 from ..flags import Range, knob
 from ..normalize import Normalize, compute_stats, imagenet_stats, parse_stats
 from ..views import ValidResize, ValidView, resolve_valid_view
-from .cache import MAX_ASPECT, ImageCache, build_cache
+from .cache import MAX_ASPECT, MAX_PRESIZE_PX, ImageCache, build_cache
 from .datasets import data_home, embedded_path, resolve_data
 from .loader import BatchLoader
 from .pipeline import Pipeline
@@ -91,9 +91,10 @@ class DataSpec:
                                 '"" = one label each')
     multi_label: bool = knob(False, "sigmoid outputs and binary cross-entropy, each image's labels a set (one "
                                     "from a folder or an undelimited table); --label-delim implies it")
-    size_px: int = knob(128, "final training and validation crop size, px", aliases=("size",), range=Range(1))
+    size_px: int = knob(128, "final training and validation crop size, px", aliases=("size",),
+                        range=Range(1, MAX_PRESIZE_PX))
     presize_px: int = knob(160, "shorter side of the cached images, px (>= size_px)", aliases=("presize",),
-                           range=Range(1))
+                           range=Range(1, MAX_PRESIZE_PX))
     max_aspect: float = knob(MAX_ASPECT, "longer side / shorter side the cache keeps whole; 1 = centre squares",
                              range=Range(1.0, 100.0))
     valid_size_px: int = knob(0, "validation (and export) crop side, px; 0 = size_px (FixRes: test a bit larger)",
@@ -151,8 +152,6 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
                                                                label_delim)
     if multi_label and not source.multi_label:
         source = source.as_multi_label()
-    if progress and source.split_note:
-        print(source.split_note, flush=True)
     device = torch.device(device) if device is not None else _default_device()
     cache = build_cache(source.train_files + source.valid_files, presize_px, cache_dir, workers or None, progress,
                         max_aspect)
@@ -160,6 +159,9 @@ def make_dataloaders(data: str | Path | Source | None = None, *, size_px: int = 
     train_idx, train_y = _usable(cache, np.arange(n_train), source.label_array(source.train_labels))
     valid_idx, valid_y = _usable(cache, np.arange(n_train, len(cache)), source.label_array(source.valid_labels))
     _check_usable(train_idx, valid_idx, source)
+    source = replace(source, split_note=_used_note(source, len(train_idx), len(valid_idx)))
+    if progress and source.split_note:
+        print(source.split_note, flush=True)
     resident, line = choose_data_on_device(data_on_device, cache, device)
     if progress and line:
         print(line, flush=True)
@@ -198,6 +200,15 @@ def _usable(cache: ImageCache, positions: np.ndarray, labels: np.ndarray) -> tup
     """Drop images the cache could not decode (they were reported when it was built)."""
     keep = cache.ok[positions]
     return positions[keep], labels[keep]
+
+
+def _used_note(source: Source, n_train: int, n_valid: int) -> str:
+    """The split line, told how many images are used when some could not be read (the cache skipped them)."""
+    left_out = len(source.train_files) + len(source.valid_files) - n_train - n_valid
+    if not left_out or not source.split_note:
+        return source.split_note
+    return (f"{source.split_note}; {left_out:,} unreadable {'image' if left_out == 1 else 'images'} left out: "
+            f"{n_train:,} train and {n_valid:,} validation images used")
 
 
 def _check_usable(train_idx: np.ndarray, valid_idx: np.ndarray, source: Source) -> None:

@@ -11,7 +11,10 @@ Layout of a cache directory `<root>/<key[:16]>/`:
   skipped. Written last and atomically, so a directory without it is an interrupted build and is
   rebuilt.
 The key hashes the format version, presize, max_aspect and each file's (absolute path, size,
-mtime_ns), so adding, removing or touching a file, or changing either setting, builds a new cache.
+mtime_ns, inode, ctime_ns), so adding, removing, touching or rewriting a file, or changing either
+setting, builds a new cache. The ctime is what catches a rewrite whose size and mtime were kept
+(`os.utime` restores an mtime, nothing restores a ctime); chmod and renames change it too, so a
+file that was unreadable when the cache was built is decoded again once it is fixed.
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
+import stat
 import struct
 import sys
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +38,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm import tqdm
 
-from ..files import atomic_write, ensure_writable_folder
+from ..files import atomic_write, ensure_writable_folder, remove_stale_temps
 from ..pictures import Pictures, stored_view
 
 FORMAT_VERSION = 2  # bump when the decoding or the file layout changes: old caches then miss
@@ -40,9 +47,16 @@ FORMAT_VERSION = 2  # bump when the decoding or the file layout changes: old cac
 # panorama; the canvas costs at most 3x a centre-square cache, and no more than the widest
 # image needs (squares cost 1x). 1 = the centre square (what vivace cached before 2026-12-05).
 MAX_ASPECT = 3.0
+# The largest presize (and so crop size) vivace accepts, from a flag, config.json or a bundle: a
+# 4096 px image at the 3:1 aspect bound is 151 MB decoded. A bound, so an edited file cannot ask
+# for gigabytes (a bundle's presize 60000 would allocate 14 GB for one image).
+MAX_PRESIZE_PX = 4096
 PIXELS_NAME = "pixels.u8"
 INDEX_NAME = "index.json"
-N_NAMED_IN_WARNING = 5  # skipped files named in the post-build warning
+N_NAMED_IN_WARNING = 5  # skipped files named in the skipped-images warning
+# Free space asked beyond the pixels file: index.json (a path and a size per image) and slack.
+FREE_SPACE_MARGIN_BYTES = 1 << 20
+INDEX_BYTES_PER_IMAGE = 512
 RESAMPLE_REDUCING_GAP = 3.0  # Pillow: >= 3 is indistinguishable from a full-resolution resample
 # What Pillow raises on bad input (its fuzzers expect these); anything else is a bug and propagates.
 DECODE_ERRORS = (OSError, SyntaxError, EOFError, ValueError, struct.error)
@@ -58,7 +72,7 @@ def load_image_rgb(path: Path, presize: int, max_aspect: float = MAX_ASPECT) -> 
         # Pillow only warns between 1x and 2x MAX_IMAGE_PIXELS; we refuse both.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 # JPEG only: decode at 1/2, 1/4 or 1/8 scale, keeping both sides >= presize.
                 img.draft("RGB", (presize, presize))
                 return prepare_image(img, presize, max_aspect)
@@ -67,6 +81,13 @@ def load_image_rgb(path: Path, presize: int, max_aspect: float = MAX_ASPECT) -> 
                 f"{path}: refused as a possible decompression bomb ({exc}). If you trust this "
                 "file, raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) before building."
             ) from exc
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Image.open, for regular files only: opening a FIFO named `x.png` would wait forever for a writer."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # FileNotFoundError (an OSError) if it is gone
+        raise ValueError(f"{path} is not a regular file (a FIFO, socket or device): only image files are read")
+    return Image.open(path)
 
 
 def prepare_image(img: Image.Image, presize: int, max_aspect: float = MAX_ASPECT) -> np.ndarray:
@@ -197,16 +218,17 @@ def _read_index(directory: Path) -> dict:
 
 
 def cache_key(files: list[Path], presize: int, max_aspect: float = MAX_ASPECT) -> str:
-    """sha256 hex of the format version, presize, max_aspect and every file's (path, size, mtime_ns)."""
+    """sha256 hex of the format version, presize, max_aspect and every file's (path, size, mtime_ns,
+    inode, ctime_ns): one stat per file, no reading (see the module docstring)."""
     h = hashlib.sha256(f"vivace-cache {FORMAT_VERSION} {presize} {max_aspect!r}\n".encode())
     for f in files:
         path = os.path.abspath(f)
         try:
             st = os.stat(path)
-            size, mtime = st.st_size, st.st_mtime_ns
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}"
         except OSError:  # missing or unreadable: still keyed, and skipped at decode time
-            size, mtime = -1, -1
-        h.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+            stamp = "missing"
+        h.update(f"{path}\0{stamp}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -220,23 +242,29 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
         raise ValueError(f"presize must be a positive number of pixels, got {presize}")
     if not 1.0 <= max_aspect <= 100.0:
         raise ValueError(f"max_aspect={max_aspect} must be in [1, 100] (longer side / shorter side)")
-    hint = ""
-    if cache_dir is None:
+    in_data_home = cache_dir is None
+    if in_data_home:
         from .datasets import data_home  # lazy: datasets pulls in download code we don't need
 
         cache_dir = data_home() / "cache"
-        hint = "point VIVACE_HOME at a writable folder (the cache goes to $VIVACE_HOME/cache)"
+    hint = "point VIVACE_HOME at a writable folder (the cache goes to $VIVACE_HOME/cache)" if in_data_home else ""
     directory = Path(cache_dir) / cache_key(files, presize, max_aspect)[:16]
     if (directory / INDEX_NAME).is_file():
         try:
-            return ImageCache.open(directory)
+            cache = ImageCache.open(directory)
         except ValueError as exc:  # damaged (e.g. a truncated pixels file): build it again
             warnings.warn(f"rebuilding the cache: {exc}", stacklevel=2)
+        else:
+            if cache.skipped:  # said on every run, not only the first: they stay out until fixed
+                _warn_skipped(cache.skipped, len(cache), directory)
+            return cache
     # Checked here, not up front: a read-only data home whose cache is already built is fine.
     ensure_writable_folder(directory, f"the presize cache {cache_dir}", hint)
     paths = [os.path.abspath(f) for f in files]
     n_workers = min(workers or _available_cpus(), len(paths))
     shape = (len(paths), presize, canvas_width(paths, presize, max_aspect), 3)
+    remove_stale_temps(directory, PIXELS_NAME)  # a killed build's pixels would count as used space
+    check_free_space(directory, shape, in_data_home)
     # Decode into a private file, then rename: two processes building the same key (say, DDP
     # ranks) each write a whole file instead of truncating each other's. A build killed here
     # leaves its temp file, deleted by the next build once that process is gone.
@@ -249,8 +277,27 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
     with atomic_write(directory / INDEX_NAME) as tmp:
         tmp.write_text(json.dumps(index), encoding="utf-8")
     if skipped:
-        _warn_skipped(skipped, len(paths))
+        _warn_skipped(skipped, len(paths), directory)
     return ImageCache.open(directory)
+
+
+def check_free_space(directory: Path, shape: tuple[int, int, int, int], in_data_home: bool = True) -> None:
+    """RuntimeError naming the folder, the bytes needed and free, before the pixels file is written.
+
+    Its pages are written through a memmap: on a full disk the kernel answers with SIGBUS, which
+    kills the process without a word (or a decoding worker, leaving its pool waiting).
+    """
+    needed = int(np.prod(shape)) + shape[0] * INDEX_BYTES_PER_IMAGE + FREE_SPACE_MARGIN_BYTES
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        where = ("free some, or point VIVACE_HOME at a disk with room (the cache goes to $VIVACE_HOME/cache)"
+                 if in_data_home else "free some, or pass a cache_dir on a disk with room")
+        raise RuntimeError(f"the presize cache {directory} needs {_mib(needed)} for {shape[0]:,} images at "
+                           f"{shape[1]} px, but its disk has {_mib(free)} free: {where}")
+
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.1f} MiB"
 
 
 def _available_cpus() -> int:
@@ -265,7 +312,7 @@ def canvas_width(paths: list[str], presize: int, max_aspect: float) -> int:
     width = presize
     for path in paths:
         try:
-            with Image.open(path) as img:  # reads the header only
+            with open_image(path) as img:  # reads the header only
                 width = max(width, max(presized_shape(*img.size, presize, max_aspect)))
         except (*DECODE_ERRORS, *BOMB_ERRORS):
             continue  # reported when the decode fails
@@ -294,11 +341,18 @@ def _decode_all(paths: list[str], pixels_path: Path, shape: tuple[int, int, int,
             ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
             init_args = (str(pixels_path), shape, Image.MAX_IMAGE_PIXELS)
             chunk = max(1, min(64, n // (workers * 8)))
-            with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-                jobs = [(i, path, max_aspect) for i, path in enumerate(paths)]
-                for i, row in pool.imap_unordered(_decode_in_worker, jobs, chunksize=chunk):
-                    rows[i] = row
-                    bar.update()
+            jobs = [(i, path, max_aspect) for i, path in enumerate(paths)]
+            # An executor, not a multiprocessing.Pool: a Pool replaces a worker that dies (killed,
+            # out of memory, SIGBUS) and waits forever for its task; an executor raises.
+            try:
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init_args) as pool:
+                    for i, row in pool.map(_decode_in_worker, jobs, chunksize=chunk):
+                        rows[i] = row
+                        bar.update()
+            except BrokenProcessPool as err:
+                raise RuntimeError(f"a process decoding images into the presize cache {pixels_path.parent} "
+                                   f"died ({err}): a full disk or too little memory are the usual causes; "
+                                   "--workers 1 decodes in this process") from None
     pixels.flush()
     del pixels
     return rows
@@ -335,13 +389,14 @@ def _decode_in_worker(job: tuple[int, str, float]) -> tuple[int, Row]:
     return i, _decode_row(_worker_pixels, i, path, max_aspect)
 
 
-def _warn_skipped(skipped: list[tuple[str, str]], n: int) -> None:
-    """One warning for the whole build: how many files were skipped, the first few and why."""
+def _warn_skipped(skipped: list[tuple[str | Path, str]], n: int, directory: Path) -> None:
+    """One warning for the whole cache, on every run: how many files are left out, the first few and why."""
     named = "; ".join(f"{path} ({reason})" for path, reason in skipped[:N_NAMED_IN_WARNING])
     more = len(skipped) - N_NAMED_IN_WARNING
     tail = f"; and {more} more" if more > 0 else ""
     warnings.warn(
-        f"skipped {len(skipped)} of {n} images that could not be decoded: {named}{tail}. "
-        "They are marked ok=False in the cache (see ImageCache.skipped); fix or delete them.",
+        f"skipped {len(skipped)} of {n} images that could not be decoded when the cache was built: "
+        f"{named}{tail}. They are left out (ok=False in ImageCache.skipped); fix or delete them (a changed "
+        f"file is decoded again), or delete {directory} to retry them all.",
         stacklevel=3,
     )

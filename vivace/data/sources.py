@@ -6,7 +6,7 @@ import os
 import random
 import warnings
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,10 @@ import numpy as np
 # Compared against the lower-cased suffix, so `.JPEG` (ImageNet's spelling) matches too.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 N_NAMED_SKIPPED = 3  # skipped folders named in the warning
+# A folder with config.json and one of these is a vivace run (`vivace.runs.RUN_RECORDS`): its
+# plots are PNGs, and `--data .` would otherwise read the last run's outputs as a class.
+RUN_CONFIG = "config.json"
+RUN_MARKERS = ("recipe.txt", "log.csv", "summary.json", "last.safetensors", "best.safetensors")
 
 
 def find_images(root: Path) -> list[Path]:
@@ -22,9 +26,11 @@ def find_images(root: Path) -> list[Path]:
     Symlinks are followed (datasets are often linked into place folder by folder), but each real
     folder is walked once and a symlinked file is dropped when its target is listed already, so a
     link loop (`ln -s . self`, `ln -s ../.. up`) cannot list images many times. Hard links stay:
-    they are separate names the user made. What was skipped is said in one warning.
+    they are separate names the user made. Only regular files are listed (opening a FIFO named
+    `x.png` waits forever), and a vivace run folder is never read as data. What was skipped is
+    said in one warning.
     """
-    real, linked, skipped_dirs = [], [], []
+    real, linked, skipped = [], [], Skipped()
     seen_dirs = {_file_id(root)}
     pending = deque([str(root)])
     while pending:  # breadth first, real folders before links: a link loses to a real path
@@ -34,15 +40,42 @@ def find_images(root: Path) -> list[Path]:
             if entry.is_dir():  # follows links
                 key = _file_id(entry.path)
                 if key is not None and key in seen_dirs:
-                    skipped_dirs.append(entry.path)
+                    skipped.linked_dirs.append(entry.path)
+                elif is_run_folder(entry.path):
+                    skipped.run_dirs.append(entry.path)
                 else:
                     seen_dirs.add(key)
                     pending.append(entry.path)
             elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
-                (linked if entry.is_symlink() else real).append(entry.path)
-    found, n_duplicates = _drop_linked_duplicates(real, linked)
-    _warn_skipped(root, skipped_dirs, n_duplicates)
+                if _is_special_file(entry):
+                    skipped.special_files.append(entry.path)
+                else:
+                    (linked if entry.is_symlink() else real).append(entry.path)
+    found, skipped.n_duplicates = _drop_linked_duplicates(real, linked)
+    _warn_skipped(root, skipped)
     return sorted(Path(f) for f in found)
+
+
+@dataclass
+class Skipped:
+    """What `find_images` left out, for its one warning."""
+
+    linked_dirs: list[str] = field(default_factory=list)  # symlinked folders walked already
+    run_dirs: list[str] = field(default_factory=list)  # vivace run folders (outputs, not data)
+    special_files: list[str] = field(default_factory=list)  # FIFOs, sockets, devices named like images
+    n_duplicates: int = 0  # symlinked files whose targets were listed already
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """A folder holding a vivace run: its config.json and another of its records."""
+    return os.path.isfile(os.path.join(folder, RUN_CONFIG)) and any(
+        os.path.isfile(os.path.join(folder, name)) for name in RUN_MARKERS)
+
+
+def _is_special_file(entry: os.DirEntry) -> bool:
+    """A FIFO, socket or device: not a regular file (a broken symlink is not special: it is reported
+    as unreadable when the cache is built)."""
+    return not entry.is_file() and os.path.exists(entry.path)
 
 
 def _visible_entries(folder: str) -> list[os.DirEntry]:
@@ -77,17 +110,30 @@ def _file_id(path: str | Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _warn_skipped(root: Path, skipped_dirs: list[str], n_duplicate_files: int) -> None:
-    """One warning naming the folders walked once already and counting files listed once already."""
-    parts = []
-    if skipped_dirs:
-        named = ", ".join(os.path.relpath(d, root) for d in sorted(skipped_dirs)[:N_NAMED_SKIPPED])
-        more = f" and {len(skipped_dirs) - N_NAMED_SKIPPED} more" if len(skipped_dirs) > N_NAMED_SKIPPED else ""
-        parts.append(f"{len(skipped_dirs)} symlinked folders already visited ({named}{more})")
-    if n_duplicate_files:
-        parts.append(f"{n_duplicate_files} symlinked files whose targets were already found")
+def _warn_skipped(root: Path, skipped: Skipped) -> None:
+    """One warning naming what `find_images` left out, and why."""
+    linked = []
+    if skipped.linked_dirs:
+        named = _named(root, skipped.linked_dirs)
+        linked.append(f"{len(skipped.linked_dirs)} symlinked folders already visited ({named})")
+    if skipped.n_duplicates:
+        linked.append(f"{skipped.n_duplicates} symlinked files whose targets were already found")
+    parts = [f"{' and '.join(linked)}; each image is used once"] if linked else []
+    if skipped.run_dirs:
+        parts.append(f"{len(skipped.run_dirs)} vivace run folders ({_named(root, skipped.run_dirs)}): a run's "
+                     "outputs are never read as data")
+    if skipped.special_files:
+        named = _named(root, skipped.special_files)
+        parts.append(f"{len(skipped.special_files)} files that are not regular files ({named}: FIFOs, sockets or "
+                     "devices); only image files are read")
     if parts:
-        warnings.warn(f"{root}: skipped {' and '.join(parts)}; each image is used once", stacklevel=3)
+        warnings.warn(f"{root}: skipped {'; and '.join(parts)}", stacklevel=3)
+
+
+def _named(root: Path, paths: list[str]) -> str:
+    """The first few of `paths`, relative to `root`, and how many more."""
+    named = ", ".join(os.path.relpath(p, root) for p in sorted(paths)[:N_NAMED_SKIPPED])
+    return named + (f" and {len(paths) - N_NAMED_SKIPPED} more" if len(paths) > N_NAMED_SKIPPED else "")
 
 
 def label_from_parent(path: Path) -> str:
@@ -200,6 +246,9 @@ def _validation_folder(root: Path, split_folders: set[str | None], train_name: s
     A missing or ambiguous partner raises: silently splitting at random would train on images
     the folders set aside for validation.
     """
+    if valid_name == train_name:
+        raise ValueError(f"--valid-name {valid_name} is the training folder: validating on the training images "
+                         f"measures nothing; name a folder of other images beside it (val, valid, test)")
     candidates = [valid_name] if valid_name else list(VALID_NAMES)
     found = [name for name in candidates if name in split_folders]
     has_train = train_name in split_folders
@@ -214,12 +263,36 @@ def _validation_folder(root: Path, split_folders: set[str | None], train_name: s
         raise ValueError(f"{root} has {found[0]}/ but no {train_name}/ beside it: put the training "
                          f"images in {root / train_name}/<class>/")
     if not found:
+        for name in candidates:  # there, but none of its images counted: say why
+            _check_has_own_images(root / name, root)
         others = sorted(g for g in split_folders if g is not None and g != train_name)
         seen = f" (found: {', '.join(o + '/' for o in others)})" if others else ""
         looked = " or ".join(n + "/" for n in candidates)
         raise ValueError(f"{root} has {train_name}/ but no validation folder {looked} beside it{seen}: "
                          f"add one, or name it with --valid-name NAME")
     return found[0]
+
+
+def _check_has_own_images(folder: Path, root: Path) -> None:
+    """ValueError saying why an existing validation `folder` gave no images: links to images already
+    listed (the training images), or no <class>/<image> layout. Nothing when it does not exist."""
+    if not folder.is_dir():
+        return
+    links = _symlinks_in(folder)
+    if links:
+        shown = ", ".join(f"{os.path.relpath(p, root)} -> {os.readlink(p)}" for p in links[:N_NAMED_SKIPPED])
+        raise ValueError(f"{folder}/ has no images of its own: its {len(links)} symlinks ({shown}) lead to images "
+                         f"already listed, the training images: validation on them measures nothing; put other "
+                         f"images in {folder}/<class>/")
+    raise ValueError(f"{folder}/ holds no <class>/<image> files: put the validation images in {folder}/<class>/")
+
+
+def _symlinks_in(folder: Path) -> list[str]:
+    """`folder` if it is a symlink, else the symlinks in its tree (not followed)."""
+    if folder.is_symlink():
+        return [str(folder)]
+    return [os.path.join(parent, name) for parent, dirs, files in os.walk(folder)
+            for name in sorted(dirs + files) if os.path.islink(os.path.join(parent, name))]
 
 
 def _split_note(root: Path, train_name: str, valid_name: str, valid_pct: float, seed: int,
