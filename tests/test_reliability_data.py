@@ -165,6 +165,10 @@ def test_N23_a_moved_data_folder_names_config_json_and_its_field(s1, tmp_path, c
     err = error_line(capsys)
     assert f"{run / 'config.json'}: data '{tmp_path / 'data'}' no longer exists" in err
     assert "edit the field data" in err and "--data" not in err
+    (run / "summary.json").unlink()  # a run to resume: the same line, not one about a --data never given
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    err = error_line(capsys)
+    assert f"{run / 'config.json'}: data '{tmp_path / 'data'}' no longer exists" in err and "--data" not in err
 
 
 # -- N56, N56b: the validation folder ----------------------------------------------------------

@@ -42,12 +42,14 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 def recipe_from_args(args: argparse.Namespace, options: TrainOptions) -> tuple[Recipe, TrainOptions]:
     """Preset (or, with --resume, the run's saved config), then the flags given explicitly; the
     options say which preset that was (with neither --data nor --preset: the embedded dataset's quick job)."""
-    from .runs import saved_config
+    from .runs import check_recorded_data, saved_config
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
     saved = saved_config(Path(options.out), options.runs) if options.resume and options.out else None
     if saved is not None:  # with --runs N, run<i>'s config, whose seed is the first run's + i
         config, index = saved
         recipe = load_recipe(config)
+        if "data" not in given:  # the data it names has moved: say so of config.json, not of a --data never given
+            check_recorded_data(config, recipe.data)
         return make_recipe(**{**recipe.to_dict(), "seed": recipe.seed - index, **given}), options
     preset = options.preset or ("" if given.get("data") else DEFAULT_PRESET)
     return make_recipe(preset, **given), dataclasses.replace(options, preset=preset)
