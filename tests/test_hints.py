@@ -16,6 +16,8 @@ import pytest
 from conftest import make_image_folder
 from vivace.cli import main
 
+pytestmark = pytest.mark.slow  # end to end: each test trains (tiny) runs and follows the commands
+
 TINY = ["--arch", "xresnet18", "--widen", "0.25", "--size-px", "16", "--presize-px", "24", "--epochs", "1",
         "--batch-size", "8", "--workers", "1"]
 

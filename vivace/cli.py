@@ -251,7 +251,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     reuse_freed_memory()  # as `vivace train` does: evaluation measured 1.7-2.3x faster (runtime.py)
     predictor, weights = load_predictor(Path(args.bundle), device=args.device)
     if weights:
-        print(weights, file=sys.stderr)  # stdout stays the predictions, for scripts
+        print(printable(weights), file=sys.stderr)  # stdout stays the predictions, for scripts
     named, found = [], []  # images named on the command line; images found in folders
     for arg in args.images:
         (found if Path(arg).is_dir() else named).extend(expand_items(arg))
