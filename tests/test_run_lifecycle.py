@@ -33,8 +33,10 @@ def test_a_run_killed_while_caching_resumes_its_own_recipe(tmp_path, tiny_folder
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         m.setattr(sys.modules["vivace.build"], "make_dataloaders", killed_while_caching)
-        with pytest.raises(KeyboardInterrupt):
-            main(["train", "--data", str(tiny_folder), "--out", str(out), *TINY])
+        assert main(["train", "--data", str(tiny_folder), "--out", str(out), *TINY]) == 130  # as the shell's
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ["vivace train: interrupted; files are written whole or not at all (`--resume` continues from "
+                    "the last checkpoint)"]
     assert json.loads((out / "config.json").read_text())["data"] == str(tiny_folder)  # written first
     assert not (out / "last.safetensors").exists()
     assert main(["train", "--out", str(out), "--resume"]) == 0
