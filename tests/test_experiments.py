@@ -9,6 +9,7 @@ import pytest
 from vivace.callbacks import Callback
 from vivace.cli import main
 from vivace.experiments import CHAPTER7, Step, chapter7, fit_progressive, format_table, slug, summarize
+from vivace.files import csv_cell
 from vivace.recipe import make_recipe
 from vivace.build import build_dataloaders, build_learner
 from vivace.runs import load_run
@@ -35,7 +36,8 @@ def test_table_csv_and_plot(experiment):
     table = printed[printed.index("technique"):]
     assert [line.split("  ")[0].strip() for line in table.splitlines()[2:2 + len(NAMES)]] == NAMES
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["technique"] for r in rows] == NAMES
+    # The chapter's "+ normalize" begins as a spreadsheet formula would: the CSV quotes it (OWASP's rule, F15).
+    assert [r["technique"] for r in rows] == [csv_cell(name) for name in NAMES] and rows[1]["technique"][0] == "'"
     for r in rows:
         assert 0 <= float(r["accuracy"]) <= 1 and float(r["nll"]) > 0 and 0 <= float(r["ece"]) <= 1
         assert float(r["seconds"]) > 0
