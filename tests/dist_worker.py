@@ -54,10 +54,29 @@ def stall_or_train(data: str, out: Path, stall_rank: str) -> int:
                  "--bs", "8", "--valid-bs", "5", "--workers", "1"])
 
 
+class DieOnceAt(Callback):
+    """A worker lost mid-epoch (killed, out of memory), on the job's first attempt only."""
+
+    def after_batch(self, learn) -> None:
+        if (learn.state.epoch, learn.state.iter) == (1, 1) and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+            os._exit(9)
+
+
+def elastic(data: str, out: Path, die: bool) -> None:
+    """`train` as a user runs it under torchrun --max-restarts: one --out for all ranks, no --resume."""
+    from vivace.train import train
+    recipe = make_recipe(data=data, arch="xresnet18", widen=0.25, size=16, presize=24, epochs=3, bs=8,
+                         valid_bs=5, lr=1e-2)
+    cbs = [DieOnceAt()] if die and os.environ["RANK"] == "1" else []
+    train(recipe, TrainOptions(workers=1, out=str(out)), cbs=cbs)
+
+
 if __name__ == "__main__":
     data, base, dump = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     if os.environ.get("STALL_RANK"):
         sys.exit(stall_or_train(data, base / "out0", os.environ["STALL_RANK"]))
+    if os.environ.get("ELASTIC"):
+        sys.exit(elastic(data, base / "run", die=os.environ["ELASTIC"] == "die"))
     world = distributed.init_distributed()
     # FINE_TUNE_FROM: start from that run's weights, one epoch frozen (the ranks re-wrap DDP on unfreezing).
     init = dict(init=os.environ["FINE_TUNE_FROM"], freeze_epochs=1) if os.environ.get("FINE_TUNE_FROM") else {}

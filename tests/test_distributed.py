@@ -15,11 +15,11 @@ pytestmark = pytest.mark.slow  # torchrun: processes that each import torch and 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-def launch(base: Path, folder: Path, **env: str) -> subprocess.CompletedProcess:
+def launch(base: Path, folder: Path, restarts: int = 0, **env: str) -> subprocess.CompletedProcess:
     # --standalone: torchrun binds a free port itself. A port found free here and passed on could
     # be taken by another process (other tests running at the same time) before torchrun binds it.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(WORKER), str(folder), str(base), str(base)]
+           f"--max-restarts={restarts}", str(WORKER), str(folder), str(base), str(base)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **env})
 
@@ -100,3 +100,19 @@ def test_a_fine_tune_from_a_run_trains_the_same_weights_on_every_rank(two_ranks,
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     start = load_run(source).model.state_dict()
     assert any(not torch.equal(w0[k], start[k].contiguous()) for k in w0)  # it trained
+
+
+def test_a_worker_lost_mid_epoch_restarts_and_resumes_by_itself(tmp_path, tiny_folder):
+    """torchrun --max-restarts: the restarted workers go on from the last checkpoint with no
+    --resume typed, and the run ends as one never interrupted."""
+    whole = launch(tmp_path / "whole", tiny_folder, ELASTIC="run")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cut = launch(tmp_path / "cut", tiny_folder, restarts=1, ELASTIC="die")
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    assert "(exitcode: 9) local_rank: 1" in cut.stderr  # the lost worker, as torchrun reports it before restarting
+    assert cut.stdout.count(f"resuming {tmp_path / 'cut' / 'run'} at epoch 1, batch 0") == 1
+    a, b = (json.loads((tmp_path / name / "run" / "summary.json").read_text()) for name in ("whole", "cut"))
+    for key in ("accuracy", "valid_loss", "nll"):
+        assert a[key] == b[key], key
+    log = (tmp_path / "cut" / "run" / "log.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2"]  # epoch 0 trained once, not twice

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,13 @@ def test_several_runs_check_their_subfolders(tmp_path, tiny_folder):
     (tmp_path / "run1" / "last.safetensors").write_text("old")
     with pytest.raises(ValueError, match="run1/last.safetensors"):
         check_before_start(Recipe(data=str(tiny_folder)), tmp_path, runs=2)
+
+
+def test_the_default_run_folder_under_torchrun_is_the_jobs(monkeypatch):
+    """Every rank, and every restart of the job, names the same folder: torchrun's job id."""
+    from vivace.runs import default_out
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "a1b2")
+    assert default_out() == Path("runs") / "torchrun-a1b2"
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: a timestamp, as before
+    assert default_out().name[:8].isdigit()

@@ -5,6 +5,7 @@ training runs in one process. gloo on CPU, nccl on CUDA, one GPU per process.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -47,8 +48,37 @@ def init_distributed(timeout_s: float = 0.0) -> World:
         timeout = timedelta(seconds=timeout_s or env_seconds("VIVACE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
         if torch.cuda.is_available():
             torch.cuda.set_device(world.local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        store = attempt_store(timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout, store=store, rank=world.rank, world_size=world.world_size)
     return world
+
+
+def attempt_store(timeout: timedelta) -> dist.Store | None:
+    """The store of torchrun's agent, its keys prefixed by this attempt; None when torchrun keeps no store.
+
+    After a `--max-restarts` restart, the restarted workers' default store still held the dead
+    workers' addresses: gloo connected to them and failed ("Connection refused", torch 2.13,
+    reproduced without vivace). A prefix per attempt gives each start keys of its own.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], env_int("MASTER_PORT", 0, low=1), world_size(),
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"/vivace/attempt_{restart_count()}", store)
+
+
+def restart_count() -> int:
+    """How many times torchrun (`--max-restarts`) has restarted this job's workers after a failure; 0 first."""
+    return env_int("TORCHELASTIC_RESTART_COUNT", 0, low=0)
+
+
+def job_id() -> str:
+    """torchrun's id of this job, the same on every rank and across its restarts; "" without torchrun."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "") if world_size() > 1 else ""
 
 
 def world_size() -> int:

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import torch
 
+from . import distributed
 from .build import build_dataloaders, build_learner
 from .checkpoint import (RESUME_FIELDS, WEIGHT_FILES, WeightsChoice, check_classes, class_change, load_checkpoint,
                          position_in_run, require_fields, restore_learner)
@@ -37,7 +38,9 @@ RUN_RECORDS = ("config.json", "recipe.txt", "log.csv", "summary.json", "last.saf
 
 
 def default_out() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    """runs/<timestamp>; under torchrun runs/torchrun-<job id>: one folder for every rank and restart."""
+    job = distributed.job_id()
+    return Path("runs") / (f"torchrun-{job}" if job else time.strftime("%Y%m%d-%H%M%S"))
 
 
 def existing_records(out: Path, runs: int) -> list[Path]:

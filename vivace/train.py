@@ -31,6 +31,8 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
     """Train `options.runs` seeded runs; with several, report mean and std of the final metrics."""
     recipe.validate()
     options.validate()
+    if distributed.restart_count() > 0 and not options.resume:
+        options = replace(options, resume=True)  # torchrun restarted the job after a failure: go on from its checkpoint
     if recipe.seed + options.runs - 1 > MAX_SEED:
         raise ValueError(f"seed={recipe.seed} with runs={options.runs} needs seeds up to "
                          f"{recipe.seed + options.runs - 1}, past {MAX_SEED}: choose a smaller --seed")
