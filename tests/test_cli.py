@@ -191,4 +191,4 @@ def test_train_help_shows_what_a_bare_train_runs():
     text = " ".join(train.format_help().split())
     quick = PRESETS["quick"]
     assert f"training epochs; >= 1 (default: {quick.epochs})" in text
-    assert f"With --data and no --preset, these fields default otherwise: size_px 128" in text
+    assert "With --data and no --preset, these fields default otherwise: size_px 128" in text

@@ -183,7 +183,7 @@ def test_lr_find_shows_one_bar_over_its_steps_in_a_terminal(tiny_dls):
     num_it = 2 * len(tiny_dls.train) + 1
     lr_find(learn, num_it=num_it)
     text = stream.getvalue()
-    assert f"lr_find   0%|" in text and f"/{num_it} batches" in text
+    assert "lr_find   0%|" in text and f"/{num_it} batches" in text
     assert "epoch" not in text and f"/{len(tiny_dls.train)} batches" not in text
 
 
