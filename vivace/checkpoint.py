@@ -103,6 +103,20 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     return state
 
 
+def load_position(path: Path) -> dict[str, int]:
+    """A learner checkpoint's position alone, from its header: no tensor is read or checksummed
+    (a resume does both when it loads the checkpoint)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        skeleton = json.loads(meta["state"])
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path} is not a readable checkpoint ({err!r})") from err
+    require_fields(path, skeleton, ("position",))
+    _check_position(path, skeleton)
+    return skeleton["position"]
+
+
 def _check_position(path: Path, state: Any) -> None:
     """A learner checkpoint's position must be two non-negative integers (epoch, batch)."""
     if not isinstance(state, dict) or "position" not in state:

@@ -19,9 +19,10 @@ import torch
 from . import distributed
 from .build import build_dataloaders, build_learner
 from .checkpoint import (RESUME_FIELDS, WEIGHT_FILES, WeightsChoice, check_classes, class_change, load_checkpoint,
-                         position_in_run, require_fields, restore_learner)
+                         load_position, position_in_run, require_fields, restore_learner)
 from .data import DataLoaders, data_source
 from .data.datasets import DATASETS
+from .data.sources import RUN_CONFIG, RUN_MARKERS
 from .distributed import rank
 from .files import ensure_writable_folder
 from .inference import Predictor
@@ -34,7 +35,7 @@ from .runtime import configure_process
 from .transfer import check_fits
 
 # The files that make a folder a run: replacing them loses the run, keeping some mixes two runs.
-RUN_RECORDS = ("config.json", "recipe.txt", "log.csv", "summary.json", "last.safetensors", "best.safetensors")
+RUN_RECORDS = (RUN_CONFIG, *RUN_MARKERS)
 
 
 def default_out() -> Path:
@@ -157,9 +158,7 @@ def finished_summary(out: Path, epochs: int) -> dict[str, Any] | None:
     checkpoint = out / "last.safetensors"
     if not checkpoint.is_file():
         return None
-    state = load_checkpoint(checkpoint)
-    require_fields(checkpoint, state, ("position",))
-    if not position_in_run(checkpoint, state["position"], epochs):
+    if not position_in_run(checkpoint, load_position(checkpoint), epochs):  # the header only: no weights read
         return None
     return saved_summary(out / "summary.json")
 

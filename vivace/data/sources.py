@@ -14,8 +14,8 @@ import numpy as np
 # Compared against the lower-cased suffix, so `.JPEG` (ImageNet's spelling) matches too.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 N_NAMED_SKIPPED = 3  # skipped folders named in the warning
-# A folder with config.json and one of these is a vivace run (`vivace.runs.RUN_RECORDS`): its
-# plots are PNGs, and `--data .` would otherwise read the last run's outputs as a class.
+# A folder with config.json and one of these is a vivace run (`vivace.runs.RUN_RECORDS` is made of
+# them): its plots are PNGs, and `--data .` would otherwise read the last run's outputs as a class.
 RUN_CONFIG = "config.json"
 RUN_MARKERS = ("recipe.txt", "log.csv", "summary.json", "last.safetensors", "best.safetensors")
 
