@@ -36,6 +36,7 @@ from .augment import AugmentSpec
 from .data import STATS_NAMES, DataSpec, eval_batch_size
 from .data.datasets import DATASETS
 from .flags import Range, check_fields, knob
+from .records import read_json_object
 from .learner import StepSpec
 from .losses import LossSpec
 from .metrics import MetricSpec
@@ -150,12 +151,7 @@ def load_recipe(path: str | Path) -> Recipe:
     config.json too: they are skipped, as they never decided what was trained.
     """
     path = Path(path)
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); fix the file, or train the run again") from err
-    if not isinstance(saved, dict):
-        raise ValueError(f"{path}: must hold a JSON object of recipe fields, got {type(saved).__name__}")
+    saved = read_json_object(path, " of recipe fields", "fix the file, or train the run again")
     saved = new_names(saved, where=f"{path}: ")  # runs saved before the fields had units
     saved = {name: value for name, value in saved.items() if name not in RUN_SETTINGS}
     fields = {f.name: f for f in dataclasses.fields(Recipe)}

@@ -9,6 +9,18 @@ from .callbacks import Callback
 from .files import atomic_write, write_csv
 
 
+def read_json_object(path: Path, what: str = "", fix: str = "") -> dict[str, Any]:
+    """The JSON object in `path`; ValueError naming the file, what is wrong and `fix` (what to do)."""
+    then = f"; {fix}" if fix else ""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}){then}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: must hold a JSON object{what}, got {type(value).__name__}{then}")
+    return value
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file, then rename)."""
     with atomic_write(path) as tmp:

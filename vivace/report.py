@@ -31,6 +31,7 @@ from .files import atomic_write
 from .interpret import Interpretation
 from .metrics import calibration_error, per_class_scores, reliability_bins, threshold_sweep
 from .recipe import Recipe, new_names
+from .records import read_json_object
 
 REPORT_NAME = "report.html"
 N_TOP_LOSSES = 9
@@ -174,16 +175,7 @@ def _details(title: str, mapping: dict[str, Any]) -> str:
 
 def _read_json(path: Path) -> dict[str, Any]:
     """A run record's JSON object ({} if the file is absent); ValueError naming the file if unusable."""
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err}); fix the file, or delete it and report again") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: must hold a JSON object, got {type(value).__name__}; fix the file, or delete it "
-                         "and report again")
-    return value
+    return read_json_object(path, fix="fix the file, or delete it and report again") if path.is_file() else {}
 
 
 # -- the headline ----------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 against the run), and reopened (`load_run`) for evaluate, export and report."""
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import time
@@ -30,7 +29,7 @@ from .learner import Learner
 from .models import ModelSpec, create_model
 from .normalize import Normalize
 from .recipe import Recipe, TrainOptions, load_recipe, resolve
-from .records import write_json
+from .records import read_json_object, write_json
 from .runtime import configure_process
 from .transfer import check_fits
 
@@ -165,17 +164,11 @@ def finished_summary(out: Path, epochs: int) -> dict[str, Any] | None:
 
 def saved_summary(path: Path) -> dict[str, Any]:
     """A finished run's summary.json; ValueError naming it when missing or not a JSON object."""
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.is_file():
         raise ValueError(f"{path} is missing, though the run finished training (last.safetensors): it stopped "
                          f"while writing its records; `vivace evaluate {path.parent}` scores it, --overwrite trains "
-                         "it again") from None
-    except ValueError as err:  # not JSON, or not UTF-8
-        raise ValueError(f"{path}: not valid JSON ({err}); --overwrite trains the run again") from None
-    if not isinstance(summary, dict):
-        raise ValueError(f"{path}: must hold a JSON object of metrics; --overwrite trains the run again")
-    return summary
+                         "it again")
+    return read_json_object(path, " of metrics", "--overwrite trains the run again")
 
 
 MODEL_FIELDS = {f.name for f in fields(ModelSpec)}
