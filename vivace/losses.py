@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -17,13 +18,22 @@ class LossSpec:
     """The Recipe's loss: `make_loss`'s arguments."""
 
     label_smoothing: float = knob(0.0, "epsilon of label smoothing", range=SMOOTHING)
+    gce_q: float = knob(0.0, "generalized cross-entropy's q, for partly wrong labels: a sample's gradient is "
+                             "weighted by p(label)^q, so labels the model disagrees with count less; "
+                             "0 = cross-entropy, 1 = mean absolute error", range=Range(0.0, 1.0))
 
 
-def make_loss(label_smoothing: float = 0.0, multi_label: bool = False) -> nn.Module:
-    """Cross-entropy, with label smoothing when `label_smoothing` > 0; for several labels per image
-    binary cross-entropy on each class (`MultiLabelBCE`), smoothed the same way."""
+def make_loss(label_smoothing: float = 0.0, gce_q: float = 0.0, multi_label: bool = False) -> nn.Module:
+    """Cross-entropy, with label smoothing when `label_smoothing` > 0, or its generalized form when
+    `gce_q` > 0; for several labels per image binary cross-entropy on each class (`MultiLabelBCE`),
+    smoothed the same way."""
     if multi_label:
+        if gce_q:
+            raise ValueError(f"gce_q={gce_q} is for one label per image; several labels train with binary "
+                             "cross-entropy: drop gce_q")
         return MultiLabelBCE(label_smoothing)
+    if gce_q:
+        return GeneralizedCrossEntropy(gce_q, label_smoothing)
     return LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing else CrossEntropy()
 
 
@@ -72,6 +82,32 @@ class LabelSmoothingCrossEntropy(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return soft_cross_entropy(logits.flatten(0, -2), _flat_target(target, logits), self.eps)
+
+
+class GeneralizedCrossEntropy(nn.Module):
+    """Zhang and Sabuncu's L_q (NeurIPS 2018): (1 - p^q) / q of the target class, between cross-entropy
+    (q -> 0) and mean absolute error (q = 1), robust to wrong labels.
+
+    Its gradient is cross-entropy's times p^q: once the model is partly right, a sample whose label
+    it finds unlikely (often a wrong label) pulls far less than one it agrees with. Soft targets
+    (smoothing, Mixup) weigh each class's term: sum_c t_c (1 - p_c^q) / q.
+    """
+
+    def __init__(self, q: float = 0.7, eps: float = 0.0):
+        super().__init__()
+        Range(0.0, 1.0, low_open=True).check("GeneralizedCrossEntropy q", q)
+        SMOOTHING.check("GeneralizedCrossEntropy eps", eps)
+        self.q, self.eps = q, eps
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        logits = logits.flatten(0, -2).float()
+        target = _flat_target(target, logits)
+        n_classes = logits.shape[-1]
+        if target.ndim == 1:
+            target = F.one_hot(target, n_classes).float()
+        target = target * (1 - self.eps) + self.eps / n_classes
+        one_minus_p_q = -torch.expm1(self.q * F.log_softmax(logits, dim=-1))  # 1 - p^q, exact for a small q
+        return (target * one_minus_p_q).sum(-1).mean() / self.q
 
 
 def smoothed_targets(target: Tensor, n_classes: int, eps: float) -> Tensor:
