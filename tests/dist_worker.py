@@ -71,8 +71,40 @@ def elastic(data: str, out: Path, die: bool) -> None:
     train(recipe, TrainOptions(workers=1, out=str(out)), cbs=cbs)
 
 
+class StepCount(Callback):
+    """Counts this rank's training steps and where its fit ended. Rank 1 steps slower and starts its
+    budget later, so the ranks' own clocks disagree: only rank 0's decision keeps them in step."""
+
+    def __init__(self, dump: Path):
+        self.dump, self.steps = dump, 0
+
+    def before_fit(self, learn) -> None:
+        if distributed.rank() == 1:
+            learn.state.clock.end += 1.0  # its own deadline a second later than rank 0's
+
+    def after_batch(self, learn) -> None:
+        self.steps += 1
+        if distributed.rank() == 1:
+            time.sleep(0.02)
+
+    def after_fit(self, learn) -> None:
+        state = learn.state
+        (self.dump / f"steps{distributed.rank()}.json").write_text(json.dumps(
+            {"steps": self.steps, "epoch": state.epoch, "iter": state.iter, "progress": state.progress}))
+
+
+def budgeted(data: str, out: Path, dump: Path) -> None:
+    """A budgeted run under torchrun: every rank must stop on the same step."""
+    from vivace.train import train
+    recipe = make_recipe(data=data, arch="xresnet18", widen=0.25, size=16, presize=24, bs=8, valid_bs=5, lr=1e-2,
+                         budget_s=float(os.environ["BUDGET"]))
+    train(recipe, TrainOptions(workers=1, out=str(out)), cbs=[StepCount(dump)])
+
+
 if __name__ == "__main__":
     data, base, dump = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    if os.environ.get("BUDGET"):
+        sys.exit(budgeted(data, base / "run", dump))
     if os.environ.get("STALL_RANK"):
         sys.exit(stall_or_train(data, base / "out0", os.environ["STALL_RANK"]))
     if os.environ.get("ELASTIC"):

@@ -142,8 +142,9 @@ OLD_NAMES = dict(bs=16, cuda_bs=64, valid_bs=32, wd=1e-3, mom=0.8, ema=0.99, mix
 
 
 def test_old_field_names_set_the_renamed_fields():
-    # checkpoint_every: a run setting's old name; csv: fastai's name for the label table (`labels`)
-    assert set(OLD_NAMES) | {"checkpoint_every", "csv"} == set(RENAMED)
+    # checkpoint_every: a run setting's old name; csv: fastai's name for the label table (`labels`);
+    # budget: the flag as people write it (`--budget 10m`) for the field in seconds (`budget_s`)
+    assert set(OLD_NAMES) | {"checkpoint_every", "csv", "budget"} == set(RENAMED)
     old = make_recipe(**OLD_NAMES)
     assert old == make_recipe(**{RENAMED[name]: value for name, value in OLD_NAMES.items()})
     assert (old.batch_size, old.size_px, old.max_rotate_deg, old.optimizer) == (16, 96, 5.0, "sgd")

@@ -145,18 +145,25 @@ def require_fields(path: Path, state: dict[str, Any], names: Sequence[str]) -> N
             node = node[key]
 
 
-def position_in_run(path: Path, position: dict[str, int], epochs: int, batches: int | None = None) -> bool:
-    """Whether a checkpoint's position is the end of a run of `epochs` (finished); ValueError naming the
-    field when it lies beyond the run: past its epochs, or past the `batches` of one of its epochs."""
+def position_in_run(path: Path, position: dict[str, int], epochs: int | None, batches: int | None = None) -> bool:
+    """Whether a checkpoint's position is the end of a run of `epochs` (None: a budgeted run, which ends
+    when its schedule's progress reaches 1); ValueError naming the field when it lies beyond the run:
+    past its epochs, or past the `batches` of one of its epochs."""
     epoch, batch = position["epoch"], position["batch"]
-    if epoch > epochs or (epoch == epochs and batch > 0):
-        raise ValueError(f"{path}: checkpoint field position.epoch={epoch} is past the recipe's epochs={epochs}: "
-                         f"pass --epochs N (N > {epoch}) to train on from it, or delete the file to start again")
     # batch == batches: saved in-epoch after the epoch's last batch (the epoch then only validates).
     if batches is not None and batch > batches:
         raise ValueError(f"{path}: checkpoint field position.batch={batch} is past the {batches} batches of an "
                          "epoch of this data at this batch size: the file was edited, or the data or batch size "
                          "changed; resume with the run's data and batch size, or delete the file to start again")
+    if epochs is None:
+        progress = position.get("progress", 0.0)
+        if type(progress) not in (int, float) or not 0 <= progress <= 1:
+            raise ValueError(f"{path}: checkpoint field position.progress must be a number in [0, 1], got "
+                             f"{progress!r}; the file was edited or damaged: delete it to start again")
+        return progress >= 1
+    if epoch > epochs or (epoch == epochs and batch > 0):
+        raise ValueError(f"{path}: checkpoint field position.epoch={epoch} is past the recipe's epochs={epochs}: "
+                         f"pass --epochs N (N > {epoch}) to train on from it, or delete the file to start again")
     return epoch == epochs
 
 
@@ -187,7 +194,7 @@ def _few(names: list[str], shown: int = 5) -> str:
 def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:
     """Everything needed to continue a fit at (epoch, batch) exactly as if never interrupted."""
     state = {
-        "position": {"epoch": epoch, "batch": batch},
+        "position": {"epoch": epoch, "batch": batch, **budget_position(learn)},
         "model": learn.model.state_dict(),
         "optimizer": learn.opt.state_dict(),
         "scaler": learn.scaler.state_dict(),
@@ -206,6 +213,15 @@ def learner_state(learn, epoch: int, batch: int) -> dict[str, Any]:
     return state
 
 
+def budget_position(learn) -> dict[str, float]:
+    """Where a budgeted fit is (`vivace.budget`): its schedule's progress (1: the budget is spent,
+    the run finished) and the seconds of its budget spent; nothing for a fit counted in epochs."""
+    clock = learn.state.clock
+    if clock is None:
+        return {}
+    return {"progress": learn.state.progress, "budget_spent_s": round(clock.budget.spent(), 3)}
+
+
 def restore_learner(learn, state: dict[str, Any]) -> None:
     """Load a learner_state into `learn`; its next fit call continues from the saved position (and
     loads the optimizer state into the optimizer it builds: its groups depend on the fit)."""
@@ -219,7 +235,9 @@ def restore_learner(learn, state: dict[str, Any]) -> None:
     for i, cb in enumerate(learn.cbs):
         cb.load_state_dict(state["callbacks"].get(f"{i}.{type(cb).__name__}", {}))
     pos = state["position"]
-    learn.resume = ResumePoint(pos["epoch"], pos["batch"], optimizer=state["optimizer"])
+    learn.resume = ResumePoint(pos["epoch"], pos["batch"], optimizer=state["optimizer"],
+                               progress=float(pos.get("progress", 0.0)),
+                               budget_spent_s=float(pos.get("budget_spent_s", 0.0)))
     if pos["batch"] > 0:  # resuming mid-epoch: the epoch's train loss continues its running sum
         learn.resume.loss_sum = state["epoch_loss"]["sum"]
         learn.resume.batches = int(state["epoch_loss"]["batches"])

@@ -140,6 +140,16 @@ def mean_all(t: Tensor) -> Tensor:
     return total / dist.get_world_size()
 
 
+def from_main(values: list[float]) -> list[float]:
+    """Rank 0's `values` on every rank (the values themselves in one process): one small broadcast."""
+    if not is_distributed():
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
+
+
 def cleanup() -> None:
     """Leave the process group (end of training)."""
     if dist.is_available() and dist.is_initialized():

@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import math
 import types
-from typing import Any, Literal, Sequence, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, Sequence, Union, get_args, get_origin, get_type_hints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +43,12 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def knob(default: Any, help: str, aliases: Sequence[str] = (), short: str = "", range: Range | None = None) -> Any:
-    """A field with its --help text and allowed `range`; `aliases`: old names, still accepted as flags."""
+def knob(default: Any, help: str, aliases: Sequence[str] = (), short: str = "", range: Range | None = None,
+         parse: Callable[[str], Any] | None = None) -> Any:
+    """A field with its --help text and allowed `range`; `aliases`: old names, still accepted as flags;
+    `parse`: how its flag's text becomes a value (default: the field's type)."""
     return dataclasses.field(default=default, metadata={"help": help, "aliases": tuple(aliases), "short": short,
-                                                        "range": range})
+                                                        "range": range, "parse": parse})
 
 
 def arg(help: str, nargs: str | None = None) -> Any:
@@ -91,6 +93,19 @@ def check_fields(obj: Any) -> None:
             f.metadata["range"].check(f.name, value)
 
 
+def flag_type(parse: Callable[[str], Any] | None) -> Callable[[str], Any] | None:
+    """`parse` as argparse's type: its ValueError's message is what argparse prints."""
+    if parse is None:
+        return None
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return convert
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] = (),
               shown_defaults: dict[str, Any] | None = None, unset_is_none: bool = False) -> None:
     """One argument per field of `cls` (or per field in `names`), with `dest` the field's name.
@@ -117,4 +132,5 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, names: Sequence[str] =
         elif kind is bool:
             parser.add_argument(*flags, dest=f.name, action="store_true", help=text)
         else:
-            parser.add_argument(*flags, dest=f.name, type=kind, default=default, help=text, choices=choices)
+            parser.add_argument(*flags, dest=f.name, type=flag_type(f.metadata.get("parse")) or kind, default=default, help=text,
+                                choices=choices)

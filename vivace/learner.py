@@ -10,7 +10,9 @@ Learner's other attributes are its configuration, fixed when it is built.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 
 from . import distributed, runtime
 from . import schedule as sched
+from .budget import Budget, BudgetClock
 from .callbacks import Callback, Recorder
 from .flags import Range, knob
 from .guards import NaNGuard
@@ -68,6 +71,8 @@ class ResumePoint:
     loss_sum: Tensor = field(default_factory=lambda: torch.zeros(()))  # over `batches` batches
     batches: int = 0
     optimizer: dict | None = None  # a checkpoint's optimizer state, loaded once the fit has built its optimizer
+    progress: float = 0.0  # a budgeted fit's schedule position (its fraction of the time) at the checkpoint
+    budget_spent_s: float = 0.0  # and the seconds of its budget spent by then
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class FitState:
     start: ResumePoint = field(default_factory=ResumePoint)  # where this epoch started
     n_batches: int = 0  # training batches in this epoch
     iter: int = 0  # this batch's index in the epoch
-    progress: float = 0.0  # fraction of the fit done, in [0, 1)
+    progress: float = 0.0  # fraction of the fit done, in [0, 1]: of its batches, or of its time under a budget
     lr: float = 0.0
     size: int = 0  # this step's training crop side, px
     loss: Tensor = field(default_factory=lambda: torch.zeros(()))  # this step's, on the device: reading it syncs
@@ -106,6 +111,8 @@ class FitState:
     failure: str | None = None  # why the fit failed (it then raises TrainingFailed)
     interrupted: str | None = None  # where Ctrl-C stopped the fit (it then raises TrainingInterrupted)
     fine_tune: FineTune | None = None  # a fine-tune's phases: frozen, then unfrozen
+    clock: BudgetClock | None = None  # a budgeted fit's: progress on the wall clock (n_epochs is then an estimate)
+    out_of_time: bool = False  # a budgeted fit's last step is done: this epoch validates and the fit ends
 
 
 class Learner:
@@ -162,6 +169,8 @@ class Learner:
         self.ema: WeightAverage | None = None
         self.valid_every = valid_every  # epochs between validations (the last epoch always validates)
         self.resume: ResumePoint | None = None  # set from a checkpoint: where the next fit starts
+        # When the next budgeted fit's clock started (`train`: at the end of data preparation); None: at the fit's call.
+        self.budget_started: float | None = None
         self.state = FitState(size=dls.train.size)
 
     # -- the book's handles -------------------------------------------------------------
@@ -186,28 +195,36 @@ class Learner:
         self._fit(n_epoch, sched.constant(top), None, lr_mults=mults)
 
     def fit_one_cycle(self, n_epoch: int, lr_max: LearningRate = 1e-3, div: float = 25.0, div_final: float = 1e5,
-                      pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95)) -> None:
-        """fastai's one-cycle: LR warms up then anneals while momentum does the opposite."""
+                      pct_start: float = 0.25, moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+                      budget_s: float = 0.0) -> None:
+        """fastai's one-cycle: LR warms up then anneals while momentum does the opposite.
+        `budget_s` > 0: over that many seconds instead of `n_epoch` epochs (`vivace.budget`)."""
         top, mults = self._spread(lr_max)
         self._fit(n_epoch, sched.one_cycle(top, div, div_final, pct_start), sched.one_cycle_momentum(moms, pct_start),
-                  lr_mults=mults)
+                  lr_mults=mults, budget_s=budget_s)
 
     def fit_flat_cos(self, n_epoch: int, lr: LearningRate = 1e-3, pct_start: float = 0.75,
-                     div_final: float = 1e5) -> None:
-        """Flat LR for pct_start of training, then cosine annealing (fastai's Ranger recipe)."""
+                     div_final: float = 1e5, budget_s: float = 0.0) -> None:
+        """Flat LR for pct_start of training, then cosine annealing (fastai's Ranger recipe).
+        `budget_s` > 0: over that many seconds instead of `n_epoch` epochs (`vivace.budget`)."""
         top, mults = self._spread(lr)
-        self._fit(n_epoch, sched.flat_cos(top, pct_start, div_final), None, lr_mults=mults)
+        self._fit(n_epoch, sched.flat_cos(top, pct_start, div_final), None, lr_mults=mults, budget_s=budget_s)
 
     def fit_schedule(self, epochs: int, lr: float, schedule: sched.ScheduleName = "one_cycle",
-                     pct_start: float = 0.25, freeze_epochs: int = 0, lr_mult: float = 100.0) -> None:
+                     pct_start: float = 0.25, freeze_epochs: int = 0, lr_mult: float = 100.0,
+                     budget_s: float = 0.0) -> None:
         """The Recipe's schedule (`ScheduleSpec`): `fit_one_cycle`, `fit_flat_cos`, or `fine_tune`
-        (when `freeze_epochs` > 0 too), whose frozen epochs count in `epochs`."""
+        (when `freeze_epochs` > 0 too), whose frozen epochs count in `epochs`; over `budget_s`
+        seconds instead of `epochs` when it is > 0."""
         if schedule == "fine_tune" or freeze_epochs:
+            if budget_s:
+                raise ValueError(f"budget_s={budget_s:g} with a fine-tune: its frozen phase is counted in epochs; "
+                                 "give --epochs without --budget, or train with one_cycle or flat_cos")
             self.fine_tune(epochs - freeze_epochs, lr, freeze_epochs, lr_mult, pct_start)
         elif schedule == "flat_cos":
-            self.fit_flat_cos(epochs, lr, pct_start=pct_start)
+            self.fit_flat_cos(epochs, lr, pct_start=pct_start, budget_s=budget_s)
         else:
-            self.fit_one_cycle(epochs, lr, pct_start=pct_start)
+            self.fit_one_cycle(epochs, lr, pct_start=pct_start, budget_s=budget_s)
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100.0,
                   pct_start: float = 0.3, div: float = 5.0) -> None:
@@ -243,7 +260,10 @@ class Learner:
 
     # -- the loop ------------------------------------------------------------------------
     def _fit(self, n_epochs: int, lr_schedule: sched.Schedule, mom_schedule: sched.Schedule | None,
-             validate: bool = True, lr_mults: list[float] | None = None, fine_tune: FineTune | None = None) -> None:
+             validate: bool = True, lr_mults: list[float] | None = None, fine_tune: FineTune | None = None,
+             budget_s: float = 0.0) -> None:
+        """Train from the resume point to `n_epochs`, or, when `budget_s` > 0, until its time is spent."""
+        called = time.perf_counter()  # a budget given to this call counts from here
         if self.opt is None:
             self.opt = self._make_opt()
         start, self.resume = self.resume or ResumePoint(), None
@@ -251,19 +271,25 @@ class Learner:
             self.opt.load_state_dict(start.optimizer)
         if lr_mults is not None:
             set_lr_mults(self.opt, lr_mults)
+        clock = self._budget_clock(budget_s, start, self.budget_started or called) if budget_s else None
+        self.budget_started = None
         self.state = state = FitState(n_epochs, lr_schedule, mom_schedule, size=self.dls.train.size,
-                                      fine_tune=fine_tune)
+                                      fine_tune=fine_tune, clock=clock, progress=start.progress)
         self._emit("before_fit")
-        for state.epoch in range(start.epoch, n_epochs):
+        for state.epoch in itertools.count(start.epoch) if clock else range(start.epoch, n_epochs):
+            if clock:
+                state.n_epochs = self._epochs_estimate(start)
             self._train_epoch(start if state.epoch == start.epoch else ResumePoint(state.epoch))
             if state.stop_requested:
                 break
             if validate:
                 state.validated = self._validates_now()
                 state.last_metrics = self.validate() if state.validated else self._skipped_metrics()
+                if clock and state.out_of_time:
+                    clock.ended()  # the deadline is judged here: the final validation is in the budget
                 self._emit("after_validate")
             self._emit("after_epoch")
-            if state.stop_requested:
+            if state.stop_requested or state.out_of_time:
                 break
         self._emit("after_fit")
         if state.failure:
@@ -273,7 +299,8 @@ class Learner:
 
     def _validates_now(self) -> bool:
         """Validate after every `valid_every`-th epoch and always after the last (0: the last only)."""
-        epoch, last = self.state.epoch, self.state.epoch + 1 == self.state.n_epochs
+        epoch = self.state.epoch
+        last = self.state.out_of_time if self.state.clock else epoch + 1 == self.state.n_epochs
         return last or (self.valid_every > 0 and (epoch + 1) % self.valid_every == 0)
 
     def _skipped_metrics(self) -> dict[str, float]:
@@ -288,17 +315,67 @@ class Learner:
         state.n_batches = len(self.dls.train)
         if state.fine_tune:
             self._enter_phase(start)
+        if state.clock:
+            state.clock.new_epoch()
         self._emit("before_epoch")
         # Batches come as cached (uint8 Pictures); the step augments them at its own size.
         for state.iter, (pictures, y) in enumerate(self.dls.train.iter_from(start.batch, raw=True), start.batch):
-            state.progress = (state.epoch + state.iter / state.n_batches) / state.n_epochs
+            if state.clock is None:
+                state.progress = (state.epoch + state.iter / state.n_batches) / state.n_epochs
             self._set_hyper()
             self._emit("before_batch")
             state.loss = self._train_step(pictures, y)
+            if state.clock is not None:  # before the callbacks: a checkpoint saved now says where the schedule is
+                state.progress, state.out_of_time = self._read_clock()
             self._emit("after_batch")
-            if state.stop_requested:
+            if state.stop_requested or state.out_of_time:
                 break
         state.training = False
+
+    # -- a budgeted fit (`vivace.budget`) ------------------------------------------------
+    def _budget_clock(self, budget_s: float, start: ResumePoint, started: float) -> BudgetClock:
+        """The fit's clock: the budget (less what a resumed run spent) counted from `started`, training
+        ending early enough for the final validation, timed now."""
+        budget = Budget(budget_s, spent_before_s=start.budget_spent_s, started=started)
+        return BudgetClock(budget, reserve_s=self._final_validation_s(), start_progress=start.progress)
+
+    @torch.no_grad()
+    def _final_validation_s(self) -> float:
+        """Seconds the final validation will take: a few validation batches timed (the first warms
+        up), scaled to all of them, plus a tenth for safety. The batches timed count in the budget."""
+        model, n_batches = self.eval_model.eval(), len(self.dls.valid)
+        batches, seconds = iter(self.dls.valid), []
+        try:
+            last = time.perf_counter()
+            for x, _ in itertools.islice(batches, 3):
+                with self.autocast():
+                    model(x)
+                runtime.synchronize(self.device)
+                now = time.perf_counter()
+                seconds.append(now - last)
+                last = now
+        finally:
+            batches.close()
+        per_batch = min(seconds[1:]) if len(seconds) > 1 else seconds[0] if seconds else 0.0
+        return 1.1 * per_batch * n_batches
+
+    def _read_clock(self) -> tuple[float, bool]:
+        """The schedule's progress after this step and whether the budget is spent (another step
+        would not end before training's end), as rank 0 sees them: under torchrun every rank stops
+        on the same step."""
+        clock = self.state.clock
+        clock.step_done()
+        out_of_time = not clock.next_step_fits()
+        progress, out_of_time = distributed.from_main([clock.progress(), float(out_of_time)])
+        return (1.0, True) if out_of_time else (progress, False)
+
+    def _epochs_estimate(self, start: ResumePoint) -> int:
+        """How many epochs a budgeted fit will have, from its progress so far (0: not known yet)."""
+        state = self.state
+        done = state.epoch + (start.batch / max(len(self.dls.train), 1) if state.epoch == start.epoch else 0.0)
+        if state.progress <= 0.02 or done <= 0:
+            return 0
+        return max(state.epoch + 1, math.ceil(done / state.progress))
 
     def _train_step(self, pictures: Pictures, y: Tensor) -> Tensor:
         """One training step, in data-flow order; returns the loss (on the device: no sync)."""

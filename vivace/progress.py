@@ -11,6 +11,7 @@ from typing import Any, Callable, Literal, TextIO
 from tqdm import tqdm
 
 from . import screen
+from .budget import format_duration
 from .callbacks import Callback, Loop
 from .environment import env_choice
 
@@ -35,6 +36,14 @@ def choose_front(mode: str, stream_is_tty: bool, in_kernel: bool) -> ProgressFro
     return "text" if mode == "on" or stream_is_tty else "none"
 
 
+def epoch_label(state: Any) -> str:
+    """`epoch 3/5`; under a budget `epoch 3/~5, 4:12 left`, the epochs estimated from the time spent."""
+    if state.clock is None:
+        return f"epoch {state.epoch + 1}/{state.n_epochs}"
+    estimate = f"/~{state.n_epochs}" if state.n_epochs else ""
+    return f"epoch {state.epoch + 1}{estimate}, {format_duration(state.clock.end - time.perf_counter())} left"
+
+
 class TextBars:
     """tqdm bars on a stream: one per epoch (or one over a sweep's steps), erased when done."""
 
@@ -46,7 +55,7 @@ class TextBars:
     def start_epoch(self, state: Any) -> None:
         if self.sweep_steps is None:
             self.close()
-            self._open(f"epoch {state.epoch + 1}/{state.n_epochs}", state.n_batches, state.start.batch)
+            self._open(epoch_label(state), state.n_batches, state.start.batch)
         elif self.bar is None:  # a sweep's one bar, over all its epochs
             self._open(SWEEP_LABEL, self.sweep_steps, 0)
 
@@ -118,7 +127,7 @@ class NotebookBars:
             if self.epochs is None:
                 self.epochs = Count(state.n_epochs, state.epoch, state.epoch)
             self.epochs.done = state.epoch
-            self.desc, self.postfix = f"epoch {state.epoch + 1}/{state.n_epochs}", ""
+            self.desc, self.postfix = epoch_label(state), ""
             self.batches = Count(state.n_batches, state.start.batch, state.start.batch)
         self._draw()
 

@@ -106,6 +106,11 @@ class Recipe(ScalingSpec, TechniqueSpec, MetricSpec, LossSpec, ScheduleSpec, Ste
             raise ValueError(f"freeze_epochs={self.freeze_epochs} must be <= epochs={self.epochs}: the frozen epochs "
                              "are the first of the run's epochs")
 
+    @property
+    def planned_epochs(self) -> int | None:
+        """The epochs a run trains; None when a budget (`budget_s`) ends it instead."""
+        return None if self.budget_s else self.epochs
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

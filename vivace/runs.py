@@ -146,14 +146,18 @@ def saved_config(out: Path, runs: int) -> tuple[Path, int] | None:
     return None
 
 
-def finished_message(out: Path, epochs: int) -> str:
+def finished_message(out: Path, epochs: int | None) -> str:
+    if epochs is None:  # a budgeted run: its schedule ended with its budget
+        return (f"{out} is finished (its budget is spent and its schedule complete, last.safetensors): nothing to "
+                "resume; --overwrite to train it again, or choose another --out")
     return (f"{out} is finished (epoch {epochs} of {epochs} done, last.safetensors): nothing to resume; pass --epochs N "
             f"(N > {epochs}) to train it longer, --overwrite to train it again, or choose another --out")
 
 
-def finished_summary(out: Path, epochs: int) -> dict[str, Any] | None:
-    """The saved summary of the run in `out` when its last checkpoint ends its `epochs` (None: more to
-    train, or no checkpoint yet); ValueError naming the file or field that cannot be trusted."""
+def finished_summary(out: Path, epochs: int | None) -> dict[str, Any] | None:
+    """The saved summary of the run in `out` when its last checkpoint ends its `epochs` (or, None, its
+    budget); None when there is more to train or no checkpoint yet; ValueError naming the file or field
+    that cannot be trusted."""
     checkpoint = out / "last.safetensors"
     if not checkpoint.is_file():
         return None
@@ -189,7 +193,7 @@ def resume_changes(out: Path, recipe: Recipe, device: torch.device, has_weights:
     return f"resume of {out} changes {', '.join(said.values())} (vs its config.json)" if changed else None
 
 
-def resume_learner(learn: Learner, checkpoint: Path, epochs: int) -> None:
+def resume_learner(learn: Learner, checkpoint: Path, epochs: int | None) -> None:
     """Restore `learn` from a run's last checkpoint, checked against this run first: its fields, its
     position within the epochs and batches, its classes. ValueError saying what differs, never torch's dump."""
     state = load_checkpoint(checkpoint, learn.device)

@@ -91,6 +91,12 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 COMPILE_MODES = get_args(CompileMode)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a CUDA device runs asynchronously), so a timing is true."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def compile_mode(compile_mode: str) -> str | None:
     """torch.compile's `mode` for a Learner's `compile_mode` ("default" = None); ValueError if unknown."""
     if compile_mode not in COMPILE_MODES:

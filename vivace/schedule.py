@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+from .budget import parse_duration
 from .flags import Range, knob
 
 Schedule = Callable[[float], float]
@@ -16,6 +17,10 @@ class ScheduleSpec:
     """The Recipe's schedule: the arguments of `Learner.fit_schedule`."""
 
     epochs: int = knob(5, "training epochs", range=Range(1))
+    budget_s: float = knob(0.0, "train to a wall-clock deadline instead of a number of epochs: 90s, 10m, 1h "
+                                "(a number is seconds); the schedule runs on the time spent and the final "
+                                "validation is inside it; 0 = --epochs decide",
+                           aliases=("budget",), range=Range(0.0), parse=parse_duration)
     lr: float = knob(3e-3, "peak learning rate for the global batch", range=Range(0.0, 10.0, low_open=True))
     schedule: ScheduleName = knob("one_cycle", "one_cycle, flat_cos, or fine_tune (fastai's: --freeze-epochs with "
                                                "the body frozen at lr, then one-cycle at lr/2 spread by --lr-mult)")

@@ -13,7 +13,8 @@ from .build import build_dataloaders, build_learner
 from .callbacks import Callback
 from .distributed import World
 from .files import DiskFullError, ensure_writable_folder
-from .learner import Learner, TrainingFailed, TrainingInterrupted
+from .budget import format_duration
+from .learner import Learner, ResumePoint, TrainingFailed, TrainingInterrupted
 from .recipe import MAX_SEED, Recipe, TrainOptions, describe, resolve, scaling_rule
 from .schedule import ScheduleSpec
 from .tracking import TensorBoardCallback
@@ -50,9 +51,9 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
 def train_runs(recipe: Recipe, out: Path, options: TrainOptions, cbs: list[Callback] | None) -> dict[str, Any]:
     """`train` once `out` is checked and locked: a resume keeps finished runs as they are."""
     folders = [out] if options.runs == 1 else [out / f"run{i}" for i in range(options.runs)]
-    finished = [finished_summary(folder, recipe.epochs) if options.resume else None for folder in folders]
+    finished = [finished_summary(folder, recipe.planned_epochs) if options.resume else None for folder in folders]
     if all(finished) and (options.runs == 1 or (out / "summary.json").is_file()):
-        raise ValueError(finished_message(out, recipe.epochs))  # nothing rewritten
+        raise ValueError(finished_message(out, recipe.planned_epochs))  # nothing rewritten
     if options.overwrite and distributed.rank() == 0:
         delete_records(out, options.runs)
     if options.runs == 1:
@@ -101,7 +102,8 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
         raise DiskFullError(err.path, err.code, f"resume the run: vivace train --out {out} --resume") from None
     # The metrics of the final weights, the ones evaluate, export and report use by default.
     summary = {**learn.state.last_metrics, "weights": "final", "epochs": len(learn.recorder.rows),
-               "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed, "preset": options.preset}
+               "train_seconds": round(time.perf_counter() - start, 2), "seed": recipe.seed, "preset": options.preset,
+               **budget_summary(learn)}
     if world.is_main:
         write_json(out / "summary.json", summary)
     from .report import write_report  # lazy: matplotlib adds ~0.6 s to `import vivace`
@@ -115,6 +117,19 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
     return summary
 
 
+def budget_summary(learn: Learner) -> dict[str, float]:
+    """A budgeted run's timing against its deadline (said in one line too); nothing for a run in epochs."""
+    clock = learn.state.clock
+    if clock is None:
+        return {}
+    seconds, late = clock.budget.seconds, clock.late_s()
+    epochs = learn.state.epoch + (learn.state.iter + 1) / max(learn.state.n_batches, 1)
+    learn.log(f"budget {format_duration(seconds)}: the final validation ended at {format_duration(seconds + late)}, "
+              f"{abs(late):.1f} s {'late' if late > 0 else 'early'}; {epochs:.2f} epochs trained")
+    return {"budget_s": seconds, "budget_used_s": round(seconds + late, 2), "late_s": round(late, 2),
+            "epochs_trained": round(epochs, 3)}
+
+
 def run_options(options: TrainOptions, i: int) -> TrainOptions:
     """The options of the i-th of several seeded runs: each writes its TensorBoard scalars to its
     own subfolder (run<i>, as its run folder), so the runs' curves stay apart."""
@@ -126,16 +141,30 @@ def run_options(options: TrainOptions, i: int) -> TrainOptions:
 def prepared_learner(recipe: Recipe, out: Path, options: TrainOptions, world: World,
                      cbs: list[Callback] | None) -> Learner:
     """The run's data and Learner, restored from its last checkpoint on --resume, or started from --init."""
+    preparing = time.perf_counter()
     dls = build_dataloaders(recipe, world, options.workers)
+    budget_started = time.perf_counter()  # data preparation happens once: a budget counts from here
     trackers = [TensorBoardCallback(options.tensorboard)] if options.tensorboard else []
     learn = build_learner(recipe, dls, out, options.checkpoint_every_min, extra_cbs=[*(cbs or []), *trackers])
     checkpoint = out / "last.safetensors"
     if options.resume and checkpoint.is_file():
-        resume_learner(learn, checkpoint, recipe.epochs)
+        resume_learner(learn, checkpoint, recipe.planned_epochs)
         learn.log(f"resuming {out} at epoch {learn.resume.epoch}, batch {learn.resume.batch}")
     elif recipe.init:  # a resumed run has its weights from its checkpoint
         learn.log(start_from(learn.model, **recipe.kwargs(InitSpec), vocab=dls.vocab))
+    if recipe.budget_s:
+        learn.budget_started = budget_started
+        learn.log(budget_line(recipe.budget_s, learn.resume, budget_started - preparing))
     return learn
+
+
+def budget_line(budget_s: float, resume: ResumePoint | None, preparing_s: float) -> str:
+    """What a budgeted run has left, and that the data's preparation was not counted."""
+    spent = resume.budget_spent_s if resume else 0.0
+    left = (f"{format_duration(budget_s - spent)} of the {format_duration(budget_s)} budget left" if spent
+            else f"budget {format_duration(budget_s)}")
+    return (f"{left}, counted from now to the end of the final validation; preparing the data took "
+            f"{format_duration(preparing_s)}, not counted")
 
 
 def on_device(recipe: Recipe, world: World) -> Recipe:
