@@ -180,3 +180,52 @@ def test_two_torchrun_processes_stop_on_the_same_step(tmp_path, tiny_folder):
     assert ranks[0] == ranks[1] and ranks[0]["progress"] == 1.0 and ranks[0]["steps"] > 3
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert abs(summary["late_s"]) <= 5.0, summary  # 5 s: the floor for short budgets
+
+
+# -- choosing what fits the budget (vivace.choose) -----------------------------------------
+from vivace.choose import Candidate, choose_for_budget, mean_pixels  # noqa: E402
+
+
+def test_a_candidate_curve_is_read_between_its_measured_points():
+    c = Candidate("c", {}, curve=((2, 0.6), (8, 0.8)))
+    assert c.expected_accuracy(4) == pytest.approx(0.7)  # halfway in log(epochs)
+    assert c.expected_accuracy(20) == 0.8  # flat past the last point: never extrapolated upwards
+    assert c.expected_accuracy(1) == pytest.approx(0.5)  # down the first segment's slope
+    assert c.expected_accuracy(1e-6) == 0.0
+
+
+def test_progressive_resizing_trains_on_fewer_pixels_on_average():
+    recipe = make_recipe(size_px=128, progressive=0.5)
+    assert 0.5 < mean_pixels(recipe) < 0.75 and mean_pixels(make_recipe(size_px=128)) == 1.0
+
+
+def test_the_choice_follows_the_epochs_each_candidate_can_afford(tiny_folder, monkeypatch):
+    import vivace.choose as choose
+    fast = Candidate("fast", dict(arch="xresnet18", widen=0.25), curve=((1, 0.5), (10, 0.7)))
+    slow = Candidate("slow", dict(arch="xresnet34", widen=0.5), curve=((1, 0.4), (10, 0.9)))
+    speeds = {0.25: 1000.0, 0.5: 100.0}  # images per second: the calibration, made exact here
+    monkeypatch.setattr(choose, "images_per_second", lambda recipe, dls, steps=4: speeds[recipe.widen])
+    dls = tiny_dataloaders(tiny_folder)  # 24 training images
+    recipe = make_recipe(data=str(tiny_folder), budget_s=1.0)
+    short = choose_for_budget(recipe, dls, Budget(0.3), (fast, slow))  # fast: ~12 epochs, slow: ~1
+    assert short.recipe.widen == 0.25 and "chose fast" in short.reason and "over slow" in short.reason
+    long = choose_for_budget(recipe, dls, Budget(30.0), (fast, slow))  # both past 10 epochs
+    assert long.recipe.arch == "xresnet34" and long.recipe.widen == 0.5 and "90.0% expected" in long.reason
+
+
+@pytest.mark.slow
+def test_a_budget_without_model_flags_chooses_and_says_why(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folder), "--budget", "10s", "--widen", "0.25", "--size", "16",
+                 "--presize", "24", "--bs", "8", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "budget 0:10, counted from now" in said and " chose " not in said  # model flags given: no choice
+    out2 = tmp_path / "run2"
+    assert main(["train", "--data", str(tiny_folder), "--budget", "20s", "--out", str(out2)]) == 0
+    said = capsys.readouterr().out
+    [line] = [line for line in said.splitlines() if line.startswith("budget 0:20: chose ")]
+    assert "img/s here" in line and "expected on imagenette2-160 by the budget table" in line
+    saved = json.loads((out2 / "config.json").read_text())
+    assert (saved["arch"], saved["widen"], saved["budget_s"]) == ("xresnet18", 0.5, 20.0)
+    summary = json.loads((out2 / "summary.json").read_text())
+    assert abs(summary["late_s"]) <= 5.0

@@ -23,6 +23,7 @@ from .recipe import PRESETS, Recipe, TrainOptions, describe, load_recipe, make_r
 from .runtime import reuse_freed_memory
 
 DEFAULT_PRESET = "quick"
+BUDGET_BASE = "imagenette-speedrun"  # the recipe whose model and sizes a budget chooses (vivace.choose)
 INTERRUPTED = 130  # the shell's exit status for a process ended by Ctrl-C (128 + SIGINT)
 
 
@@ -51,8 +52,18 @@ def recipe_from_args(args: argparse.Namespace, options: TrainOptions) -> tuple[R
         if "data" not in given:  # the data it names has moved: say so of config.json, not of a --data never given
             check_recorded_data(config, recipe.data)
         return make_recipe(**{**recipe.to_dict(), "seed": recipe.seed - index, **given}), options
+    if chooses_for_budget(given, options):
+        return (make_recipe(BUDGET_BASE, **given),
+                dataclasses.replace(options, preset=BUDGET_BASE, choose=True))
     preset = options.preset or ("" if given.get("data") else DEFAULT_PRESET)
     return make_recipe(preset, **given), dataclasses.replace(options, preset=preset)
+
+
+def chooses_for_budget(given: dict[str, Any], options: TrainOptions) -> bool:
+    """--data with --budget, and no --preset and no model, size or epoch flag: vivace chooses them (vivace.choose)."""
+    from .choose import CHOICE_OFF_FIELDS
+    return ("budget_s" in given and "data" in given and not options.preset and not options.resume
+            and not set(given) & set(CHOICE_OFF_FIELDS))
 
 
 def print_recipe(recipe: Recipe, options: TrainOptions) -> None:

@@ -131,6 +131,9 @@ class TrainOptions:
                                        aliases=("checkpoint_every",), range=Range(0.0))
     dist_timeout_s: float = knob(0.0, "torchrun: seconds a rank waits for a silent one before failing; "
                                       "0 = $VIVACE_DIST_TIMEOUT or 1800", range=Range(0.0))
+    choose: bool = knob(False, "with a budget: choose the model and sizes for it, by calibrating this machine "
+                               "against the budget table (vivace.choose); the CLI sets it for --data with --budget "
+                               "and no --preset, model, size or epoch flag")
     print_recipe: bool = knob(False, "print the resolved recipe (preset, flags and device rules applied) and exit")
     tensorboard: str = knob("", "folder for TensorBoard scalars: loss and lr per step, each epoch's figures "
                                 "(needs vivace[tensorboard]); \"\" = none")
@@ -140,6 +143,8 @@ class TrainOptions:
         check_fields(self)
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"preset={self.preset!r} is not one of: {', '.join(PRESETS)}")
+        if self.choose and self.resume:
+            raise ValueError("choose and resume contradict each other: a resumed run trains what it chose")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite contradict each other: continue the run in --out, or replace it")
         if self.tensorboard:  # before any heavy work: a missing package is found now, not after the data

@@ -13,8 +13,11 @@ from .build import build_dataloaders, build_learner
 from .callbacks import Callback
 from .distributed import World
 from .files import DiskFullError, ensure_writable_folder
-from .budget import format_duration
-from .learner import Learner, ResumePoint, TrainingFailed, TrainingInterrupted
+from .budget import Budget, format_duration
+from .checkpoint import load_position
+from .choose import choose_for_budget
+from .data import DataLoaders, DataSpec
+from .learner import Learner, TrainingFailed, TrainingInterrupted
 from .recipe import MAX_SEED, Recipe, TrainOptions, describe, resolve, scaling_rule
 from .schedule import ScheduleSpec
 from .tracking import TensorBoardCallback
@@ -88,7 +91,7 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
             print(nothing_to_resume(out), flush=True)
         start_run_folder(out, recipe, describe(asked, recipe, world.device, options.preset, world.world_size))
     try:
-        learn = prepared_learner(recipe, out, options, world, cbs)
+        learn, recipe = prepared_learner(recipe, out, options, world, cbs)
     except (ValueError, FileNotFoundError, RuntimeError):
         if fresh and world.is_main:  # nothing trained: the corrected rerun must not need --resume
             forget_run_folder(out)
@@ -139,32 +142,53 @@ def run_options(options: TrainOptions, i: int) -> TrainOptions:
 
 
 def prepared_learner(recipe: Recipe, out: Path, options: TrainOptions, world: World,
-                     cbs: list[Callback] | None) -> Learner:
-    """The run's data and Learner, restored from its last checkpoint on --resume, or started from --init."""
+                     cbs: list[Callback] | None) -> tuple[Learner, Recipe]:
+    """The run's data and Learner, restored from its last checkpoint on --resume, or started from --init;
+    and the recipe it trains (under a budget with `options.choose`: the one chosen for the budget)."""
     preparing = time.perf_counter()
     dls = build_dataloaders(recipe, world, options.workers)
     budget_started = time.perf_counter()  # data preparation happens once: a budget counts from here
+    checkpoint = out / "last.safetensors"
+    resumes = options.resume and checkpoint.is_file()
+    if recipe.budget_s:
+        spent = load_position(checkpoint).get("budget_spent_s", 0.0) if resumes else 0.0
+        if world.is_main:
+            print(budget_line(recipe.budget_s, spent, budget_started - preparing), flush=True)
+        if options.choose:
+            recipe, dls = chosen_for_budget(recipe, dls, Budget(recipe.budget_s, started=budget_started), out,
+                                            options, world)
     trackers = [TensorBoardCallback(options.tensorboard)] if options.tensorboard else []
     learn = build_learner(recipe, dls, out, options.checkpoint_every_min, extra_cbs=[*(cbs or []), *trackers])
-    checkpoint = out / "last.safetensors"
-    if options.resume and checkpoint.is_file():
+    if resumes:
         resume_learner(learn, checkpoint, recipe.planned_epochs)
         learn.log(f"resuming {out} at epoch {learn.resume.epoch}, batch {learn.resume.batch}")
     elif recipe.init:  # a resumed run has its weights from its checkpoint
         learn.log(start_from(learn.model, **recipe.kwargs(InitSpec), vocab=dls.vocab))
     if recipe.budget_s:
         learn.budget_started = budget_started
-        learn.log(budget_line(recipe.budget_s, learn.resume, budget_started - preparing))
-    return learn
+    return learn, recipe
 
 
-def budget_line(budget_s: float, resume: ResumePoint | None, preparing_s: float) -> str:
+def budget_line(budget_s: float, spent_s: float, preparing_s: float) -> str:
     """What a budgeted run has left, and that the data's preparation was not counted."""
-    spent = resume.budget_spent_s if resume else 0.0
-    left = (f"{format_duration(budget_s - spent)} of the {format_duration(budget_s)} budget left" if spent
+    left = (f"{format_duration(budget_s - spent_s)} of the {format_duration(budget_s)} budget left" if spent_s
             else f"budget {format_duration(budget_s)}")
     return (f"{left}, counted from now to the end of the final validation; preparing the data took "
             f"{format_duration(preparing_s)}, not counted")
+
+
+def chosen_for_budget(recipe: Recipe, dls: DataLoaders, budget: Budget, out: Path, options: TrainOptions,
+                      world: World) -> tuple[Recipe, DataLoaders]:
+    """The recipe `vivace.choose` picks for the budget, said in one line and saved as the run's recipe;
+    its data rebuilt (from the same cache) where its sizes differ."""
+    choice = choose_for_budget(recipe, dls, budget)
+    if world.is_main:
+        print(choice.reason, flush=True)
+        start_run_folder(out, choice.recipe, describe(choice.recipe, choice.recipe, world.device, options.preset,
+                                                      world.world_size))
+    if choice.recipe.kwargs(DataSpec) != recipe.kwargs(DataSpec):
+        dls = build_dataloaders(choice.recipe, world, options.workers, progress=False)
+    return choice.recipe, dls
 
 
 def on_device(recipe: Recipe, world: World) -> Recipe:

@@ -1,0 +1,130 @@
+"""Choosing what to train in a budget: `vivace train --budget 10m` with no model, size or epoch flag.
+
+Each candidate is the speedrun's recipe with another model or size. The table holds what each one
+was measured to reach on imagenette2-160 after so many epochs. A short calibration (a few
+training steps per candidate, counted in the budget) measures this machine's speed for each;
+the rule then picks the candidate whose measured curve is highest at the epochs it can afford.
+Explicit flags always win: the CLI chooses only when none of them is given.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from . import distributed
+from .budget import Budget, format_duration
+from .callbacks import Callback
+from .data import DataLoaders
+from .guards import StopAfter
+from .learner import Learner
+from .losses import LossSpec, make_loss
+from .models import ModelSpec, create_model
+from .optim import OptimizerSpec
+from .progress import ProgressBar
+from .recipe import Recipe
+from .schedule import SizeSchedule
+
+# The Recipe fields a candidate sets; given explicitly, any of them (or --epochs, or --preset)
+# turns the choice off.
+CHOSEN_FIELDS = ("arch", "widen", "size_px", "progressive")
+CHOICE_OFF_FIELDS = (*CHOSEN_FIELDS, "presize_px", "batch_size", "epochs")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A recipe to choose from: the speedrun's with `fields` changed, and its measured curve:
+    (epochs, accuracy on imagenette2-160), each point a run of that many epochs."""
+
+    name: str
+    fields: dict[str, Any]
+    curve: tuple[tuple[float, float], ...]
+
+    def expected_accuracy(self, epochs: float) -> float:
+        """The curve at `epochs`: linear in log(epochs) between points, flat past the last, and down
+        the first segment's slope below the first (never under 0)."""
+        points = sorted(self.curve)
+        if epochs >= points[-1][0]:
+            return points[-1][1]
+        if len(points) == 1:
+            return points[0][1] * min(epochs / points[0][0], 1.0)
+        (e0, a0), (e1, a1) = next(((p, q) for p, q in zip(points, points[1:]) if epochs < q[0]),
+                                  (points[0], points[1]))
+        slope = (a1 - a0) / math.log(e1 / e0)
+        return max(a0 + slope * math.log(max(epochs, 1e-3) / e0), 0.0)
+
+
+# Measured on imagenette2-160 (AMD EPYC, 2 cores, fp32), runs of the speedrun recipe for that many
+# epochs: `python -m bench accuracy` records in docs/BENCHMARKS.md ("Budgets").
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("xresnet18 x0.5, 64->128 px", dict(arch="xresnet18", widen=0.5, size_px=128, progressive=0.5),
+              curve=((12, 0.845),)),
+)
+
+
+class StepTimes(Callback):
+    """The times between training steps."""
+
+    order = 100
+
+    def before_fit(self, learn) -> None:
+        self.times: list[float] = [time.perf_counter()]
+
+    def after_batch(self, learn) -> None:
+        self.times.append(time.perf_counter())
+
+
+def images_per_second(recipe: Recipe, dls: DataLoaders, steps: int = 4) -> float:
+    """This machine's training speed for `recipe` on `dls`, from `steps` steps at its final size (the
+    first, which warms up, not counted), scaled to its mean crop size under progressive resizing."""
+    torch.manual_seed(recipe.seed)
+    model = create_model(**recipe.kwargs(ModelSpec), n_out=len(dls.vocab))
+    timer = StopAfter(min(steps, len(dls.train))), StepTimes()
+    learn = Learner(dls, model, make_loss(**recipe.kwargs(LossSpec)), metrics=None, cbs=list(timer),
+                    **recipe.kwargs(OptimizerSpec))
+    learn.cbs = [cb for cb in learn.cbs if not isinstance(cb, ProgressBar)]  # quiet: a probe, not a fit
+    learn.recorder.print_table = False
+    learn.size_schedule = lambda p: recipe.size_px
+    learn.fit(1, recipe.lr)
+    gaps = [b - a for a, b in zip(timer[1].times, timer[1].times[1:])]
+    step_s = min(gaps[1:]) if len(gaps) > 1 else gaps[0]
+    return dls.train.batch_size * dls.train.world_size / step_s / mean_pixels(recipe)
+
+
+def mean_pixels(recipe: Recipe, points: int = 100) -> float:
+    """A run's mean crop area over the final one's: 1 without progressive resizing."""
+    if not recipe.progressive:
+        return 1.0
+    sizes = SizeSchedule(recipe.size_px, recipe.progressive, recipe.progressive_end)
+    return sum((sizes(i / points) / recipe.size_px) ** 2 for i in range(points)) / points
+
+
+@dataclass(frozen=True)
+class Choice:
+    recipe: Recipe
+    reason: str
+
+
+def choose_for_budget(recipe: Recipe, dls: DataLoaders, budget: Budget,
+                      candidates: tuple[Candidate, ...] = CANDIDATES) -> Choice:
+    """The candidate the table says is most accurate for the epochs this machine can afford in what
+    is left of `budget` (each candidate calibrated on `dls`), and one line saying why."""
+    started, options = time.perf_counter(), []
+    for candidate in candidates:
+        trial = replace(recipe, **candidate.fields)
+        speed = images_per_second(trial, dls)
+        options.append((candidate, trial, speed))
+    train_s = budget.left() * 0.95  # the final validation and the epochs' ends
+    n_images = dls.train.n_items * dls.train.world_size
+    scored = [(c.expected_accuracy(train_s * speed / n_images), train_s * speed / n_images, c, trial, speed)
+              for c, trial, speed in options]
+    index = int(distributed.from_main([float(max(range(len(scored)), key=lambda i: scored[i][0]))])[0])
+    accuracy, epochs, best, trial, speed = scored[index]  # rank 0's choice: every rank trains the same model
+    others = "; ".join(f"{c.name}: {e:.1f} epochs, {a:.1%}" for a, e, c, _, _ in scored if c is not best)
+    reason = (f"budget {format_duration(budget.seconds)}: chose {best.name} ({speed:.0f} img/s here, ~{epochs:.1f} "
+              f"epochs, {accuracy:.1%} expected on imagenette2-160 by the budget table)"
+              + (f" over {others}" if others else "") + f"; the calibration took {time.perf_counter() - started:.0f} s of the budget")
+    return Choice(trial, reason)
