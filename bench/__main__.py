@@ -25,6 +25,7 @@ BENCHMARKS = {
     "peer_fastai_accuracy": "peer_fastai_accuracy",
     "transfer": "transfer",
     "table": "table",
+    "budget": "budget",
 }
 
 

@@ -197,3 +197,25 @@ def test_table_at_toy_size_finds_the_same_split_and_records_nothing(tiny_folder,
     assert out.returncode == 0, out.stderr[-3000:]
     assert "(noisy_imagenette.csv, 36 rows)" in out.stdout and "same split, order and labels: True" in out.stdout
     assert RESULTS.read_text() == before
+
+
+@pytest.mark.slow
+def test_budget_at_toy_size_ends_each_run_on_time_and_records_nothing(tiny_folder, tmp_path):
+    before = RESULTS.read_text()
+    out = run_bench("budget", "--data", str(tiny_folder), "--budgets", "8s", "--seeds", "0", "--fixed",
+                    "--slow", "8s", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    [run], [fixed], [slow] = figures["budget_curve"], figures["budget_fixed"], figures["budget_slow"]
+    assert run["budget_s"] == 8.0 and abs(run["late_s"]) <= 5.0 and run["arch"] == "xresnet18 x0.5"
+    assert slow["budget_s"] == 8.0 and abs(slow["late_s"]) <= 5.0  # one thread: on time still
+    assert fixed["budget_s"] == 8.0 and fixed["epochs"] == max(int(run["epochs"]), 1)  # whole epochs beside it
+    assert "budget-8s-seed0: budget seed 0: accuracy" in out.stdout and "of 0:08 (" in out.stdout
+    assert RESULTS.read_text() == before
+
+
+def test_the_budget_plot_draws_the_curve_and_the_fixed_runs(tmp_path):
+    from bench.budget import plot
+    curve = [{"budget_s": b, "accuracy": a} for b, a in ((300, 0.7), (300, 0.72), (600, 0.8))]
+    plot(curve, [{"seconds": 280, "accuracy": 0.69}], tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

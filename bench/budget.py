@@ -1,0 +1,148 @@
+"""Budgeted runs against the clock: accuracy per budget, the end against the deadline, the fixed run beside.
+
+    python -m bench budget --data ../shared/data/imagenette2-160 --budgets 5m 10m 20m --seeds 42 43 \
+        --fixed --slow 10m --record
+    python -m bench budget --from-runs runs/budget --record      # the runs already trained there
+
+For each budget and seed: `vivace train --data DATA --budget B --seed S`, vivace choosing the model
+(`vivace.choose`), into OUT/budget-<B>-seed<S>. `--fixed`: beside each budget (its first seed), the
+speedrun preset for as many whole epochs as that budgeted run trained, into OUT/fixed-<B>: the fixed
+recipe that fits the same time. `--slow B`: the budget B once more with one thread (`--threads 1`),
+into OUT/slow-<B>: a slower machine must end on time too, less accurate, not late.
+
+Printed: one line per run (accuracy, seconds against the budget, epochs, model). `--record` writes
+`budget_curve` (budget_s, seed, accuracy, seconds, late_s, epochs, arch, machine), `budget_fixed`,
+`budget_slow` to docs/benchmarks.json and the plot of accuracy against budget to docs/budget_curve.png.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from vivace.budget import format_duration, parse_duration
+from vivace.recipe import TrainOptions, make_recipe
+from vivace.train import train
+
+from .accuracy import run_precision
+from .common import REPO, add_data_arg, data_folder, machine, make_parser, record
+
+FIXED_PRESET = "imagenette-speedrun"
+PLOT = REPO / "docs" / "budget_curve.png"
+
+
+def budget_name(seconds: float) -> str:
+    """A budget in a folder name: 300 -> 5m, 90 -> 90s."""
+    return f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"
+
+
+def budgeted_run(data: str, budget_s: float, seed: int, out: Path, threads: int = 0) -> Path:
+    """`vivace train --data DATA --budget B --seed S` (the model chosen for the budget) into `out`."""
+    recipe = make_recipe(FIXED_PRESET, data=data, budget_s=budget_s, seed=seed)
+    train(recipe, TrainOptions(preset=FIXED_PRESET, choose=True, out=str(out), threads=threads))
+    return out
+
+
+def fixed_run(data: str, epochs: int, seed: int, out: Path) -> Path:
+    """The speedrun preset for `epochs` epochs, trained as it is: no budget."""
+    train(make_recipe(FIXED_PRESET, data=data, epochs=epochs, seed=seed),
+          TrainOptions(preset=FIXED_PRESET, out=str(out)))
+    return out
+
+
+def read_run(run_dir: Path) -> dict:
+    """A run folder's budget (0: a fixed run), accuracy, seconds against it, epochs and model."""
+    config = json.loads((run_dir / "config.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    budget_s = config.get("budget_s", 0.0)
+    return {"dir": str(run_dir), "kind": run_dir.name.split("-")[0], "budget_s": budget_s, "seed": summary["seed"],
+            "accuracy": round(summary["accuracy"], 4),
+            "seconds": summary.get("budget_used_s", summary["train_seconds"]),
+            "late_s": summary.get("late_s"), "epochs": summary.get("epochs_trained", summary["epochs"]),
+            "arch": f"{config['arch']} x{config['widen']:g}"}
+
+
+def describe_run(run: dict) -> str:
+    against = (f"ended {format_duration(run['seconds'])} of {format_duration(run['budget_s'])} "
+               f"({run['late_s']:+.1f} s)" if run["budget_s"] else f"took {format_duration(run['seconds'])}")
+    return (f"{run['dir']}: {run['kind']} seed {run['seed']}: accuracy {run['accuracy']:.4f}, {against}, "
+            f"{run['epochs']:g} epochs of {run['arch']}")
+
+
+def figures(runs: list[dict], where: str) -> dict:
+    """The benchmarks.json figures of the runs: budgeted, fixed beside them, and the slow-machine check."""
+    row = lambda r: {"budget_s": r["budget_s"], "seed": r["seed"], "accuracy": r["accuracy"],  # noqa: E731
+                     "seconds": round(r["seconds"], 1), "late_s": r["late_s"], "epochs": r["epochs"],
+                     "arch": r["arch"], "machine": where}
+    out = {"budget_curve": [row(r) for r in runs if r["kind"] == "budget"]}
+    # A fixed run is named for the budget it stands beside (fixed-5m).
+    fixed = [dict(row(r), budget_s=parse_duration(Path(r["dir"]).name.split("-", 1)[1]))
+             for r in runs if r["kind"] == "fixed"]
+    if fixed:
+        out["budget_fixed"] = fixed
+    slow = [row(r) for r in runs if r["kind"] == "slow"]
+    if slow:
+        out["budget_slow"] = slow
+    return out
+
+
+def plot(curve: list[dict], fixed: list[dict], path: Path) -> None:
+    """Accuracy against budget: each budgeted run, their mean, and the fixed runs beside them."""
+    from vivace.figures import Figure
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    budgets = sorted({r["budget_s"] for r in curve})
+    means = [statistics.mean(r["accuracy"] for r in curve if r["budget_s"] == b) for b in budgets]
+    ax.plot([b / 60 for b in budgets], means, "-o", label="--budget (mean of seeds)")
+    ax.scatter([r["budget_s"] / 60 for r in curve], [r["accuracy"] for r in curve], s=12, color="C0", alpha=0.5)
+    if fixed:
+        ax.scatter([r["seconds"] / 60 for r in fixed], [r["accuracy"] for r in fixed], marker="s", color="C1",
+                   label=f"{FIXED_PRESET}, whole epochs (at its own time)")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("accuracy, imagenette2-160")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def main(argv: list[str]) -> None:
+    p = make_parser("budget", __doc__)
+    add_data_arg(p)
+    p.add_argument("--budgets", nargs="+", default=["5m", "10m", "20m"], help="durations: 90s, 5m, 1h")
+    p.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
+    p.add_argument("--fixed", action="store_true", help="beside each budget, the speedrun for the epochs it trained")
+    p.add_argument("--slow", default="", metavar="BUDGET", help="that budget once more with --threads 1")
+    p.add_argument("--out", type=Path, default=Path("runs/budget"))
+    p.add_argument("--from-runs", type=Path, default=None, metavar="DIR",
+                   help="report (and record) the runs already trained in DIR instead of training")
+    p.add_argument("--record", action="store_true", help="write the figures and the plot to docs/")
+    p.add_argument("--plot", type=Path, default=PLOT)
+    args = p.parse_args(argv)
+    print(machine())
+    if args.from_runs is None:
+        data = str(data_folder(p.prog, args.data))
+        for budget in map(parse_duration, args.budgets):
+            dirs = [budgeted_run(data, budget, seed, args.out / f"budget-{budget_name(budget)}-seed{seed}")
+                    for seed in args.seeds]
+            if args.fixed:
+                epochs = math.floor(read_run(dirs[0])["epochs"])
+                fixed_run(data, max(epochs, 1), args.seeds[0], args.out / f"fixed-{budget_name(budget)}")
+        if args.slow:
+            budget = parse_duration(args.slow)
+            budgeted_run(data, budget, args.seeds[0], args.out / f"slow-{budget_name(budget)}", threads=1)
+    folder = args.from_runs or args.out
+    runs = [read_run(d) for d in sorted(folder.iterdir()) if (d / "summary.json").is_file()]
+    for run in runs:
+        print(describe_run(run))
+    found = figures(runs, machine())
+    print(json.dumps(found))
+    if args.record:
+        record(precision=run_precision([{"amp": "auto"}]), **found)  # as the speedrun preset trains here
+        plot(found["budget_curve"], found.get("budget_fixed", []), args.plot)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
