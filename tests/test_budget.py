@@ -229,3 +229,17 @@ def test_a_budget_without_model_flags_chooses_and_says_why(tiny_folder, tmp_path
     assert (saved["arch"], saved["widen"], saved["budget_s"]) == ("xresnet18", 0.5, 20.0)
     summary = json.loads((out2 / "summary.json").read_text())
     assert abs(summary["late_s"]) <= 5.0
+
+
+def test_a_budgeted_bar_names_the_epochs_estimated_and_the_time_left(monkeypatch):
+    from types import SimpleNamespace
+
+    from vivace.progress import epoch_label
+    now = FakeTime()
+    monkeypatch.setattr(budget_module.time, "perf_counter", now)
+    monkeypatch.setattr("vivace.progress.time.perf_counter", now)
+    clock = BudgetClock(Budget(600.0, started=now()), reserve_s=10.0)
+    now.now += 338.0
+    assert epoch_label(SimpleNamespace(epoch=2, n_epochs=7, clock=clock)) == "epoch 3/~7, 4:12 left"
+    assert epoch_label(SimpleNamespace(epoch=0, n_epochs=0, clock=clock)) == "epoch 1, 4:12 left"  # not known yet
+    assert epoch_label(SimpleNamespace(epoch=2, n_epochs=5, clock=None)) == "epoch 3/5"
