@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 
 from .augment import AugmentSpec
+from .budget import format_duration
 from .data import STATS_NAMES, DataSpec, eval_batch_size
 from .data.datasets import DATASETS
 from .flags import Range, check_fields, knob
@@ -321,13 +322,21 @@ def describe(asked: Recipe, resolved: Recipe, device: torch.device, preset: str 
         lines.append(f"\n[{spec.__name__.removesuffix('Spec').lower()}]")
         lines += [_line(f.name, getattr(asked, f.name), getattr(resolved, f.name)) for f in dataclasses.fields(spec)]
     lines += ["", _line("seed", asked.seed, resolved.seed)]
-    notes = _device_notes(resolved, device, world_size) + fine_tune_rates(resolved)
+    notes = _device_notes(resolved, device, world_size) + fine_tune_rates(resolved) + budget_note(resolved)
     return "\n".join(lines + [""] + [f"# {note}" for note in notes]) + "\n"
 
 
 def _line(name: str, asked: Any, used: Any) -> str:
     text = f"{name} = {json.dumps(used)}"
     return text if asked == used else f"{text}  # asked: {json.dumps(asked)}"
+
+
+def budget_note(recipe: Recipe) -> list[str]:
+    """Under a budget, what decides the run's length (docs/budget.md)."""
+    if not recipe.budget_s:
+        return []
+    return [f"budget_s: the run ends {format_duration(recipe.budget_s)} after its data is prepared, the final "
+            f"validation included; epochs = {recipe.epochs} is not used"]
 
 
 def fine_tune_rates(recipe: Recipe) -> list[str]:
