@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import distributed, runtime
 from . import schedule as sched
-from .budget import Budget, BudgetClock
+from .budget import Budget, BudgetClock, format_duration
 from .callbacks import Callback, Recorder
 from .flags import Range, knob
 from .guards import NaNGuard
@@ -337,7 +337,12 @@ class Learner:
         """The fit's clock: the budget (less what a resumed run spent) counted from `started`, training
         ending early enough for the final validation, timed now."""
         budget = Budget(budget_s, spent_before_s=start.budget_spent_s, started=started)
-        return BudgetClock(budget, reserve_s=self._final_validation_s(), start_progress=start.progress)
+        clock = BudgetClock(budget, reserve_s=self._final_validation_s(), start_progress=start.progress)
+        if clock.end <= clock.fit_started:
+            raise ValueError(f"a budget of {format_duration(budget_s)} leaves no time to train: "
+                             f"{format_duration(budget.spent())} of it spent, and the final validation takes "
+                             f"~{clock.reserve_s:.0f} s here; give a longer --budget")
+        return clock
 
     @torch.no_grad()
     def _final_validation_s(self) -> float:
