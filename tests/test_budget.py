@@ -253,3 +253,17 @@ def test_a_budget_too_short_to_train_says_so_before_any_step(tiny_folder):
     with pytest.raises(ValueError, match=r"a budget of 0:02 leaves no time to train: 0:0\d of it spent"):
         learn.fit_one_cycle(1, 1e-2, budget_s=2.0)
     assert learn.recorder.lrs == []
+
+
+@pytest.mark.parametrize("given, preset, chooses", [
+    ({"budget_s": 600.0, "data": "d"}, "", True),
+    ({"budget_s": 600.0, "data": "d", "lr": 0.1}, "", True),  # --lr applies on top of the choice
+    ({"budget_s": 600.0}, "", False),  # no --data: the quick job on the embedded data, to the budget
+    ({"budget_s": 600.0, "data": "d", "arch": "xresnet34"}, "", False),  # explicit flags win
+    ({"budget_s": 600.0, "data": "d", "epochs": 3}, "", False),
+    ({"budget_s": 600.0, "data": "d"}, "imagenette-128-5ep", False),  # a preset is a choice made
+    ({"data": "d"}, "", False),
+])
+def test_the_cli_chooses_only_when_nothing_about_the_model_is_given(given, preset, chooses):
+    from vivace.cli import chooses_for_budget
+    assert chooses_for_budget(given, TrainOptions(preset=preset)) is chooses
