@@ -83,14 +83,14 @@ def images_per_second(recipe: Recipe, dls: DataLoaders, steps: int = 4) -> float
     first, which warms up, not counted), scaled to its mean crop size under progressive resizing."""
     torch.manual_seed(recipe.seed)
     model = create_model(**recipe.kwargs(ModelSpec), n_out=len(dls.vocab))
-    timer = StopAfter(min(steps, len(dls.train))), StepTimes()
-    learn = Learner(dls, model, make_loss(**recipe.kwargs(LossSpec)), metrics=None, cbs=list(timer),
+    stop, times = StopAfter(min(steps, len(dls.train))), StepTimes()
+    learn = Learner(dls, model, make_loss(**recipe.kwargs(LossSpec)), metrics=None, cbs=[stop, times],
                     **recipe.kwargs(OptimizerSpec))
     learn.cbs = [cb for cb in learn.cbs if not isinstance(cb, ProgressBar)]  # quiet: a probe, not a fit
     learn.recorder.print_table = False
     learn.size_schedule = lambda p: recipe.size_px
     learn.fit(1, recipe.lr)
-    gaps = [b - a for a, b in zip(timer[1].times, timer[1].times[1:])]
+    gaps = [b - a for a, b in zip(times.times, times.times[1:])]
     step_s = min(gaps[1:]) if len(gaps) > 1 else gaps[0]
     return dls.train.batch_size * dls.train.world_size / step_s / mean_pixels(recipe)
 
@@ -104,7 +104,23 @@ def mean_pixels(recipe: Recipe, points: int = 100) -> float:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A candidate as calibrated here: its recipe, speed, the epochs it can afford and their accuracy."""
+
+    candidate: Candidate
+    recipe: Recipe
+    images_per_s: float
+    epochs: float
+    accuracy: float
+
+    def __str__(self) -> str:
+        return f"{self.candidate.name}: {self.epochs:.1f} epochs, {self.accuracy:.1%}"
+
+
+@dataclass(frozen=True)
 class Choice:
+    """The recipe chosen for a budget, and the line that says why."""
+
     recipe: Recipe
     reason: str
 
@@ -113,19 +129,18 @@ def choose_for_budget(recipe: Recipe, dls: DataLoaders, budget: Budget,
                       candidates: tuple[Candidate, ...] = CANDIDATES) -> Choice:
     """The candidate the table says is most accurate for the epochs this machine can afford in what
     is left of `budget` (each candidate calibrated on `dls`), and one line saying why."""
-    started, options = time.perf_counter(), []
-    for candidate in candidates:
-        trial = replace(recipe, **candidate.fields)
-        speed = images_per_second(trial, dls)
-        options.append((candidate, trial, speed))
-    train_s = budget.left() * 0.95  # the final validation and the epochs' ends
-    n_images = dls.train.n_items * dls.train.world_size
-    scored = [(c.expected_accuracy(train_s * speed / n_images), train_s * speed / n_images, c, trial, speed)
-              for c, trial, speed in options]
-    index = int(distributed.from_main([float(max(range(len(scored)), key=lambda i: scored[i][0]))])[0])
-    accuracy, epochs, best, trial, speed = scored[index]  # rank 0's choice: every rank trains the same model
-    others = "; ".join(f"{c.name}: {e:.1f} epochs, {a:.1%}" for a, e, c, _, _ in scored if c is not best)
-    reason = (f"budget {format_duration(budget.seconds)}: chose {best.name} ({speed:.0f} img/s here, ~{epochs:.1f} "
-              f"epochs, {accuracy:.1%} expected on imagenette2-160 by the budget table)"
-              + (f" over {others}" if others else "") + f"; the calibration took {time.perf_counter() - started:.0f} s of the budget")
-    return Choice(trial, reason)
+    started = time.perf_counter()
+    trials = [replace(recipe, **c.fields) for c in candidates]
+    speeds = [images_per_second(trial, dls) for trial in trials]
+    train_s = budget.left() * 0.95  # less the final validation and the epochs' ends
+    epochs = [train_s * speed / (dls.train.n_items * dls.train.world_size) for speed in speeds]
+    options = [Option(c, trial, speed, e, c.expected_accuracy(e))
+               for c, trial, speed, e in zip(candidates, trials, speeds, epochs)]
+    best = max(range(len(options)), key=lambda i: options[i].accuracy)
+    chosen = options[int(distributed.from_main([float(best)])[0])]  # rank 0's: every rank trains one model
+    others = "; ".join(str(o) for o in options if o is not chosen)
+    reason = (f"budget {format_duration(budget.seconds)}: chose {chosen.candidate.name} ({chosen.images_per_s:.0f} "
+              f"img/s here, ~{chosen.epochs:.1f} epochs, {chosen.accuracy:.1%} expected on imagenette2-160 by the "
+              f"budget table)" + (f" over {others}" if others else "")
+              + f"; the calibration took {time.perf_counter() - started:.0f} s of the budget")
+    return Choice(chosen.recipe, reason)
