@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vivace.distributed import World
+from vivace.recipe import Recipe
 from vivace.runs import load_run
 
 pytestmark = pytest.mark.slow  # torchrun: processes that each import torch and train
@@ -116,3 +118,17 @@ def test_a_worker_lost_mid_epoch_restarts_and_resumes_by_itself(tmp_path, tiny_f
         assert a[key] == b[key], key
     log = (tmp_path / "cut" / "run" / "log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in log[1:]] == ["0", "1", "2"]  # epoch 0 trained once, not twice
+
+
+# -- several machines, simulated by two torchrun agents on this one (one process each) --
+
+@pytest.mark.parametrize("local_rank, order", [(0, ["cache", "barrier"]), (1, ["barrier", "cache"])])
+def test_each_machines_first_process_builds_its_cache_before_the_one_barrier(monkeypatch, local_rank, order):
+    """Global rank 1 as the first process of a second machine builds its cache without waiting for rank 0's
+    (the machines build at the same time); as rank 0's machine's second process it waits, then finds it."""
+    from vivace import build
+    calls = []
+    monkeypatch.setattr(build.distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(build, "make_dataloaders", lambda **kwargs: calls.append("cache"))
+    build.build_dataloaders(Recipe(data="unused"), World(rank=1, world_size=2, local_rank=local_rank))
+    assert calls == order
