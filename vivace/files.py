@@ -1,7 +1,7 @@
 """Files vivace writes: where it may write (checked before any heavy work, so a run never fails
 late on a bad path), one atomic write, the cleanup of temp files left by killed writers, the
-sha256 that bundles and checkpoints carry, a lock for work done once (`waiting_lock`), and user text made safe for a spreadsheet (`csv_cell`)
-or a terminal (`printable`).
+sha256 that bundles and checkpoints carry, a lock for work done once (`waiting_lock`), and user
+text made safe for a spreadsheet (`csv_cell`) or a terminal (`printable`).
 
 Every file is written to `.<name>.<pid>.tmp` beside its target and renamed over it, so readers see
 the old file or the whole new one. A process killed mid-write leaves its temp file behind; the next
