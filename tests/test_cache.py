@@ -2,6 +2,8 @@
 
 import os
 import pickle
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -218,7 +220,32 @@ def test_damaged_pixels_file_is_rebuilt(tmp_path):
     with pytest.warns(UserWarning, match="rebuilding"):
         rebuilt = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
     np.testing.assert_array_equal(rebuilt.pixels, expected)
-    assert sorted(p.name for p in rebuilt.directory.iterdir()) == ["index.json", "pixels.u8"]
+    assert sorted(p.name for p in rebuilt.directory.iterdir()) == [".lock", "index.json", "pixels.u8"]
+
+
+def test_builders_of_one_cache_take_turns_and_decode_it_once(tmp_path, monkeypatch):
+    """Two processes building one cache (machines' ranks sharing a data home): the second waits for
+    the first's lock, then finds the cache built. Threads here: each opens the lock file itself."""
+    files = _good_images(tmp_path / "data")
+    decoding, calls, built = threading.Event(), [], []
+    real = cache_module.load_image_rgb
+
+    def slow(path: Path, presize: int, max_aspect: float) -> np.ndarray:
+        calls.append(path)
+        decoding.set()
+        time.sleep(0.2)  # the second builder arrives meanwhile
+        return real(path, presize, max_aspect)
+
+    monkeypatch.setattr(cache_module, "load_image_rgb", slow)
+    first = threading.Thread(target=lambda: built.append(
+        build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)))
+    first.start()
+    decoding.wait(timeout=30)
+    second = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
+    first.join(timeout=30)
+    assert len(calls) == len(files)  # decoded once, by the first
+    assert second.directory == built[0].directory
+    np.testing.assert_array_equal(second.pixels, built[0].pixels)
 
 
 def test_two_workers_match_in_process(tmp_path):
@@ -279,4 +306,4 @@ def test_temp_file_of_a_killed_build_is_removed_by_the_next(tmp_path):
     stale = plant_temp(directory, "pixels.u8", dead_pid())  # a build killed while decoding
     cache = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
     assert cache.directory == directory and not stale.exists()
-    assert sorted(p.name for p in directory.iterdir()) == ["index.json", "pixels.u8"]
+    assert sorted(p.name for p in directory.iterdir()) == [".lock", "index.json", "pixels.u8"]

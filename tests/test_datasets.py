@@ -7,6 +7,7 @@ import io
 import socket
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -149,6 +150,29 @@ def test_ensure_dataset_downloads_and_extracts(home, tarball, server, monkeypatc
     assert (folder / "val" / "dog" / "2.jpg").is_file()
     assert not list(home.glob(".extract-*"))
     assert make_source(folder).vocab == ["cat", "dog"]
+
+
+def test_processes_sharing_a_data_home_fetch_a_dataset_once(home, tarball, server, monkeypatch):
+    """Two machines' first processes on one data home: the second waits for the first's lock, then
+    finds the folder. Threads here: each opens the lock file itself."""
+    use_url(monkeypatch, f"{server}/{tarball[0].name}", tarball[1])
+    fetching, calls, found = threading.Event(), [], []
+    real = datasets.download
+
+    def slow(*args, **kwargs) -> Path:
+        calls.append(args)
+        fetching.set()
+        time.sleep(0.3)  # the second process arrives meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "download", slow)
+    first = threading.Thread(target=lambda: found.append(ensure_dataset("imagenette-160", progress=False)))
+    first.start()
+    fetching.wait(timeout=30)
+    second = ensure_dataset("imagenette-160", progress=False)
+    first.join(timeout=30)
+    assert len(calls) == 1
+    assert found == [second] == [home / FOLDER]
 
 
 def test_ensure_dataset_existing_folder_skips_download(home, closed_url, monkeypatch):

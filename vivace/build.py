@@ -25,18 +25,21 @@ from .techniques import TechniqueSpec, technique_callbacks
 def build_dataloaders(recipe: Recipe, world: World = World(), workers: int = 0, progress: bool = True) -> DataLoaders:
     """The recipe's data: cache, loaders, augmentation and normalization (this rank's shard).
 
-    Under torchrun rank 0 builds the presize cache while the others wait, then they reuse it.
-    `recipe.batch_size` is the global batch: each of the N processes takes batch_size // N.
-    `workers`: processes decoding the cache (0 = all cores). `progress`: rank 0 prints the split
-    and the cache's progress.
+    Under torchrun each machine's first process (LOCAL_RANK 0) builds (or finds) the presize cache
+    in that machine's data home while the machine's other processes wait; the machines build at
+    the same time, and the others then reuse their machine's cache. A data home the machines share
+    is built once (`build_cache` locks it). `recipe.batch_size` is the global batch: each of the N
+    processes takes batch_size // N. `workers`: processes decoding the cache (0 = all cores).
+    `progress`: rank 0 prints the split and the cache's progress.
     """
     data = {**recipe.kwargs(DataSpec), "batch_size": max(recipe.batch_size // world.world_size, 1)}
-    if not world.is_main:
+    builds_cache = world.local_rank == 0
+    if not builds_cache:  # one barrier for all: it opens once every machine's cache is there
         distributed.barrier()
     dls = make_dataloaders(**data, augment=recipe.kwargs(AugmentSpec), seed=recipe.seed, device=world.device,
                            rank=world.rank, world_size=world.world_size, workers=workers,
                            progress=progress and world.is_main)
-    if world.is_main:
+    if builds_cache:
         distributed.barrier()
     return dls
 

@@ -103,6 +103,13 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     return state
 
 
+def load_on_main(path: Path) -> dict[str, Any]:
+    """`load_checkpoint` by rank 0 alone, its state sent to every rank (under torchrun the other
+    machines may not hold the file). On the CPU: a tensor keeps its device through the broadcast,
+    and `restore_learner` copies each to where it belongs."""
+    return distributed.main_answer(lambda: load_checkpoint(path))
+
+
 def load_position(path: Path) -> dict[str, int]:
     """A learner checkpoint's position alone, from its header: no tensor is read or checksummed
     (a resume does both when it loads the checkpoint)."""

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .distributed import rank, world_size
+from .distributed import init_distributed, main_answer, rank, world_size
 from .experiments import DEFAULTS as EXPERIMENT_DEFAULTS
 from .files import check_new_file, ensure_writable_folder, printable
 from .flags import add_flags
@@ -76,14 +76,17 @@ def print_recipe(recipe: Recipe, options: TrainOptions) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .runs import default_out
     from .train import TrainingFailed, TrainingInterrupted, train
-    recipe, options = recipe_from_args(args, options_from_args(args))
+    options = options_from_args(args)
     options.validate()
-    if options.print_recipe:
-        print_recipe(recipe, options)
-        return 0
-    if not options.out:  # named here, so the end can say where the run is
-        options = dataclasses.replace(options, out=str(default_out()))
     try:
+        if options.resume:  # under torchrun only rank 0's machine may hold the run's config.json
+            init_distributed(options.dist_timeout_s)
+        recipe, options = main_answer(lambda: recipe_from_args(args, options))
+        if options.print_recipe:
+            print_recipe(recipe, options)
+            return 0
+        if not options.out:  # named here, so the end can say where the run is
+            options = dataclasses.replace(options, out=str(default_out()))
         result = train(recipe, options)
     except TrainingFailed as err:
         print(f"vivace train: error: {printable(err)}", file=sys.stderr)

@@ -6,8 +6,10 @@ training runs in one process. gloo on CPU, nccl on CUDA, one GPU per process.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 from .environment import env_int, env_seconds
 
 DEFAULT_TIMEOUT_S = 1800  # a rank that stops answering fails the others after this, never hangs
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,29 @@ def from_main(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
     return t.tolist()
+
+
+def main_answer(ask: Callable[[], T]) -> T:
+    """`ask()` run by rank 0 alone, its answer on every rank: one pickled broadcast (`ask()` in one process).
+
+    For what only rank 0's machine may hold (the run folder, its checkpoint): the other ranks never
+    read it, and every rank takes the same branch after it. A ValueError or OSError that `ask`
+    raises is raised on every rank; any other error is a bug and ends rank 0, which fails the
+    others at this broadcast.
+    """
+    if not is_distributed():
+        return ask()
+    answer: list = [(None, None)]  # (the value, or the error it raised)
+    if dist.get_rank() == 0:
+        try:
+            answer = [(ask(), None)]
+        except (ValueError, OSError) as err:
+            answer = [(None, err)]
+    dist.broadcast_object_list(answer, src=0)
+    value, error = answer[0]
+    if error is not None:
+        raise error
+    return value
 
 
 def cleanup() -> None:

@@ -1,7 +1,7 @@
 """Files vivace writes: where it may write (checked before any heavy work, so a run never fails
 late on a bad path), one atomic write, the cleanup of temp files left by killed writers, the
-sha256 that bundles and checkpoints carry, and user text made safe for a spreadsheet (`csv_cell`)
-or a terminal (`printable`).
+sha256 that bundles and checkpoints carry, a lock for work done once (`waiting_lock`), and user
+text made safe for a spreadsheet (`csv_cell`) or a terminal (`printable`).
 
 Every file is written to `.<name>.<pid>.tmp` beside its target and renamed over it, so readers see
 the old file or the whole new one. A process killed mid-write leaves its temp file behind; the next
@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,6 +80,28 @@ def atomic_write(path: str | Path, fsync: bool = False) -> Iterator[Path]:
         if code is not None:
             raise DiskFullError(path, code) from err
         raise
+
+
+@contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created), after waiting for the process that holds it.
+
+    For work done once by whichever process comes first, on this machine or on another sharing the
+    folder (a cache, a download): the others wait, then find it done. flock on POSIX; elsewhere, and
+    where the file system cannot lock (said in a warning), no lock.
+    """
+    if os.name != "posix":
+        yield
+        return
+    import fcntl  # POSIX only
+
+    with open(path, "a", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as err:  # e.g. a network file system without locks
+            warnings.warn(f"cannot lock {path} ({err.strerror}): processes sharing its folder may each do "
+                          "the work it guards")
+        yield
 
 
 def disk_full_errno(err: BaseException) -> int | None:

@@ -193,10 +193,28 @@ def resume_changes(out: Path, recipe: Recipe, device: torch.device, has_weights:
     return f"resume of {out} changes {', '.join(said.values())} (vs its config.json)" if changed else None
 
 
-def resume_learner(learn: Learner, checkpoint: Path, epochs: int | None) -> None:
-    """Restore `learn` from a run's last checkpoint, checked against this run first: its fields, its
-    position within the epochs and batches, its classes. ValueError saying what differs, never torch's dump."""
-    state = load_checkpoint(checkpoint, learn.device)
+@dataclass(frozen=True)
+class RunStart:
+    """What a run's folder holds as the run starts in it: rank 0 reads it, every rank acts on it
+    (under torchrun the other machines may not see the folder)."""
+
+    resumes: bool  # --resume and a last checkpoint: training goes on from it
+    fresh: bool  # no config.json yet: a failure before training leaves no run behind
+    change: str | None  # what --resume changes against config.json, for a warning
+
+
+def run_start(out: Path, recipe: Recipe, device: torch.device, resume: bool) -> RunStart:
+    """Read `out` as a run starts in it; ValueError when a --resume changes the model of its weights."""
+    resumes = resume and (out / "last.safetensors").is_file()
+    has_config = (out / "config.json").is_file()
+    change = resume_changes(out, recipe, device, has_weights=resumes) if resume and has_config else None
+    return RunStart(resumes, fresh=not has_config, change=change)
+
+
+def resume_learner(learn: Learner, checkpoint: Path, state: dict[str, Any], epochs: int | None) -> None:
+    """Restore `learn` from the `state` of a run's last checkpoint, checked against this run first: its
+    fields, its position within the epochs and batches, its classes. ValueError saying what differs (of
+    the file `checkpoint`), never torch's dump."""
     require_fields(checkpoint, state, RESUME_FIELDS)
     if position_in_run(checkpoint, state["position"], epochs, len(learn.dls.train)):
         raise ValueError(finished_message(checkpoint.parent, epochs))

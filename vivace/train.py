@@ -14,7 +14,7 @@ from .callbacks import Callback
 from .distributed import World
 from .files import DiskFullError, ensure_writable_folder
 from .budget import Budget, format_duration
-from .checkpoint import load_position
+from .checkpoint import load_on_main
 from .choose import choose_for_budget
 from .data import DataLoaders, DataSpec
 from .learner import Learner, TrainingFailed, TrainingInterrupted
@@ -24,8 +24,8 @@ from .tracking import TensorBoardCallback
 from .transfer import InitSpec, start_from
 from .records import write_json
 from .runs import (check_before_start, default_out, delete_records, finished_message, finished_summary,
-                   forget_run_folder, kept_checkpoint, load_run, nothing_to_resume, resume_changes, resume_command,
-                   resume_learner, run_folder_lock, start_run_folder)
+                   forget_run_folder, kept_checkpoint, load_run, nothing_to_resume, resume_command, resume_learner,
+                   run_folder_lock, run_start, start_run_folder)
 from .runtime import configure_process
 
 __all__ = ["train", "train_once", "TrainingFailed", "TrainingInterrupted"]
@@ -41,7 +41,10 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
         raise ValueError(f"seed={recipe.seed} with runs={options.runs} needs seeds up to "
                          f"{recipe.seed + options.runs - 1}, past {MAX_SEED}: choose a smaller --seed")
     out = Path(options.out) if options.out else default_out()
-    check_before_start(recipe, out, options.runs, options.resume, options.overwrite)
+    # Under torchrun the process group starts first: rank 0 alone checks `out` (other machines may not
+    # see it), and a refusal stops every rank.
+    distributed.init_distributed(options.dist_timeout_s)
+    distributed.main_answer(lambda: check_before_start(recipe, out, options.runs, options.resume, options.overwrite))
     if options.tensorboard:
         ensure_writable_folder(Path(options.tensorboard), f"--tensorboard {options.tensorboard}")
     try:
@@ -54,9 +57,7 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
 def train_runs(recipe: Recipe, out: Path, options: TrainOptions, cbs: list[Callback] | None) -> dict[str, Any]:
     """`train` once `out` is checked and locked: a resume keeps finished runs as they are."""
     folders = [out] if options.runs == 1 else [out / f"run{i}" for i in range(options.runs)]
-    finished = [finished_summary(folder, recipe.planned_epochs) if options.resume else None for folder in folders]
-    if all(finished) and (options.runs == 1 or (out / "summary.json").is_file()):
-        raise ValueError(finished_message(out, recipe.planned_epochs))  # nothing rewritten
+    finished = distributed.main_answer(lambda: finished_runs(out, folders, recipe.planned_epochs, options.resume))
     if options.overwrite and distributed.rank() == 0:
         delete_records(out, options.runs)
     if options.runs == 1:
@@ -69,8 +70,18 @@ def train_runs(recipe: Recipe, out: Path, options: TrainOptions, cbs: list[Callb
     keys = [k for k, v in summaries[0].items() if isinstance(v, float)]
     combined = {k: {"mean": statistics.mean(s[k] for s in summaries),
                     "std": statistics.stdev(s[k] for s in summaries)} for k in keys}
-    write_json(out / "summary.json", {"runs": summaries, "weights": "final", **combined})
+    if distributed.rank() == 0:
+        write_json(out / "summary.json", {"runs": summaries, "weights": "final", **combined})
     return combined
+
+
+def finished_runs(out: Path, folders: list[Path], epochs: int | None, resume: bool) -> list[dict[str, Any] | None]:
+    """Each run folder's saved summary when a --resume finds it finished, else None; ValueError when
+    all are finished (nothing is rewritten). Rank 0's answer under torchrun (`distributed.main_answer`)."""
+    finished = [finished_summary(folder, epochs) if resume else None for folder in folders]
+    if all(finished) and (len(folders) == 1 or (out / "summary.json").is_file()):
+        raise ValueError(finished_message(out, epochs))
+    return finished
 
 
 def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions(),
@@ -79,21 +90,18 @@ def train_once(recipe: Recipe, out: Path, options: TrainOptions = TrainOptions()
     configure_process(options.threads, options.reuse_memory)
     world = distributed.init_distributed(options.dist_timeout_s)
     asked, recipe = recipe, on_device(recipe, world)
-    checkpoint = out / "last.safetensors"
-    resumes = options.resume and checkpoint.is_file()
-    if options.resume and (out / "config.json").is_file():  # every rank: a refusal must stop them all
-        change = resume_changes(out, recipe, world.device, has_weights=resumes)
-        if change and world.is_main:
-            warnings.warn(change)
-    fresh = not (out / "config.json").is_file()
+    # Rank 0 reads the run folder (other machines may not see it); a refusal stops every rank.
+    found = distributed.main_answer(lambda: run_start(out, recipe, world.device, options.resume))
     if world.is_main:  # only rank 0 writes anything
-        if options.resume and not resumes:
+        if found.change:
+            warnings.warn(found.change)
+        if options.resume and not found.resumes:
             print(nothing_to_resume(out), flush=True)
         start_run_folder(out, recipe, describe(asked, recipe, world.device, options.preset, world.world_size))
     try:
-        learn, recipe = prepared_learner(recipe, out, options, world, cbs)
+        learn, recipe = prepared_learner(recipe, out, options, world, cbs, found.resumes)
     except (ValueError, FileNotFoundError, RuntimeError):
-        if fresh and world.is_main:  # nothing trained: the corrected rerun must not need --resume
+        if found.fresh and world.is_main:  # nothing trained: the corrected rerun must not need --resume
             forget_run_folder(out)
         raise
     start = time.perf_counter()
@@ -142,16 +150,16 @@ def run_options(options: TrainOptions, i: int) -> TrainOptions:
 
 
 def prepared_learner(recipe: Recipe, out: Path, options: TrainOptions, world: World,
-                     cbs: list[Callback] | None) -> tuple[Learner, Recipe]:
-    """The run's data and Learner, restored from its last checkpoint on --resume, or started from --init;
-    and the recipe it trains (under a budget with `options.choose`: the one chosen for the budget)."""
+                     cbs: list[Callback] | None, resumes: bool) -> tuple[Learner, Recipe]:
+    """The run's data and Learner, restored from its last checkpoint when it `resumes`, or started from
+    --init; and the recipe it trains (under a budget with `options.choose`: the one chosen for the budget)."""
     preparing = time.perf_counter()
     dls = build_dataloaders(recipe, world, options.workers)
     budget_started = time.perf_counter()  # data preparation happens once: a budget counts from here
     checkpoint = out / "last.safetensors"
-    resumes = options.resume and checkpoint.is_file()
+    saved = load_on_main(checkpoint) if resumes else None  # rank 0's checkpoint, on every rank
     if recipe.budget_s:
-        spent = load_position(checkpoint).get("budget_spent_s", 0.0) if resumes else 0.0
+        spent = saved["position"].get("budget_spent_s", 0.0) if saved else 0.0
         if world.is_main:
             print(budget_line(recipe.budget_s, spent, budget_started - preparing), flush=True)
         if options.choose:
@@ -159,8 +167,8 @@ def prepared_learner(recipe: Recipe, out: Path, options: TrainOptions, world: Wo
                                             options, world)
     trackers = [TensorBoardCallback(options.tensorboard)] if options.tensorboard else []
     learn = build_learner(recipe, dls, out, options.checkpoint_every_min, extra_cbs=[*(cbs or []), *trackers])
-    if resumes:
-        resume_learner(learn, checkpoint, recipe.planned_epochs)
+    if saved:
+        resume_learner(learn, checkpoint, saved, recipe.planned_epochs)
         learn.log(f"resuming {out} at epoch {learn.resume.epoch}, batch {learn.resume.batch}")
     elif recipe.init:  # a resumed run has its weights from its checkpoint
         learn.log(start_from(learn.model, **recipe.kwargs(InitSpec), vocab=dls.vocab))

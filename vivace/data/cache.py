@@ -10,6 +10,8 @@ Layout of a cache directory `<root>/<key[:16]>/`:
 - `index.json`: presize, width, max_aspect, n, files, sizes (each (height, width) as seen), ok,
   skipped. Written last and atomically, so a directory without it is an interrupted build and is
   rebuilt.
+- `.lock`: held (flock) by the process building the cache; another process building the same one
+  (a rank, or a machine sharing the data home) waits, then finds it built.
 The key hashes the format version, presize, max_aspect and each file's (absolute path, size,
 mtime_ns, inode, ctime_ns), so adding, removing, touching or rewriting a file, or changing either
 setting, builds a new cache. The ctime is what catches a rewrite whose size and mtime were kept
@@ -35,10 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch import Tensor
 from tqdm import tqdm
 
-from ..files import atomic_write, ensure_writable_folder, remove_stale_temps
+from ..files import atomic_write, ensure_writable_folder, remove_stale_temps, waiting_lock
 from ..pictures import Pictures, stored_view
 
 FORMAT_VERSION = 2  # bump when the decoding or the file layout changes: old caches then miss
@@ -53,6 +54,7 @@ MAX_ASPECT = 3.0
 MAX_PRESIZE_PX = 4096
 PIXELS_NAME = "pixels.u8"
 INDEX_NAME = "index.json"
+LOCK_NAME = ".lock"  # flock-ed by the process building the cache
 N_NAMED_IN_WARNING = 5  # skipped files named in the skipped-images warning
 # Free space asked beyond the pixels file: index.json (a path and a size per image) and slack.
 FREE_SPACE_MARGIN_BYTES = 1 << 20
@@ -249,24 +251,41 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
         cache_dir = data_home() / "cache"
     hint = "point VIVACE_HOME at a writable folder (the cache goes to $VIVACE_HOME/cache)" if in_data_home else ""
     directory = Path(cache_dir) / cache_key(files, presize, max_aspect)[:16]
-    if (directory / INDEX_NAME).is_file():
-        try:
-            cache = ImageCache.open(directory)
-        except ValueError as exc:  # damaged (e.g. a truncated pixels file): build it again
-            warnings.warn(f"rebuilding the cache: {exc}", stacklevel=2)
-        else:
-            if cache.skipped:  # said on every run, not only the first: they stay out until fixed
-                _warn_skipped(cache.skipped, len(cache), directory)
-            return cache
-    # Checked here, not up front: a read-only data home whose cache is already built is fine.
-    ensure_writable_folder(directory, f"the presize cache {cache_dir}", hint)
+    cache, _ = _finished_cache(directory)
+    if cache is None:
+        # Checked here, not up front: a read-only data home whose cache is already built is fine.
+        ensure_writable_folder(directory, f"the presize cache {cache_dir}", hint)
+        with waiting_lock(directory / LOCK_NAME):  # one builder at a time, the next finds it built
+            cache, damage = _finished_cache(directory)  # built by another process while this one waited
+            if cache is None:
+                if damage:
+                    warnings.warn(f"rebuilding the cache: {damage}", stacklevel=2)
+                cache = _build(files, presize, directory, workers, progress, max_aspect, in_data_home)
+    if cache.skipped:  # said on every run, not only the first: they stay out until fixed
+        _warn_skipped(cache.skipped, len(cache), directory)
+    return cache
+
+
+def _finished_cache(directory: Path) -> tuple[ImageCache | None, str]:
+    """The complete cache in `directory`, else None and what is wrong with the one there ("": none finished)."""
+    if not (directory / INDEX_NAME).is_file():
+        return None, ""
+    try:
+        return ImageCache.open(directory), ""
+    except ValueError as exc:  # damaged (e.g. a truncated pixels file): built again
+        return None, str(exc)
+
+
+def _build(files: list[Path], presize: int, directory: Path, workers: int | None, progress: bool,
+           max_aspect: float, in_data_home: bool) -> ImageCache:
+    """Decode `files` into the cache `directory`: the pixels file, then its index (the mark of a finished build)."""
     paths = [os.path.abspath(f) for f in files]
     n_workers = min(workers or _available_cpus(), len(paths))
     shape = (len(paths), presize, canvas_width(paths, presize, max_aspect), 3)
     remove_stale_temps(directory, PIXELS_NAME)  # a killed build's pixels would count as used space
     check_free_space(directory, shape, in_data_home)
-    # Decode into a private file, then rename: two processes building the same key (say, DDP
-    # ranks) each write a whole file instead of truncating each other's. A build killed here
+    # Decode into a private file, then rename: a process that could not lock the folder
+    # (waiting_lock) writes a whole file instead of truncating another's. A build killed here
     # leaves its temp file, deleted by the next build once that process is gone.
     with atomic_write(directory / PIXELS_NAME) as tmp_pixels:
         rows = _decode_all(paths, tmp_pixels, shape, max_aspect, n_workers, progress)
@@ -276,8 +295,6 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
              "ok": [r is None for r, _ in rows], "skipped": skipped}
     with atomic_write(directory / INDEX_NAME) as tmp:
         tmp.write_text(json.dumps(index), encoding="utf-8")
-    if skipped:
-        _warn_skipped(skipped, len(paths), directory)
     return ImageCache.open(directory)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from ..environment import env_folder
-from ..files import ensure_writable_folder
+from ..files import ensure_writable_folder, waiting_lock
 from .names import IMAGENETTE_NAMES, IMAGEWOOF_NAMES
 
 
@@ -270,8 +270,12 @@ def ensure_dataset(name: str, *, progress: bool = True) -> Path:
         return folder
     ensure_writable_folder(home, f"the data home {home}",
                           f"point VIVACE_HOME at a writable folder, or pass --data /path/to/{info.folder}")
-    archive = download(name, home, progress=progress)
-    safe_extract(archive, home)
+    # Machines sharing the data home fetch it once: the others wait, then find the folder.
+    with waiting_lock(home / f".{info.folder}.lock"):
+        if folder.is_dir():  # fetched by another process while this one waited (extracted whole)
+            return folder
+        archive = download(name, home, progress=progress)
+        safe_extract(archive, home)
     if not folder.is_dir():
         raise RuntimeError(
             f"{archive} did not contain the expected folder {info.folder}/; "
