@@ -100,6 +100,7 @@ def test_a_fine_tune_refuses_a_budget(tiny_folder):
         learn.fit_schedule(2, 1e-3, freeze_epochs=1, budget_s=10)
 
 
+@pytest.mark.slow  # 6 s of training
 def test_a_learner_fits_to_a_budget_from_python(tiny_folder):
     learn = Learner(tiny_dataloaders(tiny_folder), tiny_model(), optimizer="adamw")
     start = time.perf_counter()
