@@ -2,6 +2,7 @@
 
     python -m bench accuracy --data PATH --preset imagenette-128-5ep --runs 2 --record
     python -m bench accuracy --from-runs runs/a runs/b --record   # runs already trained
+    python -m bench accuracy --from-runs runs/c --as-preset imagenette-128-5ep-noisy --record
 
 Each run is `vivace train --preset NAME --seed 42+i` on the --data folder. Printed
 per run: accuracy, training seconds (training + per-epoch evaluation, after the cache is built)
@@ -72,11 +73,12 @@ def check_is_preset(run_dir: Path, config: dict, preset: str, overrides: dict | 
                          + ", ".join(f"{k}={config[k]!r} (preset: {asked[k]!r})" for k in differ))
 
 
-def read_run(run_dir: Path, overrides: dict | None = None) -> dict:
-    """A run directory's preset, accuracy and time (from config.json and summary.json)."""
+def read_run(run_dir: Path, overrides: dict | None = None, as_preset: str = "") -> dict:
+    """A run directory's preset, accuracy and time (from config.json and summary.json). `as_preset`: count
+    it as that preset's run, when its recipe is that preset's exactly (a preset named after the run)."""
     config = new_names(json.loads((run_dir / "config.json").read_text()))  # runs saved before the renames too
     summary = json.loads((run_dir / "summary.json").read_text())
-    preset = summary.get("preset") or config["preset"]  # runs before 2026-12-06 kept it in config.json
+    preset = as_preset or summary.get("preset") or config["preset"]  # runs before 2026-12-06: in config.json
     check_is_preset(run_dir, config, preset, overrides)
     return {"dir": str(run_dir), "preset": preset, "data": config.get("data", ""), "seed": summary["seed"],
             "label_col": config.get("label_col", ""),
@@ -143,6 +145,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     p.add_argument("--from-runs", nargs="+", type=Path, default=None,
                    help="report (and record) runs already trained instead of training new ones")
+    p.add_argument("--as-preset", default="", metavar="NAME",
+                   help="with --from-runs: count the runs as NAME's, checked field by field (a preset named "
+                        "after the runs were trained with flags)")
     p.add_argument("--reference", type=Path, default=None, metavar="DATA",
                    help="also time the speedrun of 2026-12-04 (tuned on the 224 px squares) once on DATA")
     p.add_argument("--reference-run", type=Path, default=None, metavar="DIR",
@@ -153,7 +158,7 @@ def main(argv: list[str]) -> None:
         args.data = data_folder(p.prog, args.data)  # only training needs the data
     print(machine())
     dirs = args.from_runs or trained_runs(args.preset, args.runs, str(args.data), args.out / args.preset)
-    runs = [read_run(d) for d in dirs]
+    runs = [read_run(d, as_preset=args.as_preset) for d in dirs]
     for r in runs:
         print(f"{r['dir']}: {r['preset']} seed {r['seed']}: accuracy {r['accuracy']:.4f} "
               f"(validated at {r['valid_size']} px) in {r['train_seconds']:.0f} s = {r['train_seconds'] / 60:.1f} min")

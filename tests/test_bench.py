@@ -219,3 +219,18 @@ def test_the_budget_plot_draws_the_curve_and_the_fixed_runs(tmp_path):
     curve = [{"budget_s": b, "accuracy": a} for b, a in ((300, 0.7), (300, 0.72), (600, 0.8))]
     plot(curve, [{"seconds": 280, "accuracy": 0.69}], tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_counts_as_a_preset_named_after_it_only_when_its_recipe_is_that_preset(tmp_path):
+    from bench.accuracy import read_run
+    # The speedrun with the noisy preset's fields: trained with flags before the preset had a name.
+    noisy = dict(arch="xresnet18", widen=1.0, size_px=128, presize_px=160, valid_size_px=128, valid_crop=0.0,
+                 batch_size=64, optimizer="ranger", schedule="flat_cos", pct_start=0.72, lr=8e-3, weight_decay=1e-4,
+                 momentum=0.95, act="mish", self_attention=True, max_blur_pool=True, train_crop="square",
+                 epochs=5, progressive=0.0, label_smoothing=0.1, labels="noisy_imagenette.csv",
+                 label_col="noisy_labels_50", valid_col="is_valid")
+    run = _finished_run(tmp_path / "n50", 0.7335, 1800.0, **noisy)
+    assert read_run(run, as_preset="imagenette-128-5ep-noisy")["preset"] == "imagenette-128-5ep-noisy"
+    other = _finished_run(tmp_path / "other", 0.7, 1800.0, **{**noisy, "batch_size": 32})
+    with pytest.raises(SystemExit, match=r"batch_size=32 \(preset: 64\)"):
+        read_run(other, as_preset="imagenette-128-5ep-noisy")
