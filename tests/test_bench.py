@@ -6,7 +6,6 @@ dataset's 400 training images, so its list repeats.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
