@@ -268,3 +268,13 @@ def test_a_budget_too_short_to_train_says_so_before_any_step(tiny_folder):
 def test_the_cli_chooses_only_when_nothing_about_the_model_is_given(given, preset, chooses):
     from vivace.cli import chooses_for_budget
     assert chooses_for_budget(given, TrainOptions(preset=preset)) is chooses
+
+
+def test_an_elastic_restart_trains_on_with_the_model_its_run_chose(tmp_path):
+    from vivace.records import write_json
+    from vivace.train import as_chosen
+    base = make_recipe("imagenette-speedrun", data="d", budget_s=600.0, lr=0.1)
+    chosen = make_recipe("imagenette-speedrun", data="d", budget_s=600.0, lr=0.1, arch="xresnet34", widen=1.0)
+    assert as_chosen(base, tmp_path) == base  # no run yet: nothing chosen
+    write_json(tmp_path / "config.json", chosen.to_dict())
+    assert as_chosen(base, tmp_path) == chosen

@@ -15,10 +15,10 @@ from .distributed import World
 from .files import DiskFullError, ensure_writable_folder
 from .budget import Budget, format_duration
 from .checkpoint import load_on_main
-from .choose import choose_for_budget
+from .choose import CHOSEN_FIELDS, choose_for_budget
 from .data import DataLoaders, DataSpec
 from .learner import Learner, TrainingFailed, TrainingInterrupted
-from .recipe import MAX_SEED, Recipe, TrainOptions, describe, resolve, scaling_rule
+from .recipe import MAX_SEED, Recipe, TrainOptions, describe, load_recipe, resolve, scaling_rule
 from .schedule import ScheduleSpec
 from .tracking import TensorBoardCallback
 from .transfer import InitSpec, start_from
@@ -35,8 +35,6 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
     """Train `options.runs` seeded runs; with several, report mean and std of the final metrics."""
     recipe.validate()
     options.validate()
-    if distributed.restart_count() > 0 and not options.resume:
-        options = replace(options, resume=True)  # torchrun restarted the job after a failure: go on from its checkpoint
     if recipe.seed + options.runs - 1 > MAX_SEED:
         raise ValueError(f"seed={recipe.seed} with runs={options.runs} needs seeds up to "
                          f"{recipe.seed + options.runs - 1}, past {MAX_SEED}: choose a smaller --seed")
@@ -44,6 +42,10 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
     # Under torchrun the process group starts first: rank 0 alone checks `out` (other machines may not
     # see it), and a refusal stops every rank.
     distributed.init_distributed(options.dist_timeout_s)
+    if distributed.restart_count() > 0 and not options.resume:
+        # torchrun restarted the job after a failure: go on from its checkpoint, with what it chose
+        recipe = distributed.main_answer(lambda: as_chosen(recipe, out)) if options.choose else recipe
+        options = replace(options, resume=True, choose=False)
     distributed.main_answer(lambda: check_before_start(recipe, out, options.runs, options.resume, options.overwrite))
     if options.tensorboard:
         ensure_writable_folder(Path(options.tensorboard), f"--tensorboard {options.tensorboard}")
@@ -52,6 +54,14 @@ def train(recipe: Recipe, options: TrainOptions = TrainOptions(), cbs: list[Call
             return train_runs(recipe, out, options, cbs)
     except TrainingInterrupted as err:
         raise TrainingInterrupted(f"{err}; continue with: {resume_command(out, options)}") from None
+
+
+def as_chosen(recipe: Recipe, out: Path) -> Recipe:
+    """`recipe` with the model and sizes the run in `out` chose for its budget (its config.json), if any."""
+    if not (out / "config.json").is_file():
+        return recipe
+    saved = load_recipe(out / "config.json")
+    return replace(recipe, **{name: getattr(saved, name) for name in CHOSEN_FIELDS})
 
 
 def train_runs(recipe: Recipe, out: Path, options: TrainOptions, cbs: list[Callback] | None) -> dict[str, Any]:
