@@ -58,11 +58,11 @@ class Candidate:
 
 
 # Measured on imagenette2-160 (AMD EPYC, 2 cores, fp32): runs of the speedrun recipe for that many
-# epochs (docs/BENCHMARKS.md, "The speedrun on imagenette2-160": 12-05, 9 epochs seed 42, 12 epochs
-# the mean of seeds 42 and 43).
+# epochs, seed 42 (docs/BENCHMARKS.md: 5 and 10 epochs beside the budgets, 12-06; 9 epochs 12-05;
+# 12 epochs the mean of seeds 42 and 43, 12-05).
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("xresnet18 x0.5, 64->128 px", dict(arch="xresnet18", widen=0.5, size_px=128, progressive=0.5),
-              curve=((9, 0.817), (12, 0.845))),
+              curve=((5, 0.773), (9, 0.817), (10, 0.831), (12, 0.845))),
 )
 
 
