@@ -27,7 +27,7 @@ from vivace.recipe import TrainOptions, make_recipe
 from vivace.train import train
 
 from .accuracy import run_precision
-from .common import REPO, add_data_arg, data_folder, machine, make_parser, record
+from .common import REPO, add_data_arg, cpu_name, data_folder, machine, make_parser, record
 
 FIXED_PRESET = "imagenette-speedrun"
 PLOT = REPO / "docs" / "budget_curve.png"
@@ -115,7 +115,7 @@ def plot(curve: list[dict], fixed: list[dict], path: Path) -> None:
     ax.set_xlabel("minutes")
     ax.set_ylabel("accuracy, imagenette2-160")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
@@ -147,7 +147,7 @@ def main(argv: list[str]) -> None:
     runs = [read_run(d) for d in sorted(folder.iterdir()) if (d / "summary.json").is_file()]
     for run in runs:
         print(describe_run(run))
-    found = figures(runs, machine())
+    found = figures(runs, cpu_name())  # the runs' machine: their threads are their own (the slow check ran on 1)
     print(json.dumps(found))
     if args.record:
         record(precision=run_precision([{"amp": "auto"}]), **found)  # as the speedrun preset trains here
