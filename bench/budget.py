@@ -83,18 +83,24 @@ def describe_run(run: dict) -> str:
             f"{run['epochs']:g} epochs of {run['arch']}")
 
 
+def figure_row(run: dict, where: str) -> dict:
+    """One run as benchmarks.json keeps it."""
+    return {"budget_s": run["budget_s"], "seed": run["seed"], "accuracy": run["accuracy"],
+            "seconds": round(run["seconds"], 1), "late_s": run["late_s"], "epochs": run["epochs"],
+            "arch": run["arch"], "machine": where}
+
+
 def figures(runs: list[dict], where: str) -> dict:
     """The benchmarks.json figures of the runs: budgeted, fixed beside them, and the slow-machine check."""
-    row = lambda r: {"budget_s": r["budget_s"], "seed": r["seed"], "accuracy": r["accuracy"],  # noqa: E731
-                     "seconds": round(r["seconds"], 1), "late_s": r["late_s"], "epochs": r["epochs"],
-                     "arch": r["arch"], "machine": where}
-    out = {"budget_curve": [row(r) for r in runs if r["kind"] == "budget"]}
-    # A fixed run is named for the budget it stands beside (fixed-5m-4ep); `fits`: it ended within it.
-    fixed = [dict(row(r), budget_s=(b := parse_duration(Path(r["dir"]).name.split("-")[1])), fits=r["seconds"] <= b)
-             for r in runs if r["kind"] == "fixed"]
+    out = {"budget_curve": [figure_row(r, where) for r in runs if r["kind"] == "budget"]}
+    fixed = []
+    for run in (r for r in runs if r["kind"] == "fixed"):
+        # A fixed run is named for the budget it stands beside (fixed-5m-4ep); `fits`: it ended within it.
+        budget_s = parse_duration(Path(run["dir"]).name.split("-")[1])
+        fixed.append(dict(figure_row(run, where), budget_s=budget_s, fits=run["seconds"] <= budget_s))
     if fixed:
         out["budget_fixed"] = fixed
-    slow = [row(r) for r in runs if r["kind"] == "slow"]
+    slow = [figure_row(r, where) for r in runs if r["kind"] == "slow"]
     if slow:
         out["budget_slow"] = slow
     return out
