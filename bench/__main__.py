@@ -26,6 +26,7 @@ BENCHMARKS = {
     "transfer": "transfer",
     "table": "table",
     "budget": "budget",
+    "scale": "scale",
 }
 
 
