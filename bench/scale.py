@@ -181,20 +181,24 @@ class MemorySampler(threading.Thread):
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak_anon, self.peak_rss, self.peak_children_anon = pid, 0, 0, 0
+        self.pid, self.anon, self.peak_rss, self.peak_children_anon = pid, [], 0, 0
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(SAMPLE_EVERY_S):
             anon, rss = memory_kib(self.pid)
+            if anon:
+                self.anon.append(anon)
             kids = sum(memory_kib(c)[0] for c in children(self.pid))
-            self.peak_anon, self.peak_rss = max(self.peak_anon, anon), max(self.peak_rss, rss)
-            self.peak_children_anon = max(self.peak_children_anon, kids)
+            self.peak_rss, self.peak_children_anon = max(self.peak_rss, rss), max(self.peak_children_anon, kids)
 
     def peaks_mib(self) -> dict[str, float]:
+        """The peaks, and the median anonymous memory: the steady state of a run that lasts."""
         self.done.set()
         self.join()
-        return {"peak_anon_mib": round(self.peak_anon / 1024, 1), "peak_rss_mib": round(self.peak_rss / 1024, 1),
+        anon = sorted(self.anon) or [0]
+        return {"peak_anon_mib": round(anon[-1] / 1024, 1), "median_anon_mib": round(anon[len(anon) // 2] / 1024, 1),
+                "peak_rss_mib": round(self.peak_rss / 1024, 1),
                 "workers_anon_mib": round(self.peak_children_anon / 1024, 1)}
 
 
@@ -230,10 +234,22 @@ def train_one(data: Path, out: Path, limit_bytes: int | None) -> dict:
         raise SystemExit(f"python -m bench scale: vivace train failed on {data}:\n{output[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     made = json.loads((data / MADE).read_text())
-    return {"data": data.name, "images": made["images"],
+    return {"data": data.name, "images": made["images"], "index_mb": round(index_bytes(data) / 1e6, 2),
             "seconds": round(time.perf_counter() - start, 1), "accuracy": summary.get("accuracy"),
             **peaks,
             **({"memory_limit_mib": limit_bytes / 2**20, "limit_hits": failcnt} if group else {})}
+
+
+def index_bytes(data: Path) -> int:
+    """The size of the index.json of the cache `vivace train` built for `data` with TRAIN_FLAGS."""
+    from vivace.data.cache import INDEX_NAME, cache_key
+    from vivace.data.datasets import data_home
+    from vivace.data.sources import make_source
+
+    source = make_source(data)
+    presize = int(TRAIN_FLAGS[TRAIN_FLAGS.index("--presize-px") + 1])
+    key = cache_key(list(source.train_files + source.valid_files), presize)
+    return (data_home() / "cache" / key[:16] / INDEX_NAME).stat().st_size
 
 
 def main(argv: list[str]) -> int:
@@ -272,8 +288,8 @@ def main(argv: list[str]) -> int:
         out = args.runs / f"{data.name}{'-limited' if limit else ''}"
         shutil.rmtree(out, ignore_errors=True)
         row = train_one(data, out, limit)
-        print(f"train {row['images']:,} images: {row['seconds']} s, peak anonymous memory "
-              f"{row['peak_anon_mib']:.0f} MiB, peak RSS {row['peak_rss_mib']:.0f} MiB"
+        print(f"train {row['images']:,} images (cache index {row['index_mb']} MB): {row['seconds']} s, anonymous memory {row['median_anon_mib']:.1f} MiB "
+              f"(median of the run; peak {row['peak_anon_mib']:.1f} MiB), peak RSS {row['peak_rss_mib']:.0f} MiB"
               + (f" (limit {row['memory_limit_mib']:.0f} MiB, hit {row['limit_hits']} times)" if limit else ""),
               flush=True)
         rows.append(row)

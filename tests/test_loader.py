@@ -20,8 +20,7 @@ P = 4
 def _cache(n: int = N) -> ImageCache:
     """An in-memory cache whose image i is filled with the value i (so batches are readable)."""
     pixels = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, P, P, 3))
-    files = [Path(f"{i}.png") for i in range(n)]
-    return ImageCache(Path("."), np.ascontiguousarray(pixels), files, np.ones(n, bool), [])
+    return ImageCache(Path("."), np.ascontiguousarray(pixels), np.ones(n, bool), [])
 
 
 def _loader(**kwargs) -> BatchLoader:

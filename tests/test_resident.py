@@ -98,10 +98,26 @@ def test_the_choice_and_the_line_that_says_it(mixed_folder, monkeypatch, capsys)
     assert choose_data_on_device("auto", cache, cuda)[0]  # exactly half the free memory: it fits
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * nbytes - 2, 8 * nbytes))
     on, line = choose_data_on_device("auto", cache, cuda)
-    assert not on and "prefetched" in line and "over 50% of the free" in line
+    assert not on and "prefetched" in line and "memory-mapped" in line and "over 50% of the free" in line
     on, line = choose_data_on_device("off", cache, cuda)
     assert not on and line.endswith("prefetched from the cache (0.00 GB) in host memory (data_on_device off)")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (nbytes - 1, 8 * nbytes))
+    on, line = choose_data_on_device("on", cache, cuda)  # asked for, but bigger than the free memory
+    assert not on and line.endswith("memory-mapped: on cuda:0 it would take its free 0.0 GB "
+                                    "(data_on_device on falls back)")
     with pytest.raises(ValueError, match="data_on_device='gpu' is not one of: auto, on, off"):
         choose_data_on_device("gpu", cache, cuda)
     make_dataloaders(mixed_folder, size_px=16, presize_px=24, batch_size=4, device="cpu", workers=1, data_on_device="on")
     assert "is resident on cpu; batches are gathered there" in capsys.readouterr().out
+
+
+def test_a_cache_bigger_than_the_hosts_available_memory_stays_memory_mapped(mixed_folder, monkeypatch):
+    from vivace.data import resident
+    cache = loaders(mixed_folder, "off").cache
+    monkeypatch.setattr(resident, "free_memory", lambda device: cache.pixels.nbytes - 1)
+    on, line = choose_data_on_device("on", cache, torch.device("cpu"))
+    assert not on and "memory-mapped: on cpu it would take its free" in line and "falls back" in line
+    dls = make_dataloaders(mixed_folder, size_px=16, presize_px=24, batch_size=4, device="cpu", workers=1,
+                           data_on_device="on", progress=False)
+    assert not isinstance(dls.train.cache, DeviceCache)  # batches from the memory map
+    assert resident.free_memory(torch.device("cpu")) > 0  # MemAvailable, read for real

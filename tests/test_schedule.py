@@ -30,3 +30,11 @@ def test_size_schedule_steps():
     assert all(s(p / 100) % 32 == 0 and 64 <= s(p / 100) <= 128 for p in range(101))
     with pytest.raises(ValueError, match="start_frac"):
         SizeSchedule(128, start_frac=0)
+
+
+def test_a_size_ramp_can_start_late_as_ffcvs_imagenet_configs():
+    # FFCV's rn50 at 16 epochs: 160 px to epoch 11, ramp to 192 by 13, snapped to 32: 192 from epoch 12.
+    s = SizeSchedule(192, start_frac=160 / 192, ramp_end=13 / 16, multiple=32, ramp_start=11 / 16)
+    assert [s(epoch / 16) for epoch in range(16)] == [160] * 12 + [192] * 4
+    with pytest.raises(ValueError, match="ramp_start=0.8 must be in"):
+        SizeSchedule(192, start_frac=0.5, ramp_end=0.75, ramp_start=0.8)

@@ -99,7 +99,8 @@ def mean_pixels(recipe: Recipe, points: int = 100) -> float:
     """A run's mean crop area over the final one's: 1 without progressive resizing."""
     if not recipe.progressive:
         return 1.0
-    sizes = SizeSchedule(recipe.size_px, recipe.progressive, recipe.progressive_end)
+    sizes = SizeSchedule(recipe.size_px, recipe.progressive, recipe.progressive_end,
+                         ramp_start=recipe.progressive_start)
     return sum((sizes(i / points) / recipe.size_px) ** 2 for i in range(points)) / points
 
 

@@ -82,25 +82,29 @@ def constant(value: float) -> Schedule:
 class SizeSchedule:
     """Progressive resizing: crop size ramps from start_frac*final to final, snapped to `multiple`.
 
-    The ramp runs linearly over the first `ramp_end` fraction of training; the rest trains at
-    the final size. Sizes never exceed `final_px`.
+    The first `ramp_start` fraction of training stays at the start size, the ramp runs linearly
+    until `ramp_end`, the rest trains at the final size. Sizes never exceed `final_px`.
     """
 
     final_px: int
     start_frac: float = 0.5
     ramp_end: float = 0.75
     multiple: int = 32
+    ramp_start: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.start_frac <= 1:
             raise ValueError(f"SizeSchedule.start_frac={self.start_frac} must be in (0, 1]")
         if not 0 < self.ramp_end <= 1:
             raise ValueError(f"SizeSchedule.ramp_end={self.ramp_end} must be in (0, 1]")
+        if not 0 <= self.ramp_start < self.ramp_end:
+            raise ValueError(f"SizeSchedule.ramp_start={self.ramp_start} must be in [0, ramp_end={self.ramp_end})")
         if self.multiple < 1 or self.final_px < self.multiple:
             raise ValueError(f"SizeSchedule: final_px={self.final_px} must be >= multiple={self.multiple} >= 1")
 
     def __call__(self, p: float) -> int:
         start = self.final_px * self.start_frac
-        px = start + (self.final_px - start) * min(p / self.ramp_end, 1.0)
+        ramp = (p - self.ramp_start) / (self.ramp_end - self.ramp_start)
+        px = start + (self.final_px - start) * min(max(ramp, 0.0), 1.0)
         snapped = int(round(px / self.multiple)) * self.multiple
         return max(self.multiple, min(snapped, self.final_px))

@@ -29,10 +29,14 @@ class TechniqueSpec:
     progressive: float = knob(0.0, "progressive resizing start fraction of size; 0 = off", range=Range(0.0, 1.0))
     progressive_end: float = knob(0.75, "fraction of training after which the size stays final",
                                   range=Range(0.0, 1.0, low_open=True))
+    progressive_start: float = knob(0.0, "fraction of training spent at the start size before it ramps "
+                                         "(FFCV's ImageNet configs: 160 px until 75 %%)",
+                                    range=Range(0.0, 1.0, high_open=True))
 
 
 def technique_callbacks(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, ema_decay: float = 0.0,
-                        progressive: float = 0.0, progressive_end: float = 0.75, *, size_px: int,
+                        progressive: float = 0.0, progressive_end: float = 0.75, progressive_start: float = 0.0,
+                        *, size_px: int,
                         seed: int | None = None) -> list[Callback]:
     """The techniques switched on (> 0), as callbacks; `size_px` is the final training crop side."""
     cbs: list[Callback] = []
@@ -45,7 +49,7 @@ def technique_callbacks(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, ema
     if ema_decay > 0:
         cbs.append(EMA(ema_decay))
     if progressive > 0:
-        cbs.append(ProgressiveResize(SizeSchedule(size_px, progressive, progressive_end)))
+        cbs.append(ProgressiveResize(SizeSchedule(size_px, progressive, progressive_end, ramp_start=progressive_start)))
     return cbs
 
 

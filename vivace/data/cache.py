@@ -142,11 +142,15 @@ def _presized(img: Image.Image, presize: int, max_aspect: float) -> Image.Image:
 
 
 class ImageCache:
-    """A built cache opened read-only: `pixels` (N, P, W, 3) uint8 memmap, `sizes` (N, 2), and its index."""
+    """A built cache opened read-only: `pixels` (N, P, W, 3) uint8 memmap, `sizes` (N, 2), and its index.
 
-    def __init__(self, directory: Path, pixels: np.ndarray, files: list[Path], ok: np.ndarray,
-                 skipped: list[tuple[Path, str]], sizes: np.ndarray | None = None,
-                 max_aspect: float = MAX_ASPECT) -> None:
+    Per image it holds numpy rows only (pixels, sizes, ok), not the file list: at ImageNet's 1.28 M
+    images a list of paths is over 100 MB in every training process. `files` reads it from
+    index.json when asked.
+    """
+
+    def __init__(self, directory: Path, pixels: np.ndarray, ok: np.ndarray, skipped: list[tuple[Path, str]],
+                 sizes: np.ndarray | None = None, max_aspect: float = MAX_ASPECT) -> None:
         self.directory = directory
         self.pixels = pixels
         self.presize = int(pixels.shape[1])
@@ -154,7 +158,6 @@ class ImageCache:
             sizes = np.tile(np.array(pixels.shape[1:3], dtype=np.int64), (len(pixels), 1))
         self.sizes = sizes  # int64 (N, 2): each image's (height, width) as seen
         self.transposed = sizes[:, 0] > sizes[:, 1]  # portrait images are stored transposed
-        self.files = files
         self.ok = ok
         self.skipped = skipped
         self.max_aspect = max_aspect
@@ -171,14 +174,19 @@ class ImageCache:
             raise ValueError(f"{pixels_path} is missing or not {expected} bytes; delete "
                              f"{directory} and build the cache again")
         pixels = np.memmap(pixels_path, dtype=np.uint8, mode="r", shape=(n, p, w, 3))
-        files = [Path(f) for f in index["files"]]
         skipped = [(Path(f), reason) for f, reason in index["skipped"]]
         sizes = np.array(index["sizes"], dtype=np.int64).reshape(n, 2)
-        return cls(directory, pixels, files, np.array(index["ok"], dtype=bool), skipped, sizes,
-                   index["max_aspect"])
+        return cls(directory, pixels, np.array(index["ok"], dtype=bool), skipped, sizes, index["max_aspect"])
+
+    @property
+    def files(self) -> list[Path]:
+        """The cached files in row order, read from index.json (not kept: see the class docstring)."""
+        if not (self.directory / INDEX_NAME).is_file():
+            raise ValueError(f"{self.directory} has no {INDEX_NAME}: this cache was made in memory, its files unknown")
+        return [Path(f) for f in _read_index(self.directory)["files"]]
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.pixels)
 
     @property
     def width(self) -> int:

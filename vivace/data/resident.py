@@ -3,11 +3,13 @@
 Imagenette at 160 px is ~1-3 GB of uint8, a few per cent of a GPU's memory. Kept there, a batch
 is one `index_select` kernel on rows already on the device: no prefetch thread, no pinned host
 copy and no host-to-device transfer per batch (the epoch's order is copied once). Where the
-cache would take more than FREE_FRACTION of the free device memory, the loader prefetches from
-host memory instead (`BatchLoader`'s thread), as on a CPU.
+cache would take more than FREE_FRACTION of the free device memory (or, asked for with 'on', more
+than all of it), the loader prefetches from the memory-mapped cache instead (`BatchLoader`'s
+thread), as on a CPU, and says so: the kernel pages a cache bigger than RAM in and out.
 """
 from __future__ import annotations
 
+import os
 from typing import Literal, get_args
 
 import numpy as np
@@ -59,22 +61,40 @@ def copy_to_device(pixels: np.ndarray, device: torch.device) -> Tensor:
 def choose_data_on_device(mode: str, cache: ImageCache, device: torch.device) -> tuple[bool, str]:
     """Whether batches come from a device-resident copy of the cache, and the line saying which.
 
-    'on' always copies (also on a CPU: the cache then sits in RAM instead of being memory-mapped);
-    'off' never does; 'auto' copies onto a CUDA device when the cache takes at most FREE_FRACTION
-    of its free memory. On a CPU, auto says nothing: prefetching from the memory map is the path.
+    'on' copies wherever the cache fits in the free memory of the device (a CPU's: the cache then
+    sits in RAM instead of being memory-mapped), and falls back to the memory map, saying so, where
+    it does not (an ImageNet-size cache): a copy that cannot fit would end the run out of memory.
+    'off' never copies; 'auto' copies onto a CUDA device when the cache takes at most
+    FREE_FRACTION of its free memory. On a CPU, auto says nothing: prefetching from the memory map
+    is the path.
     """
     if mode not in DATA_ON_DEVICE:
         raise ValueError(f"data_on_device={mode!r} is not one of: {', '.join(DATA_ON_DEVICE)}")
     size = f"{cache.pixels.nbytes / 1e9:.2f} GB"
     resident = f"data: the cache ({size}) is resident on {device}; batches are gathered there"
-    if mode == "on":
-        return True, resident
-    if device.type != "cuda":
+    if mode == "auto" and device.type != "cuda":
         return False, ""
     prefetched = f"data: batches are prefetched from the cache ({size}) in host memory"
     if mode == "off":
         return False, prefetched + " (data_on_device off)"
-    free, _ = torch.cuda.mem_get_info(device)
-    if cache.pixels.nbytes <= FREE_FRACTION * free:
+    free = free_memory(device)
+    share = 1.0 if mode == "on" else FREE_FRACTION
+    if cache.pixels.nbytes <= share * free:
         return True, resident
-    return False, prefetched + f": on {device} it would take over {FREE_FRACTION:.0%} of the free {free / 1e9:.1f} GB"
+    where = "its free" if mode == "on" else f"over {FREE_FRACTION:.0%} of the free"
+    return False, (f"{prefetched}, memory-mapped: on {device} it would take {where} {free / 1e9:.1f} GB"
+                   + (" (data_on_device on falls back)" if mode == "on" else ""))
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on `device`: a CUDA device's free memory, or the host's available RAM (MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # no /proc (macOS): the free pages, a lower bound
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -6,6 +6,7 @@ import os
 import random
 import warnings
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +22,14 @@ RUN_MARKERS = ("recipe.txt", "log.csv", "summary.json", "last.safetensors", "bes
 
 
 def find_images(root: Path) -> list[Path]:
-    """All image files under `root`, recursively, sorted; hidden folders and files are skipped.
+    """All image files under `root`, recursively, sorted; hidden folders and files are skipped
+    (`find_image_paths`, as Paths)."""
+    return [Path(f) for f in find_image_paths(root)]
+
+
+def find_image_paths(root: Path) -> list[str]:
+    """All image files under `root`, recursively, as strings sorted as Paths sort; hidden folders and
+    files are skipped. Strings, not Paths: a Path costs ~440 bytes, 0.5 GB at ImageNet's size.
 
     Symlinks are followed (datasets are often linked into place folder by folder), but each real
     folder is walked once and a symlinked file is dropped when its target is listed already, so a
@@ -53,7 +61,12 @@ def find_images(root: Path) -> list[Path]:
                     (linked if entry.is_symlink() else real).append(entry.path)
     found, skipped.n_duplicates = _drop_linked_duplicates(real, linked)
     _warn_skipped(root, skipped)
-    return sorted(Path(f) for f in found)
+    return sorted(found, key=path_order)
+
+
+def path_order(path: str) -> str:
+    """The key that sorts path strings as Paths sort, part by part: the separator below every character."""
+    return path.replace(os.sep, "\0")
 
 
 @dataclass
@@ -141,6 +154,48 @@ def label_from_parent(path: Path) -> str:
     return Path(path).parent.name
 
 
+class FileList(Sequence[Path]):
+    """Paths held as one numpy array of their bytes: a byte per character, no Python object per file.
+
+    Measured on 100,000 paths of 60 characters: 44 MB as a list of Paths, 6 MB as this; at ImageNet's
+    1.28 M images that is ~560 MB less in every training process. Reads as a sequence of Paths."""
+
+    def __init__(self, paths: Iterable[str | Path] = ()) -> None:
+        self._paths = np.array([os.fsencode(p) for p in paths], dtype=bytes)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, i):  # int -> Path, slice -> FileList
+        if isinstance(i, slice):
+            return _file_list_of(self._paths[i])
+        return Path(os.fsdecode(self._paths[i]))
+
+    def __iter__(self) -> Iterator[Path]:
+        return (Path(os.fsdecode(p)) for p in self._paths)
+
+    def __add__(self, other: Iterable[str | Path]) -> FileList:
+        other_paths = other._paths if isinstance(other, FileList) else FileList(other)._paths
+        return _file_list_of(np.concatenate([self._paths, other_paths]))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FileList):
+            return np.array_equal(self._paths, other._paths)
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # mutable-looking and compared by value, as a list
+
+    def __repr__(self) -> str:
+        return f"FileList({len(self)} files{', first ' + str(self[0]) if len(self) else ''})"
+
+
+def _file_list_of(encoded: np.ndarray) -> FileList:
+    """A FileList over an array of encoded paths already made (a slice, a concatenation)."""
+    files = FileList()
+    files._paths = encoded
+    return files
+
+
 VALID_NAMES = ("val", "valid")  # Imagenette's and fastai's (GrandparentSplitter) validation folders
 
 
@@ -154,12 +209,18 @@ class Source:
 
     root: Path
     vocab: list[str]
-    train_files: list[Path]
+    train_files: FileList  # a list of Paths given is held as a FileList
     train_labels: list[int]
-    valid_files: list[Path]
+    valid_files: FileList
     valid_labels: list[int]
     split_note: str = ""
     multi_label: bool = False
+
+    def __post_init__(self) -> None:
+        # object.__setattr__: the dataclass is frozen; this is its constructor's last step.
+        for name in ("train_files", "valid_files"):
+            if not isinstance(getattr(self, name), FileList):
+                object.__setattr__(self, name, FileList(getattr(self, name)))
 
     def summary(self) -> str:
         """A table of image counts per class and split."""
@@ -211,15 +272,19 @@ def make_source(
     """
     root = Path(root).expanduser()
     files = _images_or_raise(root)
-    split_folders = [_split_folder(f, root) for f in files]
+    # Split and label depend on the folder only: worked out once per folder, so per image nothing
+    # is made but a reference (no Path, no string: see FileList).
+    folders = {folder: (_split_folder(Path(folder), root), os.path.basename(folder))
+               for folder in {os.path.dirname(f) for f in files}}
+    split_folders = [folders[os.path.dirname(f)][0] for f in files]
     valid_name = _validation_folder(root, set(split_folders), train_name, valid_name)
     if valid_name:
         train_files = [f for f, g in zip(files, split_folders) if g == train_name]
         valid_files = [f for f, g in zip(files, split_folders) if g == valid_name]
     else:
         train_files, valid_files = _random_split(files, valid_pct, seed)
-    train_names = [label_from_parent(f) for f in train_files]
-    valid_names = [label_from_parent(f) for f in valid_files]
+    train_names = [folders[os.path.dirname(f)][1] for f in train_files]
+    valid_names = [folders[os.path.dirname(f)][1] for f in valid_files]
     vocab = _check_classes(root, train_names, valid_names)
     index = {name: i for i, name in enumerate(vocab)}
     return Source(
@@ -234,10 +299,10 @@ def make_source(
     )
 
 
-def _split_folder(path: Path, root: Path) -> str | None:
-    """The folder two levels above an image, inside `root` (None for images less deep)."""
-    parts = path.relative_to(root).parts
-    return parts[-3] if len(parts) >= 3 else None
+def _split_folder(folder: Path, root: Path) -> str | None:
+    """The parent of an image's `folder`, inside `root` (None for images less deep): train in train/cat/."""
+    parts = folder.relative_to(root).parts
+    return parts[-2] if len(parts) >= 2 else None
 
 
 def _validation_folder(root: Path, split_folders: set[str | None], train_name: str, valid_name: str) -> str:
@@ -308,7 +373,7 @@ def _split_note(root: Path, train_name: str, valid_name: str, valid_pct: float, 
             f"{n_classes} classes{rest}")
 
 
-def _images_or_raise(root: Path) -> list[Path]:
+def _images_or_raise(root: Path) -> list[str]:
     """`find_images(root)`, with an actionable error when the folder is missing or has none."""
     if not root.exists():
         raise ValueError(f"data folder {root} does not exist; check the path (or pass a dataset name)")
@@ -317,7 +382,7 @@ def _images_or_raise(root: Path) -> list[Path]:
             f"data path {root} is a file, not a folder; extract it first, "
             f"or pass the folder that holds <class>/<image> sub-folders"
         )
-    files = find_images(root)
+    files = find_image_paths(root)
     if not files:
         allowed = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise ValueError(
@@ -327,7 +392,7 @@ def _images_or_raise(root: Path) -> list[Path]:
     return files
 
 
-def _random_split(files: list[Path], valid_pct: float, seed: int) -> tuple[list[Path], list[Path]]:
+def _random_split(files: list, valid_pct: float, seed: int) -> tuple[list, list]:
     """Hold out a seeded random `valid_pct` of `files`; both parts keep their sorted order."""
     if not 0.0 < valid_pct < 1.0:
         raise ValueError(f"valid_pct={valid_pct} must be strictly between 0 and 1, e.g. 0.2")
