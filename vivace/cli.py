@@ -276,8 +276,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not p.ok:
             print(f"vivace predict: {printable(p.error)}", file=sys.stderr)
     for p in preds[:len(named)] if not args.json else preds:
-        if p.ok:
-            print(json.dumps(p.as_dict()) if args.json else _format_prediction(p, args.topk))
+        if p.ok:  # the same classes printed or in JSON: --topk (1,000 per line would bury the answer)
+            shown = len(predictor.vocab) if args.all_probs else _listed_count(p, args.topk)
+            print(json.dumps(p.as_dict(shown)) if args.json else _format_prediction(p, shown))
     if found:
         csv_path = write_predictions_csv(preds[len(named):], args.csv, predictor.vocab)
         # With --json, stdout stays one JSON object per line: the summary goes to stderr.
@@ -295,15 +296,22 @@ def _shown_name(label: str) -> str:
     return printable(display_name(label))
 
 
-def _format_prediction(pred, topk: int) -> str:
+def _listed_count(pred, topk: int) -> int:
+    """The classes an image's output lists: --topk, and for several labels at least every label found."""
+    return max(topk, len(pred.labels)) if pred.labels is not None else topk
+
+
+def _format_prediction(pred, shown: int) -> str:
+    """The image's answer, then its `shown` most probable classes, one a line."""
     if pred.labels is not None:  # several labels per image: every one above the threshold
         found = ", ".join(_shown_name(label) for label in pred.labels) or "(no label above the threshold)"
-        shown = max(topk, len(pred.labels))
-        return "\n".join([f"{printable(pred.path)}: {found}"] + [f"  {_shown_name(label):<24} {prob:.4f}"
-                                                                  for label, prob in pred.top(shown)])
-    lines = [f"{printable(pred.path)}: {_shown_name(pred.label)}"]
-    lines += [f"  {_shown_name(label):<24} {prob:.4f}" for label, prob in pred.top(topk)]
-    return "\n".join(lines)
+    else:
+        found = _shown_name(pred.label)
+    return "\n".join([f"{printable(pred.path)}: {found}"] + [f"  {_shown_name(label):<24} {prob:.4f}"
+                                                              for label, prob in pred.top(shown)])
+
+
+SUMMARY_CLASSES = 10  # the most predicted classes a folder's summary names; the CSV has every image's
 
 
 def _folder_summary(preds: list, csv_path: Path) -> str:
@@ -312,9 +320,11 @@ def _folder_summary(preds: list, csv_path: Path) -> str:
     for p in ok:
         for label in (p.labels if p.labels is not None else [p.label]):  # several labels: each counts
             counts[_shown_name(label)] = counts.get(_shown_name(label), 0) + 1
-    top = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    top = ", ".join(f"{label} {n}" for label, n in ranked[:SUMMARY_CLASSES])
+    more = f" and {len(ranked) - SUMMARY_CLASSES:,} more classes" if len(ranked) > SUMMARY_CLASSES else ""
     return (f"{len(ok)} of {len(preds)} images in folders predicted ({len(preds) - len(ok)} failed); "
-            f"predicted classes: {top or '-'}\nwrote {printable(csv_path)}")
+            f"predicted classes: {top or '-'}{more}\nwrote {printable(csv_path)}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

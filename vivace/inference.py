@@ -58,14 +58,15 @@ class Prediction:
         """The label as people read it (Imagenette's n01440764 -> tench); `label` stays the id."""
         return display_name(self.label)
 
-    def as_dict(self) -> dict:
-        """JSON-ready: path, label (the class id), its name, and the class -> probability map (most
-        probable first); for several labels per image also `labels`, those above the threshold."""
+    def as_dict(self, k: int | None = None) -> dict:
+        """JSON-ready: path, label (the class id), its name, and the class -> probability map of the
+        `k` most probable classes, most probable first (every class when k is None: 1,000 at
+        ImageNet's size); for several labels per image also `labels`, those above the threshold."""
         if not self.ok:
             return {"path": self.path, "error": self.error}
         several = {"labels": self.labels} if self.labels is not None else {}
         return {"path": self.path, "label": self.label, "name": self.name, **several,
-                "probs": dict(self.top(len(self.probs)))}
+                "probs": dict(self.top(len(self.probs) if k is None else k))}
 
 
 def failed(path: str | None, error: str) -> Prediction:

@@ -17,6 +17,10 @@ from .figures import Figure
 from .metrics import calibration_error, reliability_bins
 
 MAX_ANNOTATED_CLASSES = 30  # above this, confusion-matrix cells are too small for their counts
+# Above this a name per row and column would need a figure over 50 inches wide (4,000 px at 80 dpi;
+# ImageNet's 1,000: 40,000 px): the matrix is drawn at a fixed size, its axes by class index.
+MAX_NAMED_CLASSES = 100
+MANY_CLASSES_SIDE_IN = 12.0  # the figure's side above MAX_NAMED_CLASSES: about a pixel per class at 1,000
 
 
 class Interpretation:
@@ -48,12 +52,8 @@ class Interpretation:
 
         Classes by human name for people (`by_name`), or by vocab id for code (as fastai returns).
         """
-        cm = self.confusion_matrix()
         labels = self.names if by_name else self.vocab
-        cells = [(labels[a], labels[p], int(cm[a, p]))
-                 for a in range(len(self.vocab)) for p in range(len(self.vocab))
-                 if a != p and cm[a, p] >= min_val]
-        return sorted(cells, key=lambda cell: -cell[2])
+        return [(labels[a], labels[p], n) for a, p, n in confused_pairs(self.confusion_matrix(), min_val)]
 
     def per_class_accuracy(self) -> dict[str, float]:
         """Recall per class (correct / actual count); NaN for a class absent from the data."""
@@ -92,14 +92,19 @@ class Interpretation:
         if normalize:
             cm = cm / cm.sum(dim=1, keepdim=True).clamp(min=1)
         c = len(self.vocab)
-        side = max(4.0, 0.5 * c + 2)
+        named = c <= MAX_NAMED_CLASSES
+        side = max(4.0, 0.5 * c + 2) if named else MANY_CLASSES_SIDE_IN
         fig = Figure(figsize=(side, side))
         ax = fig.add_subplot()
         ax.imshow(cm.numpy(), cmap="Blues")
-        ax.set(xticks=range(c), yticks=range(c), xlabel="predicted", ylabel="actual",
-               title="Confusion matrix" + (" (row-normalized)" if normalize else ""))
-        ax.set_xticklabels(self.names, rotation=90)
-        ax.set_yticklabels(self.names)
+        title = "Confusion matrix" + (" (row-normalized)" if normalize else "")
+        if named:
+            ax.set(xticks=range(c), yticks=range(c), xlabel="predicted", ylabel="actual", title=title)
+            ax.set_xticklabels(self.names, rotation=90)
+            ax.set_yticklabels(self.names)
+        else:  # matplotlib's own index ticks: interp.vocab[i] names class i, most_confused() the worst cells
+            ax.set(xlabel="predicted (class index)", ylabel="actual (class index)",
+                   title=f"{title}, {c} classes by index in the vocab")
         if c <= MAX_ANNOTATED_CLASSES:
             top = float(cm.max()) if cm.numel() else 0.0
             for a in range(c):
@@ -147,6 +152,18 @@ class Interpretation:
                title=f"Reliability (ECE {ece:.3f}, {int(count.sum())} items)")
         ax.legend(loc="upper left")
         return _save(fig, path)
+
+
+def confused_pairs(cm: Tensor, min_val: int = 1) -> list[tuple[int, int, int]]:
+    """(actual, predicted, count) of each off-diagonal cell of `cm` with count >= min_val, largest
+    first, ties in row order (as fastai sorts them). Torch ops over the whole matrix: at 1,000
+    classes a loop over its million cells took seconds."""
+    c = cm.shape[0]
+    off_diagonal = ~torch.eye(c, dtype=torch.bool)
+    cells = ((cm >= min_val) & off_diagonal).flatten().nonzero().squeeze(1)  # row-major flat indices
+    counts, order = cm.flatten()[cells].sort(descending=True, stable=True)
+    cells = cells[order]
+    return list(zip((cells // c).tolist(), (cells % c).tolist(), counts.tolist()))
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

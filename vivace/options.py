@@ -53,9 +53,10 @@ class PredictOptions:
 
     bundle: str = arg("a bundle written by `vivace export`, or a run folder (its export.vivace, else its final weights)")
     images: list[str] = arg("image files or folders (searched recursively)", nargs="+")
-    topk: int = knob(3, "classes printed per image")
+    topk: int = knob(3, "classes listed per image, most probable first (printed, or in --json's probs)")
+    all_probs: bool = knob(False, "list every class's probability per image, not the --topk most probable")
     tta: bool | None = knob(None, "average with the mirror image (default: the bundle's setting)")
-    json: bool = knob(False, "one JSON object per image: path, label, probs")
+    json: bool = knob(False, "one JSON object per image: path, label, name, probs (the --topk most probable classes)")
     csv: str = knob("predictions.csv", "where the predictions for folder inputs are written")
     overwrite: bool = knob(False, "replace the --csv file if it exists")
     batch_size: int = knob(64, "images per forward pass")

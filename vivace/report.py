@@ -27,15 +27,24 @@ from torch import Tensor
 
 from . import runtime
 from .data.names import display_names
-from .files import atomic_write
-from .interpret import Interpretation
+from .files import atomic_write, write_csv
+from .interpret import MAX_ANNOTATED_CLASSES, Interpretation, confused_pairs
 from .metrics import calibration_error, per_class_scores, reliability_bins, threshold_sweep
 from .recipe import Recipe, new_names
 from .records import read_json_object
 
 REPORT_NAME = "report.html"
+CONFUSION_NAME = "confusion.csv"  # the whole confusion matrix, beside the report, at any number of classes
 N_TOP_LOSSES = 9
+TILE_MAX_PX = 288     # a top-loss image's largest side: twice the 144 px a tile shows (sharp on a dense screen)
 N_MOST_CONFUSED = 10
+# Up to this many classes the report shows the confusion matrix as a table and every class's
+# accuracy in the open: a person reads them cell by cell (as the figure's counts, hence the same
+# limit), and 30 columns (about 1,350 px) already scroll sideways past the 1,100 px page. Above
+# (ImageNet's 1,000 classes: a million cells, a 51 MB page), the matrix is only confusion.csv and
+# the page leads with the least accurate classes.
+MAX_TABLE_CLASSES = MAX_ANNOTATED_CLASSES
+N_WORST_CLASSES = 20  # above MAX_TABLE_CLASSES: the least accurate classes shown in the open
 N_BINS = 15           # reliability bins over confidence [0, 1]
 FEW_ITEMS = 10        # a reliability bin with fewer items is drawn faded and hatched: its accuracy is noise
 CURVE_PANELS = (("loss", ("train_loss", "valid_loss", "nll")),
@@ -83,7 +92,7 @@ def write_report(run_dir: str | Path, learn: Any) -> Path:
             epochs_section(rows), curves_section(rows, run_dir),
             "<h2>Validation: where the model goes wrong</h2>",
             *(multi_label_sections(learn, config.get("thresh", 0.5)) if learn.dls.multi_label
-              else single_label_sections(learn)),
+              else single_label_sections(learn, run_dir)),
             config_section(config, _read_text(run_dir / "recipe.txt")), _details("summary.json", summary)]
     page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>vivace report: {name}</title><style>{STYLE}</style></head>\n"
@@ -94,13 +103,21 @@ def write_report(run_dir: str | Path, learn: Any) -> Path:
     return path
 
 
-def single_label_sections(learn: Any) -> list[str]:
-    """Per-class accuracy, the confusion matrix, the top losses and the reliability diagram."""
+def single_label_sections(learn: Any, run_dir: Path) -> list[str]:
+    """Per-class accuracy, the confusion matrix (also written to `run_dir/confusion.csv`), the top
+    losses and the reliability diagram."""
     interp = Interpretation.from_learner(learn)
     names = display_names(interp.vocab)
-    return [per_class_section(interp.confusion_matrix(), names, interp.vocab),
-            confusion_section(interp.confusion_matrix(), names),
+    cm = interp.confusion_matrix()
+    write_confusion_csv(run_dir / CONFUSION_NAME, cm, interp.vocab)
+    return [per_class_section(cm, names, interp.vocab), confusion_section(cm, names),
             top_losses_section(interp, names), reliability_section(interp.logits, interp.targets)]
+
+
+def write_confusion_csv(path: Path, cm: Tensor, vocab: list[str]) -> Path:
+    """The (C, C) counts as a CSV: a header of the predicted classes, then a row per actual class
+    led by its id (the vocab, as predictions.csv names classes)."""
+    return write_csv(path, ["actual \\ predicted", *vocab], ([label, *row] for label, row in zip(vocab, cm.tolist())))
 
 
 def multi_label_sections(learn: Any, thresh: float) -> list[str]:
@@ -295,33 +312,45 @@ def curves_section(rows: list[dict[str, float]], run_dir: Path) -> str:
 
 # -- validation: per class, confusions, top losses, calibration --------------------------------
 def per_class_section(cm: Tensor, names: list[str], vocab: list[str]) -> str:
-    """Accuracy per class; a class without validation images says so (no silent NaN)."""
+    """Accuracy per class; a class without validation images says so (no silent NaN). Above
+    MAX_TABLE_CLASSES the least accurate classes come first, and every class is folded below them."""
     with_ids = names != vocab  # Imagenette's WordNet ids: show them beside the human names
-    rows = []
-    for i, (name, label) in enumerate(zip(names, vocab)):
-        items = int(cm[i].sum())
-        accuracy = sig4(float(cm[i, i]) / items) if items else "no validation images"
-        rows.append([name, *([label] if with_ids else []), accuracy, str(items)])
+    items, correct = cm.sum(dim=1).tolist(), cm.diagonal().tolist()
+    rows = [[name, *([label] if with_ids else []), sig4(right / n) if n else "no validation images", str(n)]
+            for name, label, right, n in zip(names, vocab, correct, items)]
     header = ["class", *(["id"] if with_ids else []), "accuracy", "items"]
-    return "<h3>Per-class accuracy</h3>" + table(header, rows, n_names=1 + with_ids)
+    every = table(header, rows, n_names=1 + with_ids)
+    if len(rows) <= MAX_TABLE_CLASSES:
+        return "<h3>Per-class accuracy</h3>" + every
+    scored = [i for i, n in enumerate(items) if n]
+    worst = sorted(scored, key=lambda i: (correct[i] / items[i], -items[i]))[:N_WORST_CLASSES]  # surer first
+    absent = f", {len(rows) - len(scored):,} of them without validation images" if len(scored) < len(rows) else ""
+    return (f"<h3>Per-class accuracy: the {len(worst)} least accurate of {len(rows):,} classes</h3>"
+            f"<p class='muted'>every class in vocab order is folded below this table{absent}</p>"
+            f"{table(header, [rows[i] for i in worst], n_names=1 + with_ids)}"
+            f"<details><summary>every class ({len(rows):,}, in vocab order)</summary>{every}</details>")
 
 
 def confusion_section(cm: Tensor, names: list[str]) -> str:
-    """The confusion matrix as a table, each row shaded by its share; and the most confused pairs."""
+    """The confusion matrix as a table, each row shaded by its share, up to MAX_TABLE_CLASSES
+    classes (every report writes it whole to confusion.csv); and the most confused pairs."""
+    pairs = confused_pairs(cm)[:N_MOST_CONFUSED]
+    confused = (table(["actual", "predicted", "count"], [[names[a], names[p], str(n)] for a, p, n in pairs],
+                      n_names=2) if pairs else "<p class='muted'>no confusions</p>")
+    where = (f"{CONFUSION_NAME} in the run folder: a row per actual class, a column per predicted class, "
+             "headed by the class ids")
+    most = f"<h3>Most confused (actual, predicted, count)</h3>{confused}"
+    if len(names) > MAX_TABLE_CLASSES:  # a million cells is no table for a person (and 50 MB of page)
+        return (f"<h3>Confusion matrix</h3><p>{len(names):,} classes: the {len(names) ** 2:,} counts are not "
+                f"shown here but written to {where}; the most confused pairs follow.</p>{most}")
     head = "<tr><th class=k>actual \\ predicted</th>" + "".join(f"<th class=col>{_esc(n)}</th>" for n in names)
     body = []
     for a, name in enumerate(names):
         total = max(int(cm[a].sum()), 1)
         cells = "".join(_cm_cell(int(cm[a, p]), int(cm[a, p]) / total, a == p) for p in range(len(names)))
         body.append(f"<tr><th class=k>{_esc(name)}</th>{cells}</tr>")
-    pairs = [(names[a], names[p], int(cm[a, p])) for a in range(len(names)) for p in range(len(names))
-             if a != p and cm[a, p] > 0]
-    pairs = sorted(pairs, key=lambda pair: -pair[2])[:N_MOST_CONFUSED]
-    confused = (table(["actual", "predicted", "count"], [[a, p, str(n)] for a, p, n in pairs], n_names=2)
-                if pairs else "<p class='muted'>no confusions</p>")
     return (f"<h3>Confusion matrix (rows: actual class, shaded by share of the row)</h3>"
-            f"<table class=cm>{head}</tr>{''.join(body)}</table>"
-            f"<h3>Most confused (actual, predicted, count)</h3>{confused}")
+            f"<table class=cm>{head}</tr>{''.join(body)}</table><p class='muted'>also in {where}</p>{most}")
 
 
 def _cm_cell(count: int, share: float, diagonal: bool) -> str:
@@ -349,9 +378,14 @@ def top_losses_section(interp: Interpretation, names: list[str]) -> str:
 
 
 def _image_png(image: Tensor) -> bytes:
+    """The image as PNG, its larger side at most TILE_MAX_PX. Nine tiles of 288 px take at most 2.8 MB of
+    page (base64 of noise; photos less); at a 512 px validation size they took 4 to 9 MB."""
     pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()  # (S, S, 3)
+    picture = Image.fromarray(pixels)
+    if max(picture.size) > TILE_MAX_PX:
+        picture.thumbnail((TILE_MAX_PX, TILE_MAX_PX), Image.Resampling.LANCZOS)  # keeps the aspect ratio
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
+    picture.save(buf, format="PNG")
     return buf.getvalue()
 
 
