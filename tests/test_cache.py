@@ -167,6 +167,16 @@ def test_build_skips_bad_files_with_one_warning(tmp_path):
     assert _close(cache.pixels[0, 8, 8], (200, 10, 10))
 
 
+def test_an_open_cache_holds_numpy_rows_per_image_and_no_python_list(tmp_path):
+    # At ImageNet's 1.28 M images a list of paths per cache is >100 MB in every training process:
+    # the file list stays in index.json, read when asked.
+    files = _good_images(tmp_path / "data")
+    cache = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
+    per_image = [name for name, value in vars(cache).items() if isinstance(value, (list, tuple)) and len(value) == len(cache)]
+    assert per_image == [] and len(cache) == len(files)
+    assert cache.files == [f.absolute() for f in files]
+
+
 def test_cache_is_reused_without_decoding(tmp_path, monkeypatch):
     files = _good_images(tmp_path / "data")
     first = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)

@@ -19,8 +19,12 @@ def test_defaults_validate():
 def test_every_preset_trains(name, tiny_folder, tmp_path):
     """Each preset's options (optimizer, schedule, activation, mixing, resizing) run end to end, and
     the run folder records what ran: the resolved recipe, its description, one log row per epoch."""
+    preset = PRESETS[name]
+    # A preset for thousands of images a batch (ImageNet's 4,096) takes its rate scaled to batch 8, as
+    # the runbook tells a user on fewer GPUs (docs/distributed.md); at 1.7 the tiny run would diverge.
+    lr = {"lr": preset.lr * 8 / preset.batch_size} if preset.batch_size >= 1024 else {}
     recipe = make_recipe(name, data=str(tiny_folder), size=32, presize=40, epochs=2, bs=8, valid_bs=12,
-                         valid_size=40 if PRESETS[name].valid_size_px else 0)
+                         valid_size=40 if preset.valid_size_px else 0, **lr)
     out = tmp_path / name
     summary = train(recipe, TrainOptions(preset=name, workers=1, out=str(out)))
     assert load_recipe(out / "config.json") == resolve(recipe, torch.device("cpu"))
@@ -271,3 +275,18 @@ def test_every_out_of_range_value_fails_before_any_folder_or_cache(tmp_path, cap
         err = capsys.readouterr().err
         assert f"{f.name}=" in err and str(f.metadata["range"]) in err, err
     assert not (tmp_path / "run").exists() and not home.exists()
+
+
+def test_a_preset_on_paper_says_it_is_not_measured_and_what_it_aims_at(capsys):
+    from vivace.cli import main
+    assert main(["train", "--preset", "imagenet-rn50-16ep", "--print-recipe"]) == 0
+    text = capsys.readouterr().out
+    assert "# preset imagenet-rn50-16ep is not measured by vivace" in text and "73.8 % top-1 in 14.9 min" in text
+    assert "progressive_start = 0.6875" in text and "batch_size = 4096" in text
+    assert main(["train", "--preset", "quick", "--print-recipe"]) == 0
+    assert "not measured" not in capsys.readouterr().out
+
+
+def test_a_size_ramp_must_start_before_it_ends():
+    with pytest.raises(ValueError, match="progressive_start=0.8 must be below progressive_end=0.75"):
+        make_recipe(progressive=0.5, progressive_start=0.8)
