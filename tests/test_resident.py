@@ -121,3 +121,33 @@ def test_a_cache_bigger_than_the_hosts_available_memory_stays_memory_mapped(mixe
                            data_on_device="on", progress=False)
     assert not isinstance(dls.train.cache, DeviceCache)  # batches from the memory map
     assert resident.free_memory(torch.device("cpu")) > 0  # MemAvailable, read for real
+
+
+def _fake_cgroup(tmp_path, line: str, folder: str, files: dict[str, str]) -> tuple[str, str]:
+    """A /proc/self/cgroup with `line` and a cgroup tree under tmp_path holding `files` in `folder`."""
+    tmp_path.mkdir(parents=True)
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"{line}\n")
+    where = tmp_path / "sys" / folder
+    where.mkdir(parents=True)
+    for name, text in files.items():
+        (where / name).write_text(text)
+    return str(proc), str(tmp_path / "sys")
+
+
+def test_a_containers_memory_limit_bounds_the_free_memory(tmp_path):
+    from vivace.data.resident import cgroup_free_memory
+    gib = 2**30
+    # cgroup v2 (Docker, Kubernetes): 4 GiB limit, 3 GiB used of which 1 GiB is inactive page cache
+    v2 = _fake_cgroup(tmp_path / "v2", "0::/docker/abc", "docker/abc",
+                      {"memory.max": f"{4 * gib}\n", "memory.current": f"{3 * gib}\n",
+                       "memory.stat": f"anon {2 * gib}\ninactive_file {gib}\n"})
+    assert cgroup_free_memory(*v2) == 2 * gib
+    # cgroup v1, the memory controller in its own hierarchy; used past the limit: nothing left
+    v1 = _fake_cgroup(tmp_path / "v1", "4:memory:/job", "memory/job",
+                      {"memory.limit_in_bytes": f"{gib}", "memory.usage_in_bytes": f"{3 * gib}",
+                       "memory.stat": "total_inactive_file 0\n"})
+    assert cgroup_free_memory(*v1) == 0
+    unlimited = _fake_cgroup(tmp_path / "none", "0::/", "", {"memory.max": "max\n"})
+    assert cgroup_free_memory(*unlimited) is None
+    assert cgroup_free_memory(str(tmp_path / "no-such-file")) is None

@@ -87,9 +87,17 @@ def choose_data_on_device(mode: str, cache: ImageCache, device: torch.device) ->
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on `device`: a CUDA device's free memory, or the host's available RAM (MemAvailable)."""
+    """Bytes free on `device`: a CUDA device's free memory, or the host's available RAM, within this
+    process's memory cgroup where one limits it (a container's limit, which /proc/meminfo ignores)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    available = host_available_memory()
+    limited = cgroup_free_memory()
+    return available if limited is None else min(available, limited)
+
+
+def host_available_memory() -> int:
+    """The kernel's MemAvailable (free plus reclaimable page cache), or the free pages without /proc."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
@@ -98,3 +106,44 @@ def free_memory(device: torch.device) -> int:
     except OSError:  # no /proc (macOS): the free pages, a lower bound
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+# cgroup v2 and v1: (the line of /proc/self/cgroup, the hierarchy under /sys/fs/cgroup, limit, usage, the stat
+# key of inactive page cache, which the kernel reclaims before it counts as used)
+CGROUPS = (("0::", "", "memory.max", "memory.current", "inactive_file"),
+           (":memory:", "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_free_memory(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's memory cgroup has left (its limit less its use, less reclaimable page
+    cache); None where no cgroup limits memory or none can be read."""
+    try:
+        with open(proc_cgroup, encoding="ascii") as lines:
+            entries = lines.read().splitlines()
+    except OSError:
+        return None
+    for tag, mount, limit_name, usage_name, inactive_key in CGROUPS:
+        for entry in entries:
+            if tag in entry:
+                folder = os.path.join(root, mount, entry.split(tag, 1)[1].lstrip("/"))
+                left = _cgroup_left(folder, limit_name, usage_name, inactive_key)
+                if left is not None:
+                    return left
+    return None
+
+
+def _cgroup_left(folder: str, limit_name: str, usage_name: str, inactive_key: str) -> int | None:
+    """One cgroup folder's limit less its working set, or None if unlimited or unreadable."""
+    try:
+        with open(os.path.join(folder, limit_name), encoding="ascii") as f:
+            limit_text = f.read().strip()
+        if limit_text == "max" or int(limit_text) >= NO_LIMIT:
+            return None
+        with open(os.path.join(folder, usage_name), encoding="ascii") as f:
+            usage = int(f.read())
+        with open(os.path.join(folder, "memory.stat"), encoding="ascii") as f:
+            stats = dict(line.split() for line in f if line.strip())
+    except (OSError, ValueError):
+        return None
+    return max(int(limit_text) - (usage - int(stats.get(inactive_key, 0))), 0)
