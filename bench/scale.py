@@ -100,7 +100,7 @@ def make_folder(out: Path, n_train: int, n_valid: int, workers: int) -> dict:
     return made
 
 
-def spread(files: list[Path], count: int) -> list[Path]:
+def spread(files: list[str], count: int) -> list[str]:
     """`count` of `files` taken at an even stride, so a subset covers every class."""
     if count >= len(files):
         return files
@@ -110,12 +110,13 @@ def spread(files: list[Path], count: int) -> list[Path]:
 def build_one(data: Path, count: int, workers: int, presize: int) -> dict:
     """In a fresh process: scan `data`, build the cache of `count` of its files, time each part."""
     from vivace.data.cache import _build, cache_key, canvas_width
-    from vivace.data.sources import find_images
+    from vivace.data.sources import FileList, find_image_paths
 
     sampler = MemorySampler(os.getpid())
     sampler.start()
     start = time.perf_counter()
-    files = spread(find_images(data / "train") + find_images(data / "val"), count)
+    # As make_source holds them (a FileList), so the builder's memory is vivace's, not a list of Paths'.
+    files = FileList(spread(find_image_paths(data / "train") + find_image_paths(data / "val"), count))
     scanned = time.perf_counter()
     cache_key(files, presize)
     keyed = time.perf_counter()
@@ -218,10 +219,10 @@ def limited_cgroup(limit_bytes: int) -> Path:
     return group
 
 
-def train_one(data: Path, out: Path, limit_bytes: int | None) -> dict:
-    """`vivace train` on `data` for one epoch, its memory sampled every SAMPLE_EVERY_S seconds."""
+def train_one(data: Path, out: Path, limit_bytes: int | None, images_seen: int = IMAGES_SEEN) -> dict:
+    """`vivace train` on `data` for `images_seen` images, its memory sampled every SAMPLE_EVERY_S seconds."""
     made = json.loads((data / MADE).read_text())
-    epochs = max(1, round(IMAGES_SEEN / made["train"]))
+    epochs = max(1, round(images_seen / made["train"]))
     group = limited_cgroup(limit_bytes) if limit_bytes else None
     # Under a limit, ask for the cache in RAM: it must fall back to the memory map, saying so.
     resident = ["--data-on-device", "on"] if limit_bytes else []
@@ -275,6 +276,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--presize", type=int, default=BUILD_PRESIZE, help="build: the cache's shorter side, px")
     parser.add_argument("--runs", type=Path, default=Path(tempfile.gettempdir()) / "vivace-scale-runs",
                         help="train: where the run folders go")
+    parser.add_argument("--images-seen", type=int, default=IMAGES_SEEN,
+                        help="train: images each run trains on (epochs = this / its training images)")
     parser.add_argument("--memory-limit", default="", help="train: a memory cgroup limit such as 1G (root)")
     parser.add_argument("--record", action="store_true", help="write the figures to docs/benchmarks.json")
     args = parser.parse_args(argv)
@@ -297,7 +300,7 @@ def main(argv: list[str]) -> int:
     for data in datas:
         out = args.runs / f"{data.name}{'-limited' if limit else ''}"
         shutil.rmtree(out, ignore_errors=True)
-        row = train_one(data, out, limit)
+        row = train_one(data, out, limit, args.images_seen)
         print(f"train {row['images']:,} images, {row['epochs']} epochs (cache index {row['index_mb']} MB): "
               f"{row['seconds']} s, anonymous memory {row['median_anon_mib']:.1f} MiB "
               f"(median of the run; peak {row['peak_anon_mib']:.1f} MiB), peak RSS {row['peak_rss_mib']:.0f} MiB"

@@ -237,3 +237,21 @@ def test_a_run_counts_as_a_preset_named_after_it_only_when_its_recipe_is_that_pr
     other = _finished_run(tmp_path / "other", 0.7, 1800.0, **{**noisy, "batch_size": 32})
     with pytest.raises(SystemExit, match=r"batch_size=32 \(preset: 64\)"):
         read_run(other, as_preset="imagenette-128-5ep-noisy")
+
+
+@pytest.mark.slow
+def test_scale_at_toy_size_makes_builds_and_trains_and_records_nothing(tmp_path):
+    before = RESULTS.read_text()
+    data = tmp_path / "synth"
+    made = run_bench("scale", "make", "--out", str(data), "--train", "300", "--valid", "100")
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert json.loads(made.stdout)["images"] == 400 and len(list((data / "train").iterdir())) == 1000
+    built = run_bench("scale", "build", "--data", str(data), "--counts", "50", "400", "--workers", "1")
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert [line.split(",")[0] for line in built.stdout.splitlines()] == ["build      50 images", "build     400 images"]
+    trained = run_bench("scale", "train", "--data", str(data), "--images-seen", "300", "--runs", str(tmp_path / "runs"))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    line = trained.stdout.strip()
+    assert line.startswith("train 400 images, 1 epochs (cache index ") and "anonymous memory" in line
+    assert float(line.split("anonymous memory ")[1].split(" MiB")[0]) > 50  # torch alone is more: it sampled
+    assert RESULTS.read_text() == before
