@@ -30,7 +30,7 @@ class TechniqueSpec:
     progressive_end: float = knob(0.75, "fraction of training after which the size stays final",
                                   range=Range(0.0, 1.0, low_open=True))
     progressive_start: float = knob(0.0, "fraction of training spent at the start size before it ramps "
-                                         "(FFCV's ImageNet configs: 160 px until 75 %%)",
+                                         "(FFCV's ImageNet configs: 160 px until 75 %)",
                                     range=Range(0.0, 1.0, high_open=True))
 
 
