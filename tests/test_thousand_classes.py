@@ -25,8 +25,9 @@ from vivace.inference import Prediction
 from vivace.interpret import Interpretation, confused_pairs
 from vivace.recipe import TrainOptions, make_recipe
 from vivace.report import (CONFUSION_NAME, N_WORST_CLASSES, REPORT_NAME, TILE_MAX_PX, _image_png,
-                           confusion_section, per_class_section)
+                           confusion_section, multi_label_sections, per_class_section)
 from vivace.train import train
+from vivace.tta import format_thresholds
 
 N_CLASSES = 1000
 REPORT_LIMIT_BYTES = 5_000_000  # issue 35's target for the report at ImageNet's size
@@ -105,6 +106,30 @@ def test_report_sections_at_1000_classes_have_no_matrix_table_and_lead_with_the_
     # the most confused pairs: all 25 weak classes went to class 0, largest counts first
     pairs = re.findall(r"<tr><td class=k>(c\d+)</td><td class=k>(c\d+)</td><td>(\d+)</td>", confusion)
     assert pairs[:5] == [(f"c{100 + k:04d}", "c0000", "5") for k in range(5)] and len(pairs) == 10
+
+
+def multi_label_at_1000_classes() -> tuple[torch.Tensor, torch.Tensor]:
+    """Made-up logits and multi-hot targets where class i is found with probability growing with i."""
+    gen = torch.Generator().manual_seed(0)
+    targets = (torch.rand(200, N_CLASSES, generator=gen) < 0.05).float()
+    found = torch.rand(200, N_CLASSES, generator=gen) < torch.linspace(0.05, 1.0, N_CLASSES)
+    return torch.where(found, 2 * targets - 1, 1 - 2 * targets) * 4.0, targets  # right where found
+
+
+def test_several_labels_at_1000_classes_list_the_lowest_f_scores_not_every_class():
+    logits, targets = multi_label_at_1000_classes()
+    text = format_thresholds(logits.sigmoid(), targets, class_names(), 0.5)  # what `vivace evaluate` prints
+    lines = text.splitlines()
+    assert lines[0] == (f"at threshold 0.5, the {N_WORST_CLASSES} lowest F-scores of 1,000 classes "
+                        "(every class: the run's report.html):")
+    listed = [line.split()[0] for line in lines[2:2 + N_WORST_CLASSES]]
+    assert all(int(name[1:]) < 300 for name in listed) and lines[2 + N_WORST_CLASSES] == ""  # then the sweep
+    assert len(lines) < 40  # 1,000 lines a class before
+    learner = SimpleNamespace(get_preds=lambda: (logits, targets), dls=SimpleNamespace(vocab=class_names()))
+    per_class, _ = multi_label_sections(learner, 0.5)  # the report's
+    shown, folded = per_class.split("<details>")
+    assert f"the {N_WORST_CLASSES} lowest F-scores of 1,000 classes" in shown
+    assert shown.count("<tr><td class=k>") == N_WORST_CLASSES and folded.count("<tr><td class=k>") == N_CLASSES
 
 
 def test_few_classes_keep_the_matrix_table():

@@ -94,6 +94,10 @@ def per_class_scores(preds: Tensor, target: Tensor, thresh: float = 0.5) -> Tens
 
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # where evaluate and the report show the scores
+# Per-class lists a person reads (the report, `vivace evaluate`): every class up to MAX_LISTED_CLASSES;
+# above (ImageNet's 1,000), the N_WORST_CLASSES worst first, the rest in the report, folded.
+MAX_LISTED_CLASSES = 30
+N_WORST_CLASSES = 20
 
 
 def threshold_sweep(preds: Tensor, target: Tensor) -> list[tuple[float, float, float]]:

@@ -28,8 +28,9 @@ from torch import Tensor
 from . import runtime
 from .data.names import display_names
 from .files import atomic_write, write_csv
-from .interpret import MAX_ANNOTATED_CLASSES, Interpretation, confused_pairs
-from .metrics import calibration_error, per_class_scores, reliability_bins, threshold_sweep
+from .interpret import Interpretation, confused_pairs
+from .metrics import (MAX_LISTED_CLASSES, N_WORST_CLASSES, calibration_error, per_class_scores, reliability_bins,
+                      threshold_sweep)
 from .recipe import Recipe, new_names
 from .records import read_json_object
 
@@ -39,12 +40,11 @@ N_TOP_LOSSES = 9
 TILE_MAX_PX = 288     # a top-loss image's largest side: twice the 144 px a tile shows (sharp on a dense screen)
 N_MOST_CONFUSED = 10
 # Up to this many classes the report shows the confusion matrix as a table and every class's
-# accuracy in the open: a person reads them cell by cell (as the figure's counts, hence the same
-# limit), and 30 columns (about 1,350 px) already scroll sideways past the 1,100 px page. Above
-# (ImageNet's 1,000 classes: a million cells, a 51 MB page), the matrix is only confusion.csv and
-# the page leads with the least accurate classes.
-MAX_TABLE_CLASSES = MAX_ANNOTATED_CLASSES
-N_WORST_CLASSES = 20  # above MAX_TABLE_CLASSES: the least accurate classes shown in the open
+# scores in the open: a person reads them cell by cell (as the figure's counts), and 30 columns
+# (about 1,350 px) already scroll sideways past the 1,100 px page. Above (ImageNet's 1,000
+# classes: a million cells, a 51 MB page), the matrix is only confusion.csv and the page leads
+# with the N_WORST_CLASSES worst classes, every class folded below them.
+MAX_TABLE_CLASSES = MAX_LISTED_CLASSES
 N_BINS = 15           # reliability bins over confidence [0, 1]
 FEW_ITEMS = 10        # a reliability bin with fewer items is drawn faded and hatched: its accuracy is noise
 CURVE_PANELS = (("loss", ("train_loss", "valid_loss", "nll")),
@@ -128,9 +128,16 @@ def multi_label_sections(learn: Any, thresh: float) -> list[str]:
     scores = per_class_scores(preds, targets, thresh)
     rows = [[n, *(sig4(float(v)) for v in s[:3]), str(int(s[3]))] for n, s in zip(names, scores)]
     sweep = [[f"{t:g}", sig4(acc), sig4(f1)] for t, acc, f1 in threshold_sweep(preds, targets)]
-    return [f"<h3>Per class at threshold {thresh:g}</h3>"
-            + table(["class", "precision", "recall", "F-score", "images with it"], rows),
-            "<h3>Scores by threshold</h3>" + table(["threshold", "accuracy_multi", "macro F-score"], sweep)]
+    header = ["class", "precision", "recall", "F-score", "images with it"]
+    every = table(header, rows)
+    if len(rows) <= MAX_TABLE_CLASSES:
+        per_class = f"<h3>Per class at threshold {thresh:g}</h3>" + every
+    else:
+        worst = scores[:, 2].argsort(stable=True)[:N_WORST_CLASSES].tolist()
+        per_class = worst_then_every(f"Per class at threshold {thresh:g}: the {len(worst)} lowest F-scores of "
+                                     f"{len(rows):,} classes", table(header, [rows[i] for i in worst]), every,
+                                     len(rows))
+    return [per_class, "<h3>Scores by threshold</h3>" + table(["threshold", "accuracy_multi", "macro F-score"], sweep)]
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -325,10 +332,14 @@ def per_class_section(cm: Tensor, names: list[str], vocab: list[str]) -> str:
     scored = [i for i, n in enumerate(items) if n]
     worst = sorted(scored, key=lambda i: (correct[i] / items[i], -items[i]))[:N_WORST_CLASSES]  # surer first
     absent = f", {len(rows) - len(scored):,} of them without validation images" if len(scored) < len(rows) else ""
-    return (f"<h3>Per-class accuracy: the {len(worst)} least accurate of {len(rows):,} classes</h3>"
-            f"<p class='muted'>every class in vocab order is folded below this table{absent}</p>"
-            f"{table(header, [rows[i] for i in worst], n_names=1 + with_ids)}"
-            f"<details><summary>every class ({len(rows):,}, in vocab order)</summary>{every}</details>")
+    return worst_then_every(f"Per-class accuracy: the {len(worst)} least accurate of {len(rows):,} classes",
+                            table(header, [rows[i] for i in worst], n_names=1 + with_ids), every, len(rows), absent)
+
+
+def worst_then_every(title: str, worst: str, every: str, n_classes: int, note: str = "") -> str:
+    """Many classes: the table of the worst under `title`, then every class's table folded below it."""
+    return (f"<h3>{title}</h3><p class='muted'>every class in vocab order is folded below this table{note}</p>"
+            f"{worst}<details><summary>every class ({n_classes:,}, in vocab order)</summary>{every}</details>")
 
 
 def confusion_section(cm: Tensor, names: list[str]) -> str:

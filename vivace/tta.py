@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import Pipeline
-from .metrics import (accuracy, accuracy_multi, calibration_error, f1_macro, nll, per_class_scores,
-                      probabilities, threshold_sweep)
+from .metrics import (MAX_LISTED_CLASSES, N_WORST_CLASSES, accuracy, accuracy_multi, calibration_error, f1_macro, nll,
+                      per_class_scores, probabilities, threshold_sweep)
 from .pictures import Pictures
 from .views import five_crop
 
@@ -206,11 +206,18 @@ def format_thresholds(probs: Tensor, targets: Tensor, vocab: list[str], thresh: 
     """Several labels per image: precision, recall and F-score per class at `thresh`, then
     accuracy_multi and the macro F-score at thresholds 0.1-0.9, as text."""
     logits = torch.logit(probs, eps=1e-7)
-    width = max(len("class"), *(len(v) for v in vocab))
-    lines = [f"at threshold {thresh:g}:", f"{'class':<{width}} {'precision':>9} {'recall':>9} {'F-score':>9} "
-             f"{'images':>7}"]
-    for name, (p, r, f, n) in zip(vocab, per_class_scores(logits, targets, thresh).tolist()):
-        lines.append(f"{name:<{width}} {p:>9.4f} {r:>9.4f} {f:>9.4f} {int(n):>7}")
+    scores = per_class_scores(logits, targets, thresh)
+    shown = range(len(vocab))
+    title = f"at threshold {thresh:g}:"
+    if len(vocab) > MAX_LISTED_CLASSES:  # 1,000 lines bury the sweep below: the worst, the rest in the report
+        shown = scores[:, 2].argsort(stable=True)[:N_WORST_CLASSES].tolist()
+        title = (f"at threshold {thresh:g}, the {len(shown)} lowest F-scores of {len(vocab):,} classes "
+                 "(every class: the run's report.html):")
+    width = max(len("class"), *(len(vocab[i]) for i in shown))
+    lines = [title, f"{'class':<{width}} {'precision':>9} {'recall':>9} {'F-score':>9} {'images':>7}"]
+    for i in shown:
+        p, r, f, n = scores[i].tolist()
+        lines.append(f"{vocab[i]:<{width}} {p:>9.4f} {r:>9.4f} {f:>9.4f} {int(n):>7}")
     lines += ["", f"{'threshold':>9} {'accuracy_multi':>14} {'macro F':>9}"]
     for t, acc, f1 in threshold_sweep(logits, targets):
         lines.append(f"{t:>9g} {acc:>14.4f} {f1:>9.4f}")
