@@ -158,7 +158,7 @@ class FileList(Sequence[Path]):
     """Paths held as their common prefix and one numpy array of the rest of each: a byte per character
     past the prefix, no Python object per file.
 
-    Measured on 100,000 paths of 60 characters: 44 MB as a list of Paths, 4 MB as this; at ImageNet's
+    Measured on 100,000 paths of 55-59 characters: 44 MB as a list of Paths, 2.4 MB as this; at ImageNet's
     1.28 M images that is over 500 MB less in every training process. Reads as a sequence of Paths.
     """
 
