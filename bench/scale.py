@@ -120,7 +120,7 @@ def build_one(data: Path, count: int, workers: int, presize: int) -> dict:
     scanned = time.perf_counter()
     cache_key(files, presize)
     keyed = time.perf_counter()
-    canvas_width([str(f) for f in files], presize, 3.0)
+    canvas_width([str(f) for f in files], presize, 3.0, workers)
     headers = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=data.parent) as tmp:
         # _build itself, not build_cache: no lock or reuse, and its own header pass is timed inside.

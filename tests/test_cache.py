@@ -317,3 +317,19 @@ def test_temp_file_of_a_killed_build_is_removed_by_the_next(tmp_path):
     cache = build_cache(files, P, cache_dir=tmp_path / "c", workers=1, progress=False)
     assert cache.directory == directory and not stale.exists()
     assert sorted(p.name for p in directory.iterdir()) == [".lock", "index.json", "pixels.u8"]
+
+
+def test_the_headers_are_read_in_every_build_process_with_the_same_canvas(tmp_path, monkeypatch):
+    # ImageNet's 1.28 M headers take over a minute in one process, before any decoding starts.
+    monkeypatch.setattr(cache_module, "HEADER_CHUNK", 2)  # several tasks from a handful of files
+    files = [str(f) for f in _good_images(tmp_path / "data") + _bad_files(tmp_path / "data")]
+    wide = _save(Image.new("RGB", (90, 30), (1, 2, 3)), tmp_path / "data" / "wide.png")  # 3:1, in the last task
+    files.append(str(wide))
+    one = cache_module.canvas_width(files, P, 3.0)
+    assert one == round(P * 3) and cache_module.canvas_width(files, P, 3.0, workers=2) == one
+    assert cache_module.canvas_width(files, P, 1.5, workers=2) == cache_module.canvas_width(files, P, 1.5) == round(P * 1.5)
+    Image.MAX_IMAGE_PIXELS, limit = 1000, Image.MAX_IMAGE_PIXELS  # the parent's bomb limit holds in the readers
+    try:
+        assert cache_module.canvas_width(files, P, 3.0, workers=2) == cache_module.canvas_width(files, P, 3.0) < one
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
