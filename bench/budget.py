@@ -121,7 +121,7 @@ def plot(curve: list[dict], fixed: list[dict], path: Path) -> None:
     ax.set_xlabel("minutes")
     ax.set_ylabel("accuracy, imagenette2-160")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")  # the points rise to the upper right
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 

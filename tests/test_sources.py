@@ -262,6 +262,8 @@ def test_a_source_holds_its_files_in_a_file_list_that_reads_as_paths(tmp_path):
     assert src.train_files == [tmp_path / "train/cat/1.jpg", tmp_path / "train/dog/2.jpg"]
     assert list(src.train_files + src.valid_files)[2:] == [tmp_path / "val/cat/3.jpg", tmp_path / "val/dog/4.jpg"]
     assert src.valid_files[1:] == [tmp_path / "val/dog/4.jpg"] and src.valid_files[-1].name == "4.jpg"
+    assert list(src.valid_files * 2) == list(src.valid_files) * 2  # as a list does (bench gpu repeats a source)
+    assert [tmp_path / "x.jpg"] + src.valid_files == [tmp_path / "x.jpg", *src.valid_files]
     given = Source(tmp_path, ["cat"], [tmp_path / "a.jpg"], [0], [], [])  # lists given are held compactly
     assert isinstance(given.train_files, FileList) and given.train_files[0] == tmp_path / "a.jpg"
 

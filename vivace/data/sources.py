@@ -186,6 +186,12 @@ class FileList(Sequence[Path]):
         rests = [np.char.add(part._prefix[len(prefix):], part._rests) for part in parts]
         return _file_list_of(prefix, np.concatenate(rests) if rests else self._rests)
 
+    def __radd__(self, other: Iterable[str | Path]) -> FileList:
+        return FileList(other) + self
+
+    def __mul__(self, times: int) -> FileList:
+        return _file_list_of(self._prefix, np.tile(self._rests, times))
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, FileList):
             return len(self) == len(other) and list(self) == list(other)
