@@ -100,6 +100,11 @@ MAX_LISTED_CLASSES = 30
 N_WORST_CLASSES = 20
 
 
+def lowest_f_scores(scores: Tensor, n: int = N_WORST_CLASSES) -> list[int]:
+    """The classes of the `n` lowest F-scores in `per_class_scores`' (C, 4) rows, lowest first (ties in vocab order)."""
+    return scores[:, 2].argsort(stable=True)[:n].tolist()
+
+
 def threshold_sweep(preds: Tensor, target: Tensor) -> list[tuple[float, float, float]]:
     """Several labels per image: (threshold, accuracy_multi, macro F-score) at each of THRESHOLDS."""
     return [(t, float(accuracy_multi(preds, target, t)), float(f1_macro(preds, target, t))) for t in THRESHOLDS]

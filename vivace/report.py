@@ -29,8 +29,8 @@ from . import runtime
 from .data.names import display_names
 from .files import atomic_write, write_csv
 from .interpret import Interpretation, confused_pairs
-from .metrics import (MAX_LISTED_CLASSES, N_WORST_CLASSES, calibration_error, per_class_scores, reliability_bins,
-                      threshold_sweep)
+from .metrics import (MAX_LISTED_CLASSES, N_WORST_CLASSES, calibration_error, lowest_f_scores, per_class_scores,
+                      reliability_bins, threshold_sweep)
 from .recipe import Recipe, new_names
 from .records import read_json_object
 
@@ -133,7 +133,7 @@ def multi_label_sections(learn: Any, thresh: float) -> list[str]:
     if len(rows) <= MAX_TABLE_CLASSES:
         per_class = f"<h3>Per class at threshold {thresh:g}</h3>" + every
     else:
-        worst = scores[:, 2].argsort(stable=True)[:N_WORST_CLASSES].tolist()
+        worst = lowest_f_scores(scores)
         per_class = worst_then_every(f"Per class at threshold {thresh:g}: the {len(worst)} lowest F-scores of "
                                      f"{len(rows):,} classes", table(header, [rows[i] for i in worst]), every,
                                      len(rows))

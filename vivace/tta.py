@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .data import Pipeline
-from .metrics import (MAX_LISTED_CLASSES, N_WORST_CLASSES, accuracy, accuracy_multi, calibration_error, f1_macro, nll,
+from .metrics import (MAX_LISTED_CLASSES, accuracy, accuracy_multi, calibration_error, f1_macro, lowest_f_scores, nll,
                       per_class_scores, probabilities, threshold_sweep)
 from .pictures import Pictures
 from .views import five_crop
@@ -210,7 +210,7 @@ def format_thresholds(probs: Tensor, targets: Tensor, vocab: list[str], thresh: 
     shown = range(len(vocab))
     title = f"at threshold {thresh:g}:"
     if len(vocab) > MAX_LISTED_CLASSES:  # 1,000 lines bury the sweep below: the worst, the rest in the report
-        shown = scores[:, 2].argsort(stable=True)[:N_WORST_CLASSES].tolist()
+        shown = lowest_f_scores(scores)
         title = (f"at threshold {thresh:g}, the {len(shown)} lowest F-scores of {len(vocab):,} classes "
                  "(every class: the run's report.html):")
     width = max(len("class"), *(len(vocab[i]) for i in shown))
