@@ -253,14 +253,12 @@ def train_one(data: Path, out: Path, limit_bytes: int | None, images_seen: int =
 
 def index_bytes(data: Path) -> int:
     """The size of the index.json of the cache `vivace train` built for `data` with TRAIN_FLAGS."""
-    from vivace.data.cache import INDEX_NAME, cache_key
-    from vivace.data.datasets import data_home
+    from vivace.data.cache import INDEX_NAME, cache_directory
     from vivace.data.sources import make_source
 
     source = make_source(data)
     presize = int(TRAIN_FLAGS[TRAIN_FLAGS.index("--presize-px") + 1])
-    key = cache_key(list(source.train_files + source.valid_files), presize)
-    return (data_home() / "cache" / key[:16] / INDEX_NAME).stat().st_size
+    return (cache_directory(source.train_files + source.valid_files, presize) / INDEX_NAME).stat().st_size
 
 
 def main(argv: list[str]) -> int:

@@ -31,6 +31,7 @@ import struct
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from itertools import repeat
 from pathlib import Path
@@ -255,16 +256,12 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
     if not 1.0 <= max_aspect <= 100.0:
         raise ValueError(f"max_aspect={max_aspect} must be in [1, 100] (longer side / shorter side)")
     in_data_home = cache_dir is None
-    if in_data_home:
-        from .datasets import data_home  # lazy: datasets pulls in download code we don't need
-
-        cache_dir = data_home() / "cache"
     hint = "point VIVACE_HOME at a writable folder (the cache goes to $VIVACE_HOME/cache)" if in_data_home else ""
-    directory = Path(cache_dir) / cache_key(files, presize, max_aspect)[:16]
+    directory = cache_directory(files, presize, max_aspect, cache_dir)
     cache, _ = _finished_cache(directory)
     if cache is None:
         # Checked here, not up front: a read-only data home whose cache is already built is fine.
-        ensure_writable_folder(directory, f"the presize cache {cache_dir}", hint)
+        ensure_writable_folder(directory, f"the presize cache {directory.parent}", hint)
         with waiting_lock(directory / LOCK_NAME):  # one builder at a time, the next finds it built
             cache, damage = _finished_cache(directory)  # built by another process while this one waited
             if cache is None:
@@ -274,6 +271,16 @@ def build_cache(files: list[Path], presize: int, cache_dir: Path | None = None,
     if cache.skipped:  # said on every run, not only the first: they stay out until fixed
         _warn_skipped(cache.skipped, len(cache), directory)
     return cache
+
+
+def cache_directory(files: Sequence[Path], presize: int, max_aspect: float = MAX_ASPECT,
+                    cache_dir: Path | None = None) -> Path:
+    """The folder that holds (or will hold) the cache of `files`: under `cache_dir`, else the data home's cache/."""
+    if cache_dir is None:
+        from .datasets import data_home  # lazy: datasets pulls in download code we don't need
+
+        cache_dir = data_home() / "cache"
+    return Path(cache_dir) / cache_key(files, presize, max_aspect)[:16]
 
 
 def _finished_cache(directory: Path) -> tuple[ImageCache | None, str]:
