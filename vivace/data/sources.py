@@ -193,9 +193,7 @@ class FileList(Sequence[Path]):
         return _file_list_of(self._prefix, np.tile(self._rests, times))
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, FileList):
-            return len(self) == len(other) and list(self) == list(other)
-        return isinstance(other, Sequence) and list(self) == list(other)
+        return isinstance(other, Sequence) and len(self) == len(other) and list(self) == list(other)
 
     __hash__ = None  # compared by value, as a list
 
