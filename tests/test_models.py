@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vivace.models import (MODELS, BlurPool2d, Conv2d, MaxBlurPool2d, Mish, ResBlock, SimpleSelfAttention,
-                           SqueezeExcite, XResNet, act_layer, count_macs, count_params, create_model, layers,
+                           SqueezeExcite, XResNet, act_layer, count_macs, count_params, create_model, layers, stem_sizes,
                            xresnet18, xresnet50)
 from vivace.models.layers import mish_by_sigmoid
 
@@ -115,7 +115,7 @@ def test_activation_choice(act, cls):
 def test_unknown_activation_and_bad_options_raise():
     with pytest.raises(ValueError, match="relu"):
         act_layer("gelu")
-    for bad in (dict(widen=0.0), dict(p_dropout=1.0), dict(n_out=0), dict(act="tanh")):
+    for bad in (dict(widen=0.0), dict(stem_widen=0.0), dict(p_dropout=1.0), dict(n_out=0), dict(act="tanh")):
         with pytest.raises(ValueError, match=next(iter(bad))):
             xresnet18(**bad)
     with pytest.raises(ValueError, match="layers"):
@@ -176,6 +176,17 @@ def test_widen_half_halves_stage_widths(name, expansion):
     assert model[-1].in_features == 256 * expansion
     assert model[2][0].out_channels == 64  # the stem keeps its widths, as in fastai
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
+
+
+@pytest.mark.parametrize("name, expansion, blur", [("xresnet18", 1, False), ("xresnet50", 4, True)])
+def test_stem_widen_scales_the_stem_in_multiples_of_8(name, expansion, blur):
+    model = create_model(name, widen=0.5, stem_widen=0.5, max_blur_pool=blur)
+    assert [model[i][0].out_channels for i in range(3)] == [16, 16, 32]
+    assert model[4][0].convpath[0][0].in_channels == 32  # stage 1 takes the narrower stem's output
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 1000)
+    assert stem_sizes(0.7) == (24, 24, 48) and stem_sizes(0.01) == (8, 8, 8)
+    assert XResNet(**model.config).config["stem_widen"] == 0.5  # the config rebuilds it (export)
+    assert count_macs(model, 128) < count_macs(create_model(name, widen=0.5), 128)
 
 
 def test_init_is_deterministic_under_a_seed():

@@ -30,7 +30,7 @@ from .schedule import SizeSchedule
 
 # The Recipe fields a candidate sets; given explicitly, any of them (or --epochs, or --preset)
 # turns the choice off.
-CHOSEN_FIELDS = ("arch", "widen", "size_px", "progressive")
+CHOSEN_FIELDS = ("arch", "widen", "stem_widen", "size_px", "progressive")
 CHOICE_OFF_FIELDS = (*CHOSEN_FIELDS, "presize_px", "batch_size", "epochs")
 
 

@@ -218,6 +218,7 @@ def data_name(data: str) -> str:
 def headline(config: dict[str, Any], summary: dict[str, Any], rows: list[dict[str, float]], machine: str) -> str:
     """The facts a person asks first: what was trained, on what, how well, how long, where."""
     model = config.get("arch", "?") + (f" (width ×{config['widen']:g})" if config.get("widen", 1) != 1 else "")
+    model += f" (stem ×{config['stem_widen']:g})" if config.get("stem_widen", 1) != 1 else ""
     fits = int(rows[-1]["fit"]) if rows else 1
     epochs = str(len(rows) or config.get("epochs", "?")) + (f" in {fits} fits" if fits > 1 else "")
     metric = "accuracy" if "accuracy_multi" not in summary else "accuracy_multi"  # several labels per image

@@ -240,7 +240,7 @@ def _check_body(source: SourceModel, model: nn.Module, own: dict[str, Tensor], w
         shown = "; ".join(sorted(problems)[:MISMATCHES_SHOWN])
         raise ValueError(f"--init {source.path} ({source.arch or source.kind}) does not fit this {name}: "
                          f"{len(problems)} tensors differ, first: {shown}. Train with the architecture the "
-                         "weights were made with (--arch, --widen, --act, --self-attention, ...)")
+                         "weights were made with (--arch, --widen, --stem-widen, --act, --self-attention, ...)")
 
 
 def _fit_head(source: SourceModel, weights: dict[str, Tensor], head: str,

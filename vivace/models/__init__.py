@@ -9,7 +9,7 @@ from torch import nn
 from vivace.flags import Range, knob
 from vivace.models.layers import (BlurPool2d, Conv2d, ConvLayer, MaxBlurPool2d, Mish, SimpleSelfAttention,
                                   SqueezeExcite, act_layer)
-from vivace.models.xresnet import (ResBlock, XResNet, arch_label, count_macs, count_params, init_cnn,
+from vivace.models.xresnet import (ResBlock, XResNet, arch_label, count_macs, count_params, init_cnn, stem_sizes,
                                    xresnet18, xresnet34, xresnet50, xresnet101, xresnet152, xse_resnext50)
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -31,6 +31,8 @@ class ModelSpec:
 
     arch: str = knob("xresnet18", "model name from vivace.models.MODELS")
     widen: float = knob(1.0, "channel width multiplier (0.5 = half-width)", range=Range(0.0, low_open=True))
+    stem_widen: float = knob(1.0, "the stem's width multiplier (widen leaves the stem at 32/32/64, as fastai)",
+                             range=Range(0.0, low_open=True))
     act: Activation = knob("relu", "activation: relu, mish or silu")
     self_attention: bool = knob(False, "fastai's simple self-attention in the model")
     blur_pool: bool = knob(False, "anti-aliased downsampling: strided convs and pools")
@@ -51,7 +53,7 @@ def layer_groups(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 __all__ = [
-    "MODELS", "ModelSpec", "create_model", "layer_groups", "arch_label", "XResNet", "ResBlock", "init_cnn",
+    "MODELS", "ModelSpec", "create_model", "layer_groups", "arch_label", "XResNet", "ResBlock", "init_cnn", "stem_sizes",
     "count_macs", "count_params",
     "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152", "xse_resnext50",
     "Conv2d", "ConvLayer", "Mish", "SimpleSelfAttention", "SqueezeExcite", "BlurPool2d", "MaxBlurPool2d",

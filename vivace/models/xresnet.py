@@ -58,6 +58,11 @@ class ResBlock(nn.Module):
         return self.act(self.convpath(x) + self.idpath(x))
 
 
+def stem_sizes(stem_widen: float = 1.0) -> tuple[int, ...]:
+    """The stem's widths scaled by `stem_widen`, each a multiple of 8 (so of any expansion)."""
+    return tuple(max(8, round(w * stem_widen / 8) * 8) for w in STEM_WIDTHS)
+
+
 def init_cnn(model: nn.Module) -> None:
     """Kaiming-normal (fan_in) weights and zero biases for every Conv2d and Linear, as fastai."""
     # BatchNorms keep the gamma that ConvLayer set (1, or 0 on a branch's last BN) and beta 0.
@@ -87,6 +92,9 @@ class XResNet(nn.Sequential):
             entries: the stem's max-pool and the strided shortcuts' average pools become
             MaxBlurPool2d; the strided convs stay strided, so it costs little.
         widen: multiplies the stage widths 64/128/256/512 (the stem stays 32/32/64, as fastai).
+        stem_widen: multiplies the stem's widths 32/32/64, each rounded to a multiple of 8. At
+            half width the stem is 44 % of xresnet18's multiply-adds at 128 px: 0.5 trains 1.7x
+            faster on a CPU (docs/BENCHMARKS.md, "Budgets").
         groups, base_width: grouped 3x3 convolutions (ResNeXt: 32 groups of width 4).
         reduction: squeeze-and-excitation in every block with this reduction (0 = none).
     """
@@ -94,7 +102,8 @@ class XResNet(nn.Sequential):
     def __init__(self, expansion: int, layers: list[int], n_out: int = 1000, c_in: int = 3,
                  act: Activation = "relu", self_attention: bool = False,
                  blur_pool: bool = False, p_dropout: float = 0.0, widen: float = 1.0,
-                 groups: int = 1, base_width: int = 64, reduction: int = 0, max_blur_pool: bool = False):
+                 groups: int = 1, base_width: int = 64, reduction: int = 0, max_blur_pool: bool = False,
+                 stem_widen: float = 1.0):
         _check("n_out", n_out >= 1, n_out, "an int >= 1")
         _check("c_in", c_in >= 1, c_in, "an int >= 1")
         _check("p_dropout", 0.0 <= p_dropout < 1.0, p_dropout, "a float in [0, 1)")
@@ -104,15 +113,17 @@ class XResNet(nn.Sequential):
         _check("groups", groups >= 1, groups, "an int >= 1")
         _check("base_width", base_width >= 1, base_width, "an int >= 1")
         _check("reduction", reduction >= 0, reduction, "an int >= 0")
-        sizes = (c_in, *STEM_WIDTHS)
+        _check("stem_widen", stem_widen > 0, stem_widen, "a float > 0")
+        stem_widths = stem_sizes(stem_widen)
+        sizes = (c_in, *stem_widths)
         stem = [ConvLayer(sizes[i], sizes[i + 1], 3, stride=2 if i == 0 else 1, act=act,
                           blur=blur_pool) for i in range(3)]
         if blur_pool or max_blur_pool:
-            pool: nn.Module = MaxBlurPool2d(STEM_WIDTHS[-1], stride=2)
+            pool: nn.Module = MaxBlurPool2d(stem_widths[-1], stride=2)
         else:
             pool = nn.MaxPool2d(3, stride=2, padding=1)
         # ResBlock multiplies widths by `expansion`: 64 // expansion makes stage 1's input 64.
-        widths = [STEM_WIDTHS[-1] // expansion] + [int(w * widen) for w in STAGE_WIDTHS]
+        widths = [stem_widths[-1] // expansion] + [int(w * widen) for w in STAGE_WIDTHS]
         block = dict(act=act, blur=blur_pool, groups=groups, base_width=base_width, reduction=reduction,
                      max_blur=max_blur_pool)
         stages = [self._make_stage(expansion, widths[i], widths[i + 1], n_blocks, stride=1 if i == 0 else 2,
@@ -125,7 +136,7 @@ class XResNet(nn.Sequential):
         self.config = dict(expansion=expansion, layers=list(layers), n_out=n_out, c_in=c_in, act=act,
                            self_attention=self_attention, blur_pool=blur_pool, p_dropout=p_dropout,
                            widen=widen, groups=groups, base_width=base_width, reduction=reduction,
-                           max_blur_pool=max_blur_pool)
+                           max_blur_pool=max_blur_pool, stem_widen=stem_widen)
         init_cnn(self)
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
