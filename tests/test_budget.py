@@ -2,6 +2,7 @@
 that end on time with their schedule complete, resume with what is left, and stop together under
 torchrun."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from vivace.checkpoint import position_in_run
 from vivace.cli import main
 from vivace.learner import Learner
 from vivace.recipe import TrainOptions, make_recipe
+from vivace.techniques import EMA
 from vivace.train import TrainingInterrupted, train
 
 from conftest import tiny_dataloaders, tiny_model
@@ -102,13 +104,32 @@ def test_a_fine_tune_refuses_a_budget(tiny_folder):
 
 @pytest.mark.slow  # 6 s of training
 def test_a_learner_fits_to_a_budget_from_python(tiny_folder):
-    learn = Learner(tiny_dataloaders(tiny_folder), tiny_model(), optimizer="adamw")
+    ema, decays = EMA(half_life=0.1), Decays()
+    learn = Learner(tiny_dataloaders(tiny_folder), tiny_model(), optimizer="adamw", cbs=[ema, decays])
     start = time.perf_counter()
     # The budget counts from the call: building the optimizer, whose first use imports for 1-4 s, included.
     learn.fit_one_cycle(1, 1e-2, budget_s=6.0)
     assert abs(time.perf_counter() - start - 6.0) < 1.5
     assert learn.state.progress == 1.0 and learn.state.epoch >= 1  # several passes over 12 images
     assert learn.recorder.lrs[-1] < 1e-2 * 0.1  # the one-cycle's low end, reached at the deadline
+    # The EMA runs on the budget's fraction: its steps' decays multiply to half per tenth of the
+    # time between the first step and the last, however many steps the machine managed.
+    first, last = decays.progress[0], decays.progress[-1]
+    assert math.prod(decays.values) == pytest.approx(0.5 ** ((last - first) / 0.1), rel=1e-6)
+    assert len(set(decays.values[1:])) > 1  # steps of unequal time weigh unequally
+
+
+class Decays(Callback):
+    """The EMA's decay at each step and the progress it was set from."""
+
+    order = 0  # after EMA (-5) has set the step's decay
+
+    def before_fit(self, learn) -> None:
+        self.values, self.progress = [], []
+
+    def before_batch(self, learn) -> None:
+        self.values.append(learn.ema.decay)
+        self.progress.append(learn.state.progress)
 
 
 class Capture(Callback):

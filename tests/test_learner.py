@@ -205,6 +205,35 @@ def test_ema_update_rule():
     assert ema.average.model.weight.item() == pytest.approx(1 - 0.75 ** 2)  # 0 -> 0.25 -> 0.4375
 
 
+def test_ema_half_life_weighs_each_step_by_its_share_of_the_fit():
+    from types import SimpleNamespace
+
+    from vivace.techniques import EMA, technique_callbacks
+
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    learn = SimpleNamespace(model=model, eval_model=model, ema=None, state=SimpleNamespace(progress=0.0))
+    ema = EMA(half_life=0.25)
+    ema.before_fit(learn)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    decays = []
+    # Steps that advance the fit by 0.25, then two of 0.125: a step's weight follows its share, not
+    # the count of steps (under a budget the progress is the time's, so uneven steps are the rule).
+    for progress in (0.0, 0.25, 0.375, 0.5):
+        learn.state.progress = progress
+        ema.before_batch(learn)
+        decays.append(ema.average.decay)
+        learn.ema.update(model)
+    assert decays == pytest.approx([1.0, 0.5, 0.5 ** 0.5, 0.5 ** 0.5])  # the first step moves nothing
+    assert ema.average.model.weight.item() == pytest.approx(1 - 0.5 ** 2)  # half a life per 0.25 of the fit
+    with pytest.raises(ValueError, match="half_life"):
+        EMA(half_life=1.5)
+    with pytest.raises(ValueError, match="give one of them"):
+        technique_callbacks(ema_decay=0.99, ema_half_life=0.1, size_px=64)
+    assert [cb.half_life for cb in technique_callbacks(ema_half_life=0.1, size_px=64)] == [0.1]
+
+
 @pytest.mark.parametrize("valid_every, validated", [(0, [False, False, True]), (2, [False, True, True])])
 def test_valid_every_skips_validation_but_never_the_last_epoch(tiny_dls, tmp_path, valid_every, validated):
     import math

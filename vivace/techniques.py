@@ -24,8 +24,11 @@ class TechniqueSpec:
     mixup_alpha: float = knob(0.0, "Mixup alpha; 0 = off", aliases=("mixup",), range=Range(0.0))
     cutmix_alpha: float = knob(0.0, "CutMix alpha; 0 = off (both > 0: alternate per batch)", aliases=("cutmix",),
                                range=Range(0.0))
-    ema_decay: float = knob(0.0, "EMA decay of weights for evaluation; 0 = off", aliases=("ema",),
+    ema_decay: float = knob(0.0, "EMA decay of weights for evaluation, per step; 0 = off", aliases=("ema",),
                             range=Range(0.0, 1.0, high_open=True))
+    ema_half_life: float = knob(0.0, "EMA of weights whose half-life is this fraction of training (of its time "
+                                     "under --budget), instead of a decay per step; 0 = off",
+                                range=Range(0.0, 1.0))
     progressive: float = knob(0.0, "progressive resizing start fraction of size; 0 = off", range=Range(0.0, 1.0))
     progressive_end: float = knob(0.75, "fraction of training after which the size stays final",
                                   range=Range(0.0, 1.0, low_open=True))
@@ -35,7 +38,7 @@ class TechniqueSpec:
 
 
 def technique_callbacks(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, ema_decay: float = 0.0,
-                        progressive: float = 0.0, progressive_end: float = 0.75, progressive_start: float = 0.0,
+                        ema_half_life: float = 0.0, progressive: float = 0.0, progressive_end: float = 0.75, progressive_start: float = 0.0,
                         *, size_px: int,
                         seed: int | None = None) -> list[Callback]:
     """The techniques switched on (> 0), as callbacks; `size_px` is the final training crop side."""
@@ -46,8 +49,10 @@ def technique_callbacks(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, ema
         cbs.append(Mixup(mixup_alpha, seed=seed))
     elif cutmix_alpha > 0:
         cbs.append(CutMix(cutmix_alpha, seed=seed))
-    if ema_decay > 0:
-        cbs.append(EMA(ema_decay))
+    if ema_decay > 0 and ema_half_life > 0:
+        raise ValueError(f"ema_decay={ema_decay} and ema_half_life={ema_half_life}: give one of them")
+    if ema_decay > 0 or ema_half_life > 0:
+        cbs.append(EMA(ema_decay, half_life=ema_half_life))
     if progressive > 0:
         cbs.append(ProgressiveResize(SizeSchedule(size_px, progressive, progressive_end, ramp_start=progressive_start)))
     return cbs
@@ -96,16 +101,24 @@ class EMA(Callback):
     It configures the step: `learn.ema` (a WeightAverage, updated after every optimizer step) and
     `learn.eval_model` (the average) during the fit; the average is loaded into `learn.model`
     when the fit ends.
+
+    `decay` is per step. With `half_life` (a fraction of training) the decay follows the fit's
+    progress instead: a step that advances it by dp weighs 1 - 0.5 ** (dp / half_life), so the
+    average spans the same share of any run, and under a budget the same share of its time
+    (Composer's EMA takes its half-life in "dur", the run's duration, too).
     """
 
     order = -5
 
-    def __init__(self, decay: float = 0.999):
-        if not 0.0 < decay < 1.0:
+    def __init__(self, decay: float = 0.999, half_life: float = 0.0):
+        if not 0.0 < decay < 1.0 and half_life == 0:
             raise ValueError(f"EMA decay={decay} must be in (0, 1)")
-        self.decay = decay
+        if not 0.0 <= half_life <= 1.0:
+            raise ValueError(f"EMA half_life={half_life} must be a fraction of training in [0, 1]")
+        self.decay, self.half_life = decay, half_life
         self.average: WeightAverage | None = None
         self.saved: dict[str, Tensor] | None = None  # weights from a checkpoint, until before_fit
+        self.last_progress: float | None = None  # the fit's progress at the previous step (half_life)
 
     def before_fit(self, learn: Loop) -> None:
         if self.average is None:
@@ -113,6 +126,13 @@ class EMA(Callback):
             if self.saved is not None:
                 self.average.model.load_state_dict(self.saved)
         learn.ema, learn.eval_model = self.average, self.average.model
+        self.last_progress = None
+
+    def before_batch(self, learn: Loop) -> None:
+        if self.half_life > 0:  # this step's share of the fit sets its weight
+            progress = learn.state.progress
+            advanced = 0.0 if self.last_progress is None else max(progress - self.last_progress, 0.0)
+            self.average.decay, self.last_progress = 0.5 ** (advanced / self.half_life), progress
 
     def after_fit(self, learn: Loop) -> None:
         learn.model.load_state_dict(self.average.model.state_dict())
