@@ -13,6 +13,14 @@ into OUT/slow-<B>: a slower machine must end on time too, less accurate, not lat
 Printed: one line per run (accuracy, seconds against the budget, epochs, model). `--record` writes
 `budget_curve` (budget_s, seed, accuracy, seconds, late_s, epochs, arch, machine), `budget_fixed`,
 `budget_slow` to docs/benchmarks.json and the plot of accuracy against budget to docs/budget_curve.png.
+
+    python -m bench budget --data ../shared/data/imagenette2-160 --seeds 42 43 \
+        --speedrun ../shared/data/imagenette2-224 --budgets --record
+
+`--speedrun REFDATA`: the speedrun target (85 % on DATA within 0.8x the reference's time). It first
+trains the reference, the speedrun of 2026-12-04 on the 224 px squares (`bench accuracy
+--reference`), into OUT/reference-squares, then each seed to a budget of 0.8x the reference's
+minutes into OUT/speedrun-seed<S>; `budget_speedrun` keeps both and whether every seed reached 85 %.
 """
 from __future__ import annotations
 
@@ -26,10 +34,11 @@ from vivace.budget import format_duration, parse_duration
 from vivace.recipe import TrainOptions, make_recipe
 from vivace.train import train
 
-from .accuracy import run_precision
+from .accuracy import SPEEDRUN_TARGET, run_precision, train_reference
 from .common import REPO, add_data_arg, cpu_name, data_folder, machine, make_parser, record
 
 FIXED_PRESET = "imagenette-speedrun"
+SPEEDRUN_SHARE = 0.8  # of the reference's time: the speedrun target's budget
 PLOT = REPO / "docs" / "budget_curve.png"
 
 
@@ -64,6 +73,15 @@ def fitting_fixed_run(data: str, budget_s: float, budgeted_epochs: float, seed: 
         epochs -= 1
 
 
+def speedrun_runs(data: str, reference_data: Path, seeds: list[int], out: Path) -> None:
+    """The reference timed on `reference_data`, then each seed to 0.8x its time on `data`, side by side."""
+    reference = read_run(train_reference(reference_data, out / "reference-squares"))
+    budget = round(SPEEDRUN_SHARE * reference["seconds"])
+    print(f"reference: {format_duration(reference['seconds'])}; the speedrun's budget: {format_duration(budget)}")
+    for seed in seeds:
+        budgeted_run(data, budget, seed, out / f"speedrun-seed{seed}")
+
+
 def read_run(run_dir: Path) -> dict:
     """A run folder's budget (0: a fixed run), accuracy, seconds against it, epochs and model."""
     config = json.loads((run_dir / "config.json").read_text())
@@ -73,7 +91,8 @@ def read_run(run_dir: Path) -> dict:
             "accuracy": round(summary["accuracy"], 4),
             "seconds": summary.get("budget_used_s", summary["train_seconds"]),
             "late_s": summary.get("late_s"), "epochs": summary.get("epochs_trained", summary["epochs"]),
-            "arch": f"{config['arch']} x{config['widen']:g}"}
+            "arch": f"{config['arch']} x{config['widen']:g}" + (f", stem x{config['stem_widen']:g}"
+                                                                  if config.get("stem_widen", 1.0) != 1.0 else "")}
 
 
 def describe_run(run: dict) -> str:
@@ -103,7 +122,20 @@ def figures(runs: list[dict], where: str) -> dict:
     slow = [figure_row(r, where) for r in runs if r["kind"] == "slow"]
     if slow:
         out["budget_slow"] = slow
+    reference = [r for r in runs if r["kind"] == "reference"]
+    speedrun = [figure_row(r, where) for r in runs if r["kind"] == "speedrun"]
+    if reference and speedrun:
+        out["budget_speedrun"] = speedrun_figure(reference[0], speedrun)
     return out
+
+
+def speedrun_figure(reference: dict, runs: list[dict]) -> dict:
+    """The speedrun target by budget: the reference's minutes, the budget they allow, each seed's
+    accuracy in it, and whether every seed reached the target (a mean over lucky seeds would flatter)."""
+    return {"reference_minutes": round(reference["seconds"] / 60, 2), "reference_accuracy": reference["accuracy"],
+            "budget_s": runs[0]["budget_s"], "runs": runs,
+            "accuracy_mean": round(statistics.mean(r["accuracy"] for r in runs), 4),
+            "met": all(r["accuracy"] >= SPEEDRUN_TARGET and r["late_s"] <= 0 for r in runs)}
 
 
 def plot(curve: list[dict], fixed: list[dict], path: Path) -> None:
@@ -128,10 +160,12 @@ def plot(curve: list[dict], fixed: list[dict], path: Path) -> None:
 def main(argv: list[str]) -> None:
     p = make_parser("budget", __doc__)
     add_data_arg(p)
-    p.add_argument("--budgets", nargs="+", default=["5m", "10m", "20m"], help="durations: 90s, 5m, 1h")
+    p.add_argument("--budgets", nargs="*", default=["5m", "10m", "20m"], help="durations: 90s, 5m, 1h")
     p.add_argument("--seeds", nargs="+", type=int, default=[42, 43])
     p.add_argument("--fixed", action="store_true", help="beside each budget, the speedrun for the epochs it trained")
     p.add_argument("--slow", default="", metavar="BUDGET", help="that budget once more with --threads 1")
+    p.add_argument("--speedrun", type=Path, default=None, metavar="REFDATA",
+                   help="time the reference speedrun on REFDATA, then each seed to 0.8x its time")
     p.add_argument("--out", type=Path, default=Path("runs/budget"))
     p.add_argument("--from-runs", type=Path, default=None, metavar="DIR",
                    help="report (and record) the runs already trained in DIR instead of training")
@@ -149,6 +183,8 @@ def main(argv: list[str]) -> None:
         if args.slow:
             budget = parse_duration(args.slow)
             budgeted_run(data, budget, args.seeds[0], args.out / f"slow-{budget_name(budget)}", threads=1)
+        if args.speedrun:
+            speedrun_runs(data, data_folder(p.prog, args.speedrun), args.seeds, args.out)
     folder = args.from_runs or args.out
     runs = [read_run(d) for d in sorted(folder.iterdir()) if (d / "summary.json").is_file()]
     for run in runs:

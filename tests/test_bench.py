@@ -217,6 +217,25 @@ def test_budget_at_toy_size_ends_each_run_on_time_and_records_nothing(tiny_folde
     assert RESULTS.read_text() == before
 
 
+def test_the_speedrun_target_by_budget_reads_the_reference_beside_its_seeds(tmp_path):
+    from bench.accuracy import SQUARES_SPEEDRUN
+    from bench.budget import figures, read_run
+    reference = _finished_run(tmp_path / "reference-squares", 0.8527, 600.0, **SQUARES_SPEEDRUN)
+    summary = json.loads((reference / "summary.json").read_text())
+    (reference / "summary.json").write_text(json.dumps({**summary, "epochs": 12}))
+    for seed, accuracy, late_s in ((42, 0.8561, -2.0), (43, 0.8493, -1.5)):
+        run = _finished_run(tmp_path / f"speedrun-seed{seed}", accuracy, 478.0, budget_s=480.0)
+        (run / "summary.json").write_text(json.dumps({"seed": seed, "accuracy": accuracy, "train_seconds": 480.0,
+                                                      "budget_used_s": 480.0 + late_s, "late_s": late_s,
+                                                      "epochs_trained": 15.2, "epochs": 16}))
+    runs = [read_run(d) for d in sorted(tmp_path.iterdir())]
+    found = figures(runs, "cpu")["budget_speedrun"]
+    assert found["reference_minutes"] == 10.0 and found["budget_s"] == 480.0
+    assert [r["seed"] for r in found["runs"]] == [42, 43] and found["accuracy_mean"] == 0.8527
+    assert found["met"] is False  # seed 43 missed 85 %: every seed must reach it
+    assert figures(runs[:2], "cpu").get("budget_speedrun", {}).get("met") is True
+
+
 def test_the_budget_plot_draws_the_curve_and_the_fixed_runs(tmp_path):
     from bench.budget import plot
     curve = [{"budget_s": b, "accuracy": a} for b, a in ((300, 0.7), (300, 0.72), (600, 0.8))]
