@@ -138,15 +138,21 @@ def speedrun_figure(reference: dict, runs: list[dict]) -> dict:
             "met": all(r["accuracy"] >= SPEEDRUN_TARGET and r["late_s"] <= 0 for r in runs)}
 
 
-def plot(curve: list[dict], fixed: list[dict], path: Path) -> None:
-    """Accuracy against budget: each budgeted run, their mean, and the fixed runs beside them."""
+def plot(curve: list[dict], fixed: list[dict], path: Path) -> list[str]:
+    """Accuracy against budget: each model's budgeted runs and their mean, and the fixed runs beside them.
+    Returns the legend's labels."""
     from vivace.figures import Figure
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    budgets = sorted({r["budget_s"] for r in curve})
-    means = [statistics.mean(r["accuracy"] for r in curve if r["budget_s"] == b) for b in budgets]
-    ax.plot([b / 60 for b in budgets], means, "-o", label="--budget (mean of seeds)")
-    ax.scatter([r["budget_s"] / 60 for r in curve], [r["accuracy"] for r in curve], s=12, color="C0", alpha=0.5)
+    models = sorted({r.get("arch", "") for r in curve}, key=len)
+    for i, model in enumerate(models):
+        runs = [r for r in curve if r.get("arch", "") == model]
+        budgets = sorted({r["budget_s"] for r in runs})
+        means = [statistics.mean(r["accuracy"] for r in runs if r["budget_s"] == b) for b in budgets]
+        color = "C0" if i == 0 else f"C{i + 1}"  # C1 is the fixed runs'
+        ax.plot([b / 60 for b in budgets], means, "-o", color=color,
+                label=f"--budget, {model} (mean of seeds)" if model else "--budget (mean of seeds)")
+        ax.scatter([r["budget_s"] / 60 for r in runs], [r["accuracy"] for r in runs], s=12, color=color, alpha=0.5)
     if fixed:
         ax.scatter([r["seconds"] / 60 for r in fixed], [r["accuracy"] for r in fixed], marker="s", color="C1",
                    label=f"{FIXED_PRESET}, whole epochs (at its own time)")
@@ -155,6 +161,7 @@ def plot(curve: list[dict], fixed: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")  # the points rise to the upper right
     fig.savefig(path, dpi=100, bbox_inches="tight")
+    return [text.get_text() for text in ax.get_legend().get_texts()]
 
 
 def main(argv: list[str]) -> None:

@@ -121,6 +121,8 @@ def main(argv: list[str]) -> None:
                         help="also time the ceiling in fp32 and in bf16 autocast, alternating (bf16's evidence)")
     parser.add_argument("--compare-compile", action="store_true",
                         help="also time the ceiling torch.compile'd, alternating with eager (compile is slow)")
+    parser.add_argument("--compare-stem", action="store_true",
+                        help="also time the half-width model's ceiling with its stem at full and at half width")
     parser.add_argument("--amp", default="auto", choices=["auto", "off"],
                         help="auto: as vivace train (bf16 autocast on CPUs with AMX); off: fp32")
     parser.add_argument("--record", action="store_true",
@@ -160,6 +162,9 @@ def main(argv: list[str]) -> None:
         if args.compare_compile:
             alternate(arch, args, len(dls.vocab), "eager", "compiled", dict(amp_dtype=amp_dtype),
                       dict(amp_dtype=amp_dtype, compile=True))
+        if args.compare_stem:  # the budget's second candidate (vivace.choose)
+            alternate(arch, args, len(dls.vocab), "widen 0.5", "widen 0.5, stem_widen 0.5",
+                      dict(amp_dtype=amp_dtype, widen=0.5), dict(amp_dtype=amp_dtype, widen=0.5, stem_widen=0.5))
     if args.record and "xresnet50" in fractions:
         # The issue's figure is against the fp32 peak in fp32; a bf16 run is recorded beside it.
         suffix = "" if precision == "fp32" else "_bf16"

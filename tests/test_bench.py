@@ -75,11 +75,12 @@ def test_throughput_compares_precisions_without_recording_and_reads_data_from_th
     before = RESULTS.read_bytes()
     embedded = REPO / "vivace" / "data" / "embedded"
     out = run_bench("throughput", "--archs", "xresnet18", "--bs", "4", "--size", "32", "--batches", "1",
-                    "--compare-amp", env=common.bench_env({common.DATA_ENV: str(embedded)}))
+                    "--compare-amp", "--compare-stem", env=common.bench_env({common.DATA_ENV: str(embedded)}))
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(r"fp32 matmul peak: [\d.]+ GFLOP/s", out.stdout), out.stdout
     ratio = re.search(r"ceiling fp32 [\d., ]+ img/s, bf16 autocast [\d., ]+ img/s: bf16 autocast is ([\d.]+)x", out.stdout)
     assert ratio is not None and float(ratio[1]) > 0, out.stdout
+    assert re.search(r"widen 0.5, stem_widen 0.5 is [\d.]+x", out.stdout), out.stdout
     assert RESULTS.read_bytes() == before  # xresnet50 figures only
 
 
@@ -238,9 +239,12 @@ def test_the_speedrun_target_by_budget_reads_the_reference_beside_its_seeds(tmp_
 
 def test_the_budget_plot_draws_the_curve_and_the_fixed_runs(tmp_path):
     from bench.budget import plot
-    curve = [{"budget_s": b, "accuracy": a} for b, a in ((300, 0.7), (300, 0.72), (600, 0.8))]
-    plot(curve, [{"seconds": 280, "accuracy": 0.69}], tmp_path / "curve.png")
+    curve = [{"budget_s": b, "accuracy": a, "arch": m} for b, a, m in
+             ((300, 0.7, "wide"), (300, 0.72, "wide"), (600, 0.8, "wide"), (300, 0.75, "slim stem"))]
+    labels = plot(curve, [{"seconds": 280, "accuracy": 0.69}], tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert labels == ["--budget, wide (mean of seeds)", "--budget, slim stem (mean of seeds)",
+                      "imagenette-speedrun, whole epochs (at its own time)"]  # a line per model
 
 
 def test_a_run_counts_as_a_preset_named_after_it_only_when_its_recipe_is_that_preset(tmp_path):

@@ -158,6 +158,18 @@ def test_a_30_s_budget_ends_in_30_s_with_its_schedule_complete(tmp_path, capsys)
     assert summary["epochs_trained"] > 1 and summary["budget_s"] == 30.0
 
 
+@pytest.mark.slow
+def test_the_ten_minute_preset_is_the_slim_stem_speedrun_to_its_budget(tiny_folder, tmp_path):
+    assert make_recipe("imagenette-10m").budget_s == 600.0
+    # The preset at a 12 s budget on the tiny folder: its model (the stem at half width), on time.
+    recipe = make_recipe("imagenette-10m", data=str(tiny_folder), size=32, presize=40, bs=8, valid_bs=12,
+                         valid_size=40, budget_s=12.0)
+    summary = train(recipe, TrainOptions(preset="imagenette-10m", out=str(tmp_path / "run"), workers=1))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["stem_widen"] == 0.5 and config["budget_s"] == 12.0 and summary["preset"] == "imagenette-10m"
+    assert abs(summary["late_s"]) <= 5.0 and summary["epochs_trained"] > 1
+
+
 class InterruptAt(Callback):
     """Sends this process SIGINT (a Ctrl-C) once the schedule passes `progress`."""
 
@@ -248,6 +260,7 @@ def test_a_budget_without_model_flags_chooses_and_says_why(tiny_folder, tmp_path
     said = capsys.readouterr().out
     [line] = [line for line in said.splitlines() if line.startswith("budget 0:20: chose ")]
     assert "img/s here" in line and "expected on imagenette2-160 by the budget table" in line
+    assert " over xresnet18 x0.5" in line  # the table's other candidate, and what it would have given
     saved = json.loads((out2 / "config.json").read_text())
     assert (saved["arch"], saved["widen"], saved["budget_s"]) == ("xresnet18", 0.5, 20.0)
     summary = json.loads((out2 / "summary.json").read_text())

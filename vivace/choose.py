@@ -37,7 +37,8 @@ CHOICE_OFF_FIELDS = (*CHOSEN_FIELDS, "presize_px", "batch_size", "epochs")
 @dataclass(frozen=True)
 class Candidate:
     """A recipe to choose from: the speedrun's with `fields` changed, and its measured curve:
-    (epochs, accuracy on imagenette2-160), each point a run of that many epochs."""
+    (epochs, accuracy on imagenette2-160), each point a run of that many epochs (a fixed run), or
+    one that trained that many to a budget (its schedule complete either way)."""
 
     name: str
     fields: dict[str, Any]
@@ -57,12 +58,18 @@ class Candidate:
         return max(a0 + slope * math.log(max(epochs, 1e-3) / e0), 0.0)
 
 
-# Measured on imagenette2-160 (AMD EPYC, 2 cores, fp32): runs of the speedrun recipe for that many
-# epochs, seed 42 (docs/BENCHMARKS.md: 5 and 10 epochs beside the budgets, 12-06; 9 epochs 12-05;
-# 12 epochs the mean of seeds 42 and 43, 12-05).
+# Measured on imagenette2-160 (AMD EPYC, 2 cores, fp32; docs/BENCHMARKS.md, "Budgets"). fastai's
+# stem: runs of the speedrun recipe for that many epochs, seed 42 (5, 10 and 18 epochs beside the
+# budgets, 12-06; 9 epochs 12-05; 12 epochs the mean of seeds 42 and 43, 12-05), and the 20-minute
+# budget's mean (seeds 42 and 43, 12-06). The stem at half width: budgets of 5, 10 and 20 minutes,
+# seed 42 (12-06).
 CANDIDATES: tuple[Candidate, ...] = (
-    Candidate("xresnet18 x0.5, 64->128 px", dict(arch="xresnet18", widen=0.5, size_px=128, progressive=0.5),
-              curve=((5, 0.773), (9, 0.817), (10, 0.831), (12, 0.845))),
+    Candidate("xresnet18 x0.5, 64->128 px",
+              dict(arch="xresnet18", widen=0.5, stem_widen=1.0, size_px=128, progressive=0.5),
+              curve=((5, 0.773), (9, 0.817), (10, 0.831), (12, 0.845), (18, 0.8696), (22.85, 0.8784))),
+    Candidate("xresnet18 x0.5, stem x0.5, 64->128 px",
+              dict(arch="xresnet18", widen=0.5, stem_widen=0.5, size_px=128, progressive=0.5),
+              curve=((8.70, 0.8168), (18.70, 0.8690), (37.22, 0.8938))),
 )
 
 

@@ -122,7 +122,7 @@ class EMA(Callback):
 
     def before_fit(self, learn: Loop) -> None:
         if self.average is None:
-            self.average = WeightAverage(learn.model, self.decay)
+            self.average = WeightAverage(learn.model, 1.0 if self.half_life else self.decay)  # half_life: set per step
             if self.saved is not None:
                 self.average.model.load_state_dict(self.saved)
         learn.ema, learn.eval_model = self.average, self.average.model
