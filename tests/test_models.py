@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vivace.models import (MODELS, BlurPool2d, Conv2d, MaxBlurPool2d, Mish, ResBlock, SimpleSelfAttention,
-                           SqueezeExcite, XResNet, act_layer, count_macs, count_params, create_model, layers, stem_sizes,
-                           xresnet18, xresnet50)
+                           SqueezeExcite, XResNet, act_layer, count_macs, count_params, create_model, layers,
+                           stem_sizes, xresnet18, xresnet50)
 from vivace.models.layers import mish_by_sigmoid
 
 # Computed from the design; the n_out=1000 counts equal fastai's documented xresnet counts

@@ -38,8 +38,8 @@ class TechniqueSpec:
 
 
 def technique_callbacks(mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, ema_decay: float = 0.0,
-                        ema_half_life: float = 0.0, progressive: float = 0.0, progressive_end: float = 0.75, progressive_start: float = 0.0,
-                        *, size_px: int,
+                        ema_half_life: float = 0.0, progressive: float = 0.0, progressive_end: float = 0.75,
+                        progressive_start: float = 0.0, *, size_px: int,
                         seed: int | None = None) -> list[Callback]:
     """The techniques switched on (> 0), as callbacks; `size_px` is the final training crop side."""
     cbs: list[Callback] = []

@@ -53,8 +53,8 @@ def layer_groups(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 __all__ = [
-    "MODELS", "ModelSpec", "create_model", "layer_groups", "arch_label", "XResNet", "ResBlock", "init_cnn", "stem_sizes",
-    "count_macs", "count_params",
+    "MODELS", "ModelSpec", "create_model", "layer_groups", "arch_label", "XResNet", "ResBlock", "init_cnn",
+    "stem_sizes", "count_macs", "count_params",
     "xresnet18", "xresnet34", "xresnet50", "xresnet101", "xresnet152", "xse_resnext50",
     "Conv2d", "ConvLayer", "Mish", "SimpleSelfAttention", "SqueezeExcite", "BlurPool2d", "MaxBlurPool2d",
     "act_layer",
