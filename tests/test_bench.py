@@ -207,7 +207,8 @@ def test_budget_at_toy_size_ends_each_run_on_time_and_records_nothing(tiny_folde
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     [run], fixed, [slow] = figures["budget_curve"], figures["budget_fixed"], figures["budget_slow"]
-    assert run["budget_s"] == 8.0 and abs(run["late_s"]) <= 5.0 and run["arch"] == "xresnet18 x0.5"
+    assert run["budget_s"] == 8.0 and abs(run["late_s"]) <= 5.0
+    assert run["arch"] in ("xresnet18 x0.5", "xresnet18 x0.5, stem x0.5")  # one of the budget table's candidates
     assert slow["budget_s"] == 8.0 and abs(slow["late_s"]) <= 5.0  # one thread: on time still
     # Whole epochs beside it: as many as it trained, one fewer while the fixed run took longer than 8 s.
     epochs = sorted(f["epochs"] for f in fixed)
