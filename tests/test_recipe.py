@@ -288,6 +288,15 @@ def test_a_preset_on_paper_says_it_is_not_measured_and_what_it_aims_at(capsys):
     assert "not measured" not in capsys.readouterr().out
 
 
+def test_an_ema_takes_a_decay_or_a_half_life_not_both(tmp_path, capsys, monkeypatch):
+    from vivace.cli import main
+    with pytest.raises(ValueError, match="ema_decay=0.9 and ema_half_life=0.1: give one of them"):
+        make_recipe(ema_decay=0.9, ema_half_life=0.1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--ema-decay", "0.9", "--ema-half-life", "0.1", "--out", "r"]) == 2
+    assert "give one of them" in capsys.readouterr().err and list(tmp_path.iterdir()) == []  # before any folder
+
+
 def test_a_size_ramp_must_start_before_it_ends():
     with pytest.raises(ValueError, match="progressive_start=0.8 must be below progressive_end=0.75"):
         make_recipe(progressive=0.5, progressive_start=0.8)

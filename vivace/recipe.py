@@ -106,6 +106,9 @@ class Recipe(ScalingSpec, TechniqueSpec, MetricSpec, LossSpec, ScheduleSpec, Ste
         if self.progressive and self.progressive_start >= self.progressive_end:
             raise ValueError(f"progressive_start={self.progressive_start} must be below progressive_end="
                              f"{self.progressive_end}: the size ramps between them")
+        if self.ema_decay and self.ema_half_life:
+            raise ValueError(f"ema_decay={self.ema_decay} and ema_half_life={self.ema_half_life}: give one of them "
+                             "(a decay per step, or a half-life as a fraction of training)")
         if self.freeze_epochs > self.epochs:
             raise ValueError(f"freeze_epochs={self.freeze_epochs} must be <= epochs={self.epochs}: the frozen epochs "
                              "are the first of the run's epochs")
