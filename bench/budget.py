@@ -9,6 +9,8 @@ For each budget and seed: `vivace train --data DATA --budget B --seed S`, vivace
 speedrun preset for the most whole epochs that end within the budget (first as many as the budgeted
 run trained, one fewer while it runs over), into OUT/fixed-<B>-<N>ep: the fixed recipe that fits. `--slow B`: the budget B once more with one thread (`--threads 1`),
 into OUT/slow-<B>: a slower machine must end on time too, less accurate, not late.
+`--lr LR`: those runs at peak lr LR instead of the speedrun's 0.2 (tuned on Imagenette): toy data,
+with one small batch an epoch, can diverge at 0.2.
 
 Printed: one line per run (accuracy, seconds against the budget, epochs, model). `--record` writes
 `budget_curve` (budget_s, seed, accuracy, seconds, late_s, epochs, arch, machine), `budget_fixed`,
@@ -31,7 +33,7 @@ import sys
 from pathlib import Path
 
 from vivace.budget import format_duration, parse_duration
-from vivace.recipe import TrainOptions, make_recipe
+from vivace.recipe import Recipe, TrainOptions, make_recipe
 from vivace.train import train
 
 from .accuracy import SPEEDRUN_TARGET, run_precision, train_reference
@@ -47,27 +49,32 @@ def budget_name(seconds: float) -> str:
     return f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"
 
 
-def budgeted_run(data: str, budget_s: float, seed: int, out: Path, threads: int = 0) -> Path:
+def speedrun_recipe(data: str, lr: float = 0.0, **fields) -> Recipe:
+    """The speedrun preset on `data` with `fields`, at its own peak lr unless `lr` is given."""
+    return make_recipe(FIXED_PRESET, data=data, **fields, **({"lr": lr} if lr else {}))
+
+
+def budgeted_run(data: str, budget_s: float, seed: int, out: Path, threads: int = 0, lr: float = 0.0) -> Path:
     """`vivace train --data DATA --budget B --seed S` (the model chosen for the budget) into `out`."""
-    recipe = make_recipe(FIXED_PRESET, data=data, budget_s=budget_s, seed=seed)
+    recipe = speedrun_recipe(data, lr, budget_s=budget_s, seed=seed)
     train(recipe, TrainOptions(preset=FIXED_PRESET, choose=True, out=str(out), threads=threads))
     return out
 
 
-def fixed_run(data: str, epochs: int, seed: int, out: Path) -> Path:
+def fixed_run(data: str, epochs: int, seed: int, out: Path, lr: float = 0.0) -> Path:
     """The speedrun preset for `epochs` epochs, trained as it is: no budget."""
-    train(make_recipe(FIXED_PRESET, data=data, epochs=epochs, seed=seed),
-          TrainOptions(preset=FIXED_PRESET, out=str(out)))
+    train(speedrun_recipe(data, lr, epochs=epochs, seed=seed), TrainOptions(preset=FIXED_PRESET, out=str(out)))
     return out
 
 
-def fitting_fixed_run(data: str, budget_s: float, budgeted_epochs: float, seed: int, out: Path) -> Path:
+def fitting_fixed_run(data: str, budget_s: float, budgeted_epochs: float, seed: int, out: Path,
+                      lr: float = 0.0) -> Path:
     """The speedrun for the most whole epochs that end within `budget_s`: first as many as the budgeted run
     trained, then one fewer while it runs over. A budget's time-based schedule spends longer at the small
     progressive sizes than an epoch-based one, so its epochs are faster on average than a fixed run's."""
     epochs = max(math.floor(budgeted_epochs), 1)
     while True:
-        run_dir = fixed_run(data, epochs, seed, out / f"fixed-{budget_name(budget_s)}-{epochs}ep")
+        run_dir = fixed_run(data, epochs, seed, out / f"fixed-{budget_name(budget_s)}-{epochs}ep", lr)
         if read_run(run_dir)["seconds"] <= budget_s or epochs == 1:
             return run_dir
         epochs -= 1
@@ -173,6 +180,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--slow", default="", metavar="BUDGET", help="that budget once more with --threads 1")
     p.add_argument("--speedrun", type=Path, default=None, metavar="REFDATA",
                    help="time the reference speedrun on REFDATA, then each seed to 0.8x its time")
+    p.add_argument("--lr", type=float, default=0.0,
+                   help="the peak learning rate of the budgeted, fixed and slow runs; 0 = the speedrun's (0.2, "
+                        "tuned on Imagenette: toy data may want less)")
     p.add_argument("--out", type=Path, default=Path("runs/budget"))
     p.add_argument("--from-runs", type=Path, default=None, metavar="DIR",
                    help="report (and record) the runs already trained in DIR instead of training")
@@ -183,13 +193,14 @@ def main(argv: list[str]) -> None:
     if args.from_runs is None:
         data = str(data_folder(p.prog, args.data))
         for budget in map(parse_duration, args.budgets):
-            dirs = [budgeted_run(data, budget, seed, args.out / f"budget-{budget_name(budget)}-seed{seed}")
-                    for seed in args.seeds]
+            dirs = [budgeted_run(data, budget, seed, args.out / f"budget-{budget_name(budget)}-seed{seed}",
+                                 lr=args.lr) for seed in args.seeds]
             if args.fixed:
-                fitting_fixed_run(data, budget, read_run(dirs[0])["epochs"], args.seeds[0], args.out)
+                fitting_fixed_run(data, budget, read_run(dirs[0])["epochs"], args.seeds[0], args.out, args.lr)
         if args.slow:
             budget = parse_duration(args.slow)
-            budgeted_run(data, budget, args.seeds[0], args.out / f"slow-{budget_name(budget)}", threads=1)
+            budgeted_run(data, budget, args.seeds[0], args.out / f"slow-{budget_name(budget)}", threads=1,
+                         lr=args.lr)
         if args.speedrun:
             speedrun_runs(data, data_folder(p.prog, args.speedrun), args.seeds, args.out)
     folder = args.from_runs or args.out
