@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -218,7 +219,7 @@ def test_two_torchrun_processes_stop_on_the_same_step(tmp_path, tiny_folder):
 
 
 # -- choosing what fits the budget (vivace.choose) -----------------------------------------
-from vivace.choose import Candidate, choose_for_budget, mean_pixels  # noqa: E402
+from vivace.choose import Candidate, choose_for_budget, run_sizes, steps_per_second, time_steps  # noqa: E402
 
 
 def test_a_candidate_curve_is_read_between_its_measured_points():
@@ -229,9 +230,22 @@ def test_a_candidate_curve_is_read_between_its_measured_points():
     assert c.expected_accuracy(1e-6) == 0.0
 
 
-def test_progressive_resizing_trains_on_fewer_pixels_on_average():
-    recipe = make_recipe(size_px=128, progressive=0.5)
-    assert 0.5 < mean_pixels(recipe) < 0.75 and mean_pixels(make_recipe(size_px=128)) == 1.0
+def test_a_runs_speed_is_its_rates_averaged_over_time_with_step_times_linear_in_area():
+    timed = {64: 0.25, 128: 1.0}  # a step's seconds at two sizes
+    assert steps_per_second([64, 128], timed) == pytest.approx((4.0 + 1.0) / 2)  # rates averaged, not times
+    assert steps_per_second([96], timed) == pytest.approx(1 / (0.25 + 0.75 * (96**2 - 64**2) / (128**2 - 64**2)))
+    assert steps_per_second([128, 128], {128: 0.5}) == 2.0  # one size: one timing
+    sizes = run_sizes(make_recipe(size_px=128, progressive=0.5))
+    assert (min(sizes), sizes[0], sizes[-1], len(sizes)) == (64, 64, 128, 100)
+    assert run_sizes(make_recipe(size_px=128)) == [128]
+
+
+def test_the_calibration_times_a_progressive_run_at_its_first_and_final_sizes(tiny_folder):
+    dls = tiny_dataloaders(tiny_folder)
+    recipe = make_recipe(arch="xresnet18", widen=0.25, stem_widen=0.5, size_px=64, progressive=0.5, batch_size=4)
+    timed = time_steps(recipe, dls, steps=3)
+    assert list(timed) == [32, 64] and all(0 < seconds < 5 for seconds in timed.values())
+    assert list(time_steps(replace(recipe, progressive=0.0), dls, steps=3)) == [64]
 
 
 def test_the_choice_follows_the_epochs_each_candidate_can_afford(tiny_folder, monkeypatch):

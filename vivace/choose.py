@@ -86,8 +86,20 @@ class StepTimes(Callback):
 
 
 def images_per_second(recipe: Recipe, dls: DataLoaders, steps: int = 4) -> float:
-    """This machine's training speed for `recipe` on `dls`, from `steps` steps at its final size (the
-    first, which warms up, not counted), scaled to its mean crop size under progressive resizing."""
+    """This machine's training speed for `recipe` on `dls`, averaged over a budgeted run's time: steps
+    timed (`time_steps`), then `steps_per_second` between them."""
+    return dls.train.batch_size * dls.train.world_size * steps_per_second(run_sizes(recipe),
+                                                                          time_steps(recipe, dls, steps))
+
+
+def time_steps(recipe: Recipe, dls: DataLoaders, steps: int = 4) -> dict[int, float]:
+    """A training step's seconds at the run's final size and, under progressive resizing, at its first."""
+    return {size: step_seconds(recipe, dls, size, steps) for size in sorted({min(run_sizes(recipe)), recipe.size_px})}
+
+
+def step_seconds(recipe: Recipe, dls: DataLoaders, size_px: int, steps: int = 4) -> float:
+    """One training step's seconds for `recipe` on `dls` at `size_px`: the fastest of `steps` steps, the
+    first (which warms up) not counted."""
     torch.manual_seed(recipe.seed)
     model = create_model(**recipe.kwargs(ModelSpec), n_out=len(dls.vocab))
     stop, times = StopAfter(min(steps, len(dls.train))), StepTimes()
@@ -95,20 +107,32 @@ def images_per_second(recipe: Recipe, dls: DataLoaders, steps: int = 4) -> float
                     **recipe.kwargs(OptimizerSpec))
     learn.cbs = [cb for cb in learn.cbs if not isinstance(cb, ProgressBar)]  # quiet: a probe, not a fit
     learn.recorder.print_table = False
-    learn.size_schedule = lambda p: recipe.size_px
+    learn.size_schedule = lambda p: size_px
     learn.fit(1, recipe.lr)
     gaps = [b - a for a, b in zip(times.times, times.times[1:])]
-    step_s = min(gaps[1:]) if len(gaps) > 1 else gaps[0]
-    return dls.train.batch_size * dls.train.world_size / step_s / mean_pixels(recipe)
+    return min(gaps[1:]) if len(gaps) > 1 else gaps[0]
 
 
-def mean_pixels(recipe: Recipe, points: int = 100) -> float:
-    """A run's mean crop area over the final one's: 1 without progressive resizing."""
+def run_sizes(recipe: Recipe, points: int = 100) -> list[int]:
+    """The crop size at `points` even fractions of a run: its final size throughout without progressive resizing."""
     if not recipe.progressive:
-        return 1.0
+        return [recipe.size_px]
     sizes = SizeSchedule(recipe.size_px, recipe.progressive, recipe.progressive_end,
                          ramp_start=recipe.progressive_start)
-    return sum((sizes(i / points) / recipe.size_px) ** 2 for i in range(points)) / points
+    return [sizes(i / points) for i in range(points)]
+
+
+def steps_per_second(sizes: list[int], timed: dict[int, float]) -> float:
+    """The mean steps per second over a run at `sizes` (one per even fraction of its time), a step's
+    seconds linear in the crop's area between the sizes `timed`. A budget's size schedule runs on time,
+    so each size's share is of the time, and the mean is of rates, not of step times. Linear in area,
+    not proportional to it: in the 10-minute budgets on imagenette2-160 (docs/BENCHMARKS.md), a step
+    at 64 px took 0.29 of one at 128 px, not 0.25, and one at 96 px 0.57-0.60, on that line (0.59)."""
+    (small, t_small), (large, t_large) = min(timed.items()), max(timed.items())
+    if small == large:
+        return 1.0 / t_large
+    slope = (t_large - t_small) / (large**2 - small**2)
+    return sum(1.0 / (t_small + slope * (size**2 - small**2)) for size in sizes) / len(sizes)
 
 
 @dataclass(frozen=True)
