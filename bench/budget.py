@@ -7,10 +7,11 @@
 For each budget and seed: `vivace train --data DATA --budget B --seed S`, vivace choosing the model
 (`vivace.choose`), into OUT/budget-<B>-seed<S>. `--fixed`: beside each budget (its first seed), the
 speedrun preset for the most whole epochs that end within the budget (first as many as the budgeted
-run trained, one fewer while it runs over), into OUT/fixed-<B>-<N>ep: the fixed recipe that fits. `--slow B`: the budget B once more with one thread (`--threads 1`),
-into OUT/slow-<B>: a slower machine must end on time too, less accurate, not late.
-`--lr LR`: those runs at peak lr LR instead of the speedrun's 0.2 (tuned on Imagenette): toy data,
-with one small batch an epoch, can diverge at 0.2.
+run trained, one fewer while it runs over), into OUT/fixed-<B>-<N>ep: the fixed recipe that fits.
+`--slow B`: the budget B once more with one thread (`--threads 1`), into OUT/slow-<B>: a slower
+machine must end on time too, less accurate, not late. `--lr LR`: those runs at peak lr LR instead
+of the speedrun's 0.2 (tuned on Imagenette): toy data, with one small batch an epoch, can diverge
+at 0.2.
 
 Printed: one line per run (accuracy, seconds against the budget, epochs, model). `--record` writes
 `budget_curve` (budget_s, seed, accuracy, seconds, late_s, epochs, arch, machine), `budget_fixed`,
